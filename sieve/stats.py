@@ -1,0 +1,168 @@
+"""Calibration statistics: what the inputs of every prunable matrix look like.
+
+For matrix ``W`` (out × in) with input activations ``X`` (tokens × in) over a calibration set we keep
+
+* ``sq_sum[j] = Σ_t X[t, j]²`` — the squared L2 norm of input channel ``j`` (Wanda's ``‖X_j‖²``);
+* ``n_tokens`` — the number of (non-padding) tokens seen;
+* optionally ``hessian = Xᵀ X`` (in × in), which SparseGPT needs.
+
+Statistics are sums, so streaming batches through forward hooks gives the same result as one big
+batch (up to float rounding), memory stays bounded by one batch of activations, and two runs'
+statistics could be merged by adding. One :class:`CalibrationStats` exists per calibration source
+(``general``, ``task``); both are saved as safetensors in the run directory and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sieve.io import read_safetensors, write_safetensors
+from sieve.models.arch import Matrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChannelStats:
+    """Input statistics of one matrix: channel square sums, token count, optional ``XᵀX``."""
+
+    sq_sum: torch.Tensor
+    n_tokens: int = 0
+    hessian: torch.Tensor | None = None
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """Per-channel root-mean-square activation ``sqrt(Σ_t x_tj² / n)`` (float32)."""
+        return (self.sq_sum / max(self.n_tokens, 1)).sqrt().float()
+
+
+@dataclass(frozen=True)
+class MatrixStats:
+    """The statistics a scoring method may use for one matrix: general and/or task."""
+
+    general: ChannelStats | None = None
+    task: ChannelStats | None = None
+
+    def source(self, name: str) -> ChannelStats:
+        stats = getattr(self, name)
+        if stats is None:
+            raise ValueError(f"{name} calibration statistics are required but were not collected")
+        return stats
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every prunable matrix for one calibration source."""
+
+    source: str
+    per_matrix: dict[str, ChannelStats] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def __getitem__(self, name: str) -> ChannelStats:
+        return self.per_matrix[name]
+
+    @property
+    def has_hessian(self) -> bool:
+        return all(s.hessian is not None for s in self.per_matrix.values())
+
+    def save(self, path: str | Path) -> Path:
+        tensors: dict[str, torch.Tensor] = {}
+        tokens = {}
+        for name, stats in self.per_matrix.items():
+            tensors[f"{name}.sq_sum"] = stats.sq_sum
+            if stats.hessian is not None:
+                tensors[f"{name}.hessian"] = stats.hessian
+            tokens[name] = stats.n_tokens
+        meta = {"source": self.source, "fingerprint": self.fingerprint, "n_tokens": json.dumps(tokens)}
+        return write_safetensors(path, tensors, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationStats:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        tensors = read_safetensors(path)
+        tokens = json.loads(meta["n_tokens"])
+        per_matrix = {
+            name: ChannelStats(tensors[f"{name}.sq_sum"], int(n), tensors.get(f"{name}.hessian"))
+            for name, n in tokens.items()
+        }
+        return cls(source=meta["source"], per_matrix=per_matrix, fingerprint=meta.get("fingerprint", ""))
+
+
+class _StatsHooks:
+    """Forward pre-hooks accumulating :class:`ChannelStats`; ``token_mask`` drops padding."""
+
+    def __init__(self, matrices: Sequence[Matrix], hessian: bool) -> None:
+        self.hessian = hessian
+        self.stats: dict[str, ChannelStats] = {}
+        self.token_mask: torch.Tensor | None = None
+        self._handles = []
+        for m in matrices:
+            cols = m.shape[1]
+            self.stats[m.name] = ChannelStats(
+                sq_sum=torch.zeros(cols, dtype=torch.float64, device=m.weight.device),
+                hessian=torch.zeros(cols, cols, dtype=torch.float32, device=m.weight.device) if hessian else None,
+            )
+            self._handles.append(m.module.register_forward_pre_hook(self._hook(m.name)))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            if self.token_mask is not None and x.dim() == 3:
+                x = x[self.token_mask]
+            x = x.reshape(-1, x.shape[-1])
+            stats = self.stats[name]
+            stats.sq_sum += x.double().pow(2).sum(0)
+            stats.n_tokens += x.shape[0]
+            if stats.hessian is not None:
+                xf = x.float()
+                stats.hessian.addmm_(xf.t(), xf)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def collect_stats(
+    model: nn.Module,
+    matrices: Sequence[Matrix],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    *,
+    source: str,
+    hessian: bool = False,
+    fingerprint: str = "",
+) -> CalibrationStats:
+    """One forward pass over ``batches`` of ``(input_ids, attention_mask | None)``.
+
+    Hooks read each matrix's input; padding positions (``attention_mask == 0``) are excluded so a
+    padded batch gives the same statistics as its unpadded rows.
+    """
+    hooks = _StatsHooks(matrices, hessian)
+    device = next(model.parameters()).device
+    try:
+        for input_ids, attention_mask in batches:
+            input_ids = input_ids.to(device)
+            if attention_mask is not None:
+                attention_mask = attention_mask.to(device)
+                hooks.token_mask = attention_mask.bool()
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        hooks.remove()
+    for stats in hooks.stats.values():
+        stats.sq_sum = stats.sq_sum.cpu()
+        if stats.hessian is not None:
+            stats.hessian = stats.hessian.cpu()
+    log.info("collected %s statistics for %d matrices", source, len(hooks.stats))
+    return CalibrationStats(source=source, per_matrix=hooks.stats, fingerprint=fingerprint)
