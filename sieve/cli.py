@@ -1,0 +1,233 @@
+"""The ``sieve`` command line: a thin Typer layer over the library.
+
+Each command turns its flags into one frozen config, calls the library, and prints a table. A
+:class:`~sieve.errors.SieveError` becomes one line on stderr and exit status 2; Ctrl-C during a
+search prints the resume command and exits 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sieve.errors import SieveError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="How many parameters does my task really need?")
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_TASK = "rotten_tomatoes"
+DEFAULT_GENERAL = "wikipedia"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("transformers", "datasets", "lm_eval", "ray"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def clean_errors(fn):
+    """Run a command; user errors become one line and exit 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SieveError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("method", "sparsity", "task acc", "task NLL", "wiki PPL", "seconds"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r["method"], f"{r['sparsity']:.3f}", f"{r['task_acc']:.3f}", f"{r['task_nll']:.3f}", f"{r['wiki_ppl']:.2f}",
+            f"{r['seconds']:.1f}",
+        )
+    return table
+
+
+@app.command()
+@clean_errors
+def prune(
+    out: Annotated[Path, typer.Option(help="Folder for the pruned model (loadable with from_pretrained).")],
+    model: Annotated[str, typer.Option(help="Built-in name, HF folder, .gguf file or hub name.")] = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option(help="magnitude, wanda, sparsegpt or fused.")] = "fused",
+    sparsity: Annotated[float, typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = 0.5,
+    pattern: Annotated[str, typer.Option(help="unstructured or N:M (2:4, 4:8).")] = "unstructured",
+    allocation: Annotated[Optional[Path], typer.Option(help="sieve.allocation/v1 JSON (or a run dir) instead of uniform.")] = None,
+    task: Annotated[str, typer.Option(help="lm-eval task name or YAML (task calibration).")] = DEFAULT_TASK,
+    general: Annotated[str, typer.Option(help="General calibration corpus.")] = DEFAULT_GENERAL,
+    calibration: Annotated[str, typer.Option(help="Statistics source for wanda/sparsegpt: general or task.")] = "general",
+    dtype: Annotated[str, typer.Option()] = "float32",
+    device: Annotated[str, typer.Option()] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Prune a model (uniformly or by an allocation) and save it as a plain HF folder."""
+    _setup_logging(verbose)
+    from sieve.config import MethodConfig, PruneConfig
+    from sieve.prune.api import prune_model
+
+    config = PruneConfig(
+        model=model,
+        task=task,
+        general=general,
+        method=MethodConfig(name=method, source=calibration),
+        sparsity=sparsity,
+        pattern=pattern,
+        allocation=str(allocation) if allocation else None,
+        dtype=dtype,
+        device=device,
+    )
+    summary = prune_model(config, out)
+    console.print(
+        f"pruned {summary['model']} with {method} to sparsity {summary['achieved_sparsity']:.4f} "
+        f"({summary['pattern']}) in {summary['seconds']:.1f}s → {out}"
+    )
+
+
+@app.command("eval")
+@clean_errors
+def eval_(
+    model: Annotated[str, typer.Argument(help="Pruned folder, built-in name, HF folder or .gguf.")] = DEFAULT_MODEL,
+    task: Annotated[str, typer.Option(help="lm-eval task name or YAML.")] = DEFAULT_TASK,
+    general: Annotated[str, typer.Option(help="General corpus for perplexity.")] = DEFAULT_GENERAL,
+    baseline: Annotated[Optional[str], typer.Option(help="'dense': also evaluate the model this one was pruned from.")] = None,
+    test_examples: Annotated[int, typer.Option(help="Cap on test examples.")] = 500,
+    output: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON results.")] = None,
+    dtype: Annotated[str, typer.Option()] = "float32",
+    device: Annotated[str, typer.Option()] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Task test accuracy / NLL, general perplexity and achieved sparsity of a model."""
+    _setup_logging(verbose)
+    from sieve.config import EvalConfig, EvalSettings
+    from sieve.evaluate.api import evaluate_models
+
+    if baseline not in (None, "dense"):
+        raise SieveError(f"--baseline must be 'dense', got {baseline!r}")
+    config = EvalConfig(model=model, task=task, general=general, dtype=dtype, device=device,
+                        evaluation=EvalSettings(test_examples=test_examples))
+    rows, path = evaluate_models(config, baseline=baseline == "dense", output=output)
+    console.print(_quality_table(rows, f"{task} test split / {general} held-out"))
+    console.print(f"results → {path}")
+
+
+@app.command()
+@clean_errors
+def search(
+    budget: Annotated[Optional[float], typer.Option(help="Global sparsity budget (fraction of prunable weights).")] = None,
+    model: Annotated[Optional[str], typer.Option()] = None,
+    task: Annotated[Optional[str], typer.Option()] = None,
+    general: Annotated[Optional[str], typer.Option()] = None,
+    space: Annotated[Optional[str], typer.Option(help="Search space name or YAML file.")] = None,
+    generations: Annotated[Optional[int], typer.Option()] = None,
+    offspring: Annotated[Optional[int], typer.Option()] = None,
+    population: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/NAME).")] = None,
+    fitness: Annotated[Optional[str], typer.Option(help="task_nll, task_acc or kl.")] = None,
+    general_weight: Annotated[Optional[float], typer.Option(help="λ for general-text KL added to the fitness.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Pareto mode: largest budget within this accuracy drop.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray evaluator actors (0: in-process).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (e.g. a run's config.yaml).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
+    device: Annotated[Optional[str], typer.Option()] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed)."""
+    _setup_logging(verbose)
+    flags = dict(
+        budget=budget, model=model, task=task, general=general, space=space, generations=generations,
+        offspring=offspring, population=population, seed=seed, fitness=fitness, general_weight=general_weight,
+        tolerance=tolerance, workers=workers, ray_address=ray_address, device=device,
+    )
+    _run_search(flags, config_path=config, run_dir=run_dir, resume=resume)
+
+
+def _run_search(flags: dict[str, Any], *, config_path: Path | None, run_dir: Path | None, resume: Path | None) -> None:
+    from sieve.config import SearchConfig, from_dict, load_yaml, to_dict
+    from sieve.search.run import SearchRun, open_run
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    if resume is not None:
+        cfg, directory = open_run(None, resume, resume=True, overrides=given)
+    else:
+        base = load_yaml(config_path) if config_path else {}
+        if "budget" not in given and "budget" not in base:
+            raise SieveError("--budget is required (a fraction in (0, 1)), or --resume DIR")
+        cfg = from_dict(SearchConfig, {**base, **given})
+        cfg, directory = open_run(cfg, run_dir, resume=False)
+    if cfg.tolerance is not None:
+        from sieve.search.pareto import run_pareto
+
+        frontier = run_pareto(cfg, directory, console=console)
+        console.print(frontier)
+        return
+    console.print(f"run directory: {directory}")
+    total = cfg.generations
+
+    def progress(record) -> None:
+        done = record.generation
+        rate = record.evals_per_s
+        per_gen = record.seconds / max(done + 1, 1)
+        eta = per_gen * (total - done)
+        console.print(
+            f"gen {done:>3}/{total}  best {record.best:.4f}  median {record.median:.4f}  "
+            f"{rate:.2f} evals/s  tokens {record.tokens:,}  ETA {eta / 60:.1f} min",
+            highlight=False,
+        )
+
+    try:
+        outcome = SearchRun(cfg, directory).execute(on_generation=progress)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; the last finished generation is checkpointed. Resume with:\n  sieve search --resume {directory}")
+        raise typer.Exit(130) from None
+    console.print(_quality_table(outcome["table"], f"budget {cfg.budget} · {cfg.task} test split · {cfg.general} held-out"))
+    console.print(_sparsity_table(outcome["per_type"]))
+    console.print(
+        f"search: {outcome['evaluations']} evaluations, {outcome['tokens']:,} forward tokens, "
+        f"{outcome['search_seconds']:.0f}s; best allocation → {directory / 'best_allocation.json'}"
+    )
+
+
+def _sparsity_table(per_type: dict[str, dict[str, float]]) -> Table:
+    kinds = sorted({k for row in per_type.values() for k in row})
+    table = Table(title="best allocation: sparsity per block × matrix")
+    table.add_column("block")
+    for k in kinds:
+        table.add_column(k.split(".")[-1], justify="right")
+    for block, row in per_type.items():
+        table.add_row(block, *(f"{row.get(k, 0):.2f}" for k in kinds))
+    return table
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Candidate evaluation: apply a genome's masks in place, measure the fitness, keep timings.
+
+:class:`CandidateEvaluator` is what every backend runs: in-process (:class:`InProcessBackend`) or
+inside Ray actors (:mod:`sieve.search.ray_backend`). It owns a :class:`~sieve.prune.pruner.ModelPruner`
+holding the dense weights, so consecutive candidates only rewrite the matrices whose level changed.
+Results depend only on ``(genome, stage)``, which is what makes every backend, and a resumed run,
+return the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from sieve.prune.pruner import ModelPruner
+from sieve.search.fitness import Fitness, FitnessInputs, Measurement
+from sieve.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Nested validation subsets: stage ``i`` scores the first ``sizes[i]`` of a seeded permutation."""
+
+    sizes: tuple[int, ...]
+    keep: tuple[int, ...]
+    order: tuple[int, ...]
+
+    @classmethod
+    def build(cls, n_validation: int, stages: Sequence[int], keep: Sequence[int], seed: int) -> StagePlan:
+        sizes = tuple(min(s, n_validation) for s in stages) + (n_validation,)
+        order = tuple(int(i) for i in np.random.default_rng(seed).permutation(n_validation))
+        return cls(sizes, tuple(keep), order)
+
+    @property
+    def final(self) -> int:
+        return len(self.sizes) - 1
+
+    def indices(self, stage: int) -> list[int]:
+        return sorted(self.order[: self.sizes[stage]])
+
+    def fraction(self, stage: int) -> float:
+        return self.sizes[stage] / self.sizes[-1]
+
+
+@dataclass
+class Timings:
+    """Seconds spent per part of candidate evaluation (summed over candidates)."""
+
+    apply: float = 0.0
+    forward: float = 0.0
+    total: float = 0.0
+    candidates: int = 0
+
+    def add(self, other: Timings) -> None:
+        self.apply += other.apply
+        self.forward += other.forward
+        self.total += other.total
+        self.candidates += other.candidates
+
+    def as_dict(self) -> dict[str, float]:
+        return {"apply_s": self.apply, "forward_s": self.forward, "overhead_s": self.total - self.apply - self.forward,
+                "total_s": self.total, "candidates": self.candidates}
+
+
+def _sync(model: torch.nn.Module) -> None:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class CandidateEvaluator:
+    model: torch.nn.Module
+    space: SearchSpace
+    pruner: ModelPruner
+    fitness: Fitness
+    inputs: FitnessInputs
+    plan: StagePlan
+    timings: Timings = field(default_factory=Timings)
+
+    def evaluate(self, genome: np.ndarray, stage: int) -> Measurement:
+        start = time.perf_counter()
+        self.pruner.apply(self.space.allocation(genome))
+        _sync(self.model)
+        applied = time.perf_counter()
+        result = self.fitness.measure(self.model, self.inputs, self.plan.indices(stage), self.plan.fraction(stage))
+        _sync(self.model)
+        end = time.perf_counter()
+        self.timings.add(Timings(applied - start, end - applied, end - start, 1))
+        return result
+
+
+class EvaluationBackend(Protocol):
+    """Evaluates candidates at one stage; results in the order of ``genomes``."""
+
+    def evaluate(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]: ...
+
+    def timings(self) -> Timings: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessBackend:
+    def __init__(self, evaluator: CandidateEvaluator) -> None:
+        self.evaluator = evaluator
+
+    def evaluate(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
+        return [self.evaluator.evaluate(g, stage) for g in genomes]
+
+    def timings(self) -> Timings:
+        return self.evaluator.timings
+
+    def close(self) -> None:
+        self.evaluator.pruner.restore()

@@ -1,0 +1,196 @@
+"""Search fitness: what a candidate is judged by (lower is better), one registry.
+
+* ``task_nll`` (default) — mean choice-normalised NLL of the gold continuation on the task's
+  validation examples, ``−log softmax_j(log p(cont_j | ctx))[gold]``; for single-continuation tasks
+  the plain NLL of the continuation. A continuous signal: accuracy alone is too coarse to rank
+  candidates on a few hundred examples.
+* ``task_acc`` — ``1 − accuracy`` on the same examples.
+* ``kl`` — mean per-token ``KL(dense ‖ pruned)`` of next-token distributions over the task inputs
+  (context + gold continuation).
+
+``--general-weight λ`` adds ``λ · KL(dense ‖ pruned)`` on general text to any of them, to protect
+fluency. Dense references keep only the top-``k`` log-probabilities per position (memory bounded):
+KL is taken over the ``k`` top tokens plus one bucket for the remaining mass,
+``Σ_{i∈K} p_i log(p_i/q_i) + p_rest log(p_rest/q_rest)``, a lower bound that is exact in the limit
+``k → vocab``.
+
+A new fitness is a subclass of :class:`TaskFitness` registered with :func:`register_fitness`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from sieve.errors import SieveError
+from sieve.evaluate.loglik import EncodedTask, metrics, score_examples
+from sieve.evaluate.quality import task_loss
+
+
+@dataclass
+class FitnessInputs:
+    """The data a fitness reads: encoded validation examples and general-text blocks."""
+
+    task: EncodedTask
+    general_blocks: torch.Tensor | None = None
+    batch_size: int = 16
+
+
+@dataclass
+class Measurement:
+    value: float
+    tokens: int
+
+
+class TaskFitness(ABC):
+    name: ClassVar[str]
+
+    def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
+        """Compute whatever the dense model must provide (called once, on the dense model)."""
+
+    @abstractmethod
+    def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int]) -> Measurement:
+        ...
+
+
+_FITNESS: dict[str, Callable[[], TaskFitness]] = {}
+
+
+def register_fitness(cls: type[TaskFitness]) -> type[TaskFitness]:
+    _FITNESS[cls.name] = cls
+    return cls
+
+
+def available_fitness() -> list[str]:
+    return sorted(_FITNESS)
+
+
+@register_fitness
+class TaskNLL(TaskFitness):
+    name = "task_nll"
+
+    def measure(self, model, inputs, indices):
+        scores = score_examples(model, inputs.task, indices=indices, batch_size=inputs.batch_size)
+        return Measurement(task_loss(metrics(scores)), scores.n_tokens)
+
+
+@register_fitness
+class TaskAccuracy(TaskFitness):
+    name = "task_acc"
+
+    def measure(self, model, inputs, indices):
+        scores = score_examples(model, inputs.task, indices=indices, batch_size=inputs.batch_size)
+        return Measurement(1.0 - metrics(scores)["acc"], scores.n_tokens)
+
+
+@dataclass
+class TopKReference:
+    """Dense top-k log-probabilities per position of a fixed set of padded sequences."""
+
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    logp: list[torch.Tensor]
+    index: list[torch.Tensor]
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> TopKReference:
+        device = next(model.parameters()).device
+        logps, idxs = [], []
+        for ids, mask in batches:
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            top = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
+            logps.append(top.values)
+            idxs.append(top.indices)
+        return cls(batches, logps, idxs)
+
+    @torch.inference_mode()
+    def kl(self, model: nn.Module, which: Sequence[int]) -> Measurement:
+        device = next(model.parameters()).device
+        total, count, tokens = 0.0, 0, 0
+        for b in which:
+            ids, mask = self.batches[b]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logq_all = torch.log_softmax(logits.float(), -1)
+            logp = self.logp[b]
+            logq = logq_all.gather(-1, self.index[b])
+            p = logp.exp()
+            p_rest = (1 - p.sum(-1)).clamp_min(1e-12)
+            q_rest = (1 - logq.exp().sum(-1)).clamp_min(1e-12)
+            kl = (p * (logp - logq)).sum(-1) + p_rest * (p_rest.log() - q_rest.log())
+            valid = mask.to(device).bool()
+            total += float(kl[valid].sum())
+            count += int(valid.sum())
+            tokens += int(valid.sum())
+        return Measurement(total / max(count, 1), tokens)
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+@register_fitness
+class TaskKL(TaskFitness):
+    """KL to the dense model on task inputs; one batch of sequences per validation example group."""
+
+    name = "kl"
+    top_k = 32
+
+    def prepare(self, model, inputs):
+        enc = inputs.task
+        seqs = [
+            (tuple(enc.contexts[i]) + tuple(enc.continuations[i][enc.golds[i]]))[-enc.max_length :]
+            for i in range(len(enc))
+        ]
+        self.size = inputs.batch_size
+        batches = [_pad(seqs[i : i + self.size], 0) for i in range(0, len(seqs), self.size)]
+        self.reference = TopKReference.build(model, batches, self.top_k)
+
+    def measure(self, model, inputs, indices):
+        blocks = sorted({i // self.size for i in indices})
+        return self.reference.kl(model, blocks)
+
+
+class Fitness:
+    """A task fitness plus ``λ`` × general-text KL: ``F = task + λ · KL_general``."""
+
+    def __init__(self, name: str, general_weight: float = 0.0, top_k: int = 32) -> None:
+        if name not in _FITNESS:
+            raise SieveError(f"unknown fitness {name!r}; choose from {', '.join(available_fitness())}")
+        if general_weight < 0:
+            raise SieveError(f"--general-weight must be >= 0, got {general_weight}")
+        self.task = _FITNESS[name]()
+        self.general_weight = general_weight
+        self.top_k = top_k
+        self.general: TopKReference | None = None
+
+    def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
+        self.task.prepare(model, inputs)
+        if self.general_weight > 0:
+            if inputs.general_blocks is None:
+                raise SieveError("--general-weight needs general text blocks")
+            blocks = inputs.general_blocks
+            batches = [
+                (blocks[i : i + inputs.batch_size], torch.ones_like(blocks[i : i + inputs.batch_size]))
+                for i in range(0, len(blocks), inputs.batch_size)
+            ]
+            self.general = TopKReference.build(model, batches, self.top_k)
+
+    def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float) -> Measurement:
+        result = self.task.measure(model, inputs, indices)
+        if self.general is not None:
+            n = max(1, int(np.ceil(fraction * len(self.general.batches))))
+            general = self.general.kl(model, range(n))
+            result = Measurement(result.value + self.general_weight * general.value, result.tokens + general.tokens)
+        return result

@@ -1,0 +1,228 @@
+"""Search spaces: which matrices are searched, how genes group them, and what a level means.
+
+A space is a declarative YAML file (``search_spaces/*.yaml``)::
+
+    name: per_matrix
+    modules: ["*"]            # globs (or ``re:`` regexes) over full module names
+    genes: matrix             # matrix | block | type   (type: one gene per matrix type per block group)
+    block_group: 1            # blocks per group for ``genes: type``
+    levels: {min: 0.0, max: 0.95, per_smallest_gene: 20}
+    pattern: unstructured     # or N:M; for N:M spaces ``choices`` lists the options per gene
+    method: {name: fused}     # scoring method (mask-only: magnitude, wanda, fused)
+
+**Levels.** One level step removes ``step`` weights, the same for every gene, with ``step`` a
+multiple of every matrix's row count (so for one-matrix genes a level is an exact number of weights
+per row) and sized so the smallest gene has about ``per_smallest_gene`` levels. Gene ``g`` at level
+``l`` prunes its matrices to sparsity ``s = l·step / numel_g`` (each matrix ``int(cols·s)`` per
+row); its *cost* is the exact number of weights removed. For N:M spaces, level ``l`` selects option
+``choices[l]`` (``dense`` or a pattern) and the cost is ``numel·N/M``.
+
+**Budget.** The budget ``B`` asks to remove ``R = B·P`` of the ``P`` prunable weights; a genome is
+feasible when its total cost lies in ``(R' − Δ, R']`` with ``R' = round(R/step)·step`` and ``Δ`` the
+largest single-level cost increment, i.e. within one level step of the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sieve.config import MethodConfig, from_dict, load_yaml
+from sieve.errors import SieveError
+from sieve.models.arch import Matrix, select_matrices
+from sieve.prune.allocation import Allocation
+from sieve.prune.mask import UNSTRUCTURED, Pattern, row_prune_count
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+GENE_KINDS = ("matrix", "block", "type")
+
+
+@dataclass(frozen=True)
+class LevelGrid:
+    min: float = 0.0
+    max: float = 0.95
+    per_smallest_gene: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min <= self.max < 1.0:
+            raise SieveError(f"levels need 0 <= min <= max < 1, got min={self.min} max={self.max}")
+        if self.per_smallest_gene < 2:
+            raise SieveError("levels.per_smallest_gene must be at least 2")
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """The parsed YAML of a search space."""
+
+    name: str
+    modules: tuple[str, ...] = ("*",)
+    genes: str = "matrix"
+    block_group: int = 1
+    type_groups: tuple[str, ...] = ()
+    levels: LevelGrid = field(default_factory=LevelGrid)
+    pattern: str = "unstructured"
+    choices: tuple[str, ...] = ()
+    method: MethodConfig = field(default_factory=MethodConfig)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.genes not in GENE_KINDS:
+            raise SieveError(f"search space {self.name}: genes must be one of {GENE_KINDS}, got {self.genes!r}")
+        if self.block_group < 1:
+            raise SieveError(f"search space {self.name}: block_group must be >= 1")
+        Pattern.parse(self.pattern)
+        for choice in self.choices:
+            if choice != "dense":
+                Pattern.parse(choice)
+        if Pattern.parse(self.pattern).structured and not self.choices:
+            raise SieveError(f"search space {self.name}: an N:M space needs 'choices' (e.g. [dense, '2:4'])")
+        if not self.method.build().mask_only:
+            raise SieveError(
+                f"search space {self.name}: method {self.method.name} updates weights per level; "
+                "search with magnitude, wanda or fused"
+            )
+
+    @classmethod
+    def load(cls, spec: str | Path) -> SpaceSpec:
+        path = Path(spec)
+        if not path.suffix:
+            path = SPACES_DIR / f"{spec}.yaml"
+            if not path.exists():
+                known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+                raise SieveError(f"unknown search space {spec!r}; built-in: {known}")
+        data = load_yaml(path)
+        data.setdefault("name", path.stem)
+        return from_dict(cls, data, where=f"{path.name}")
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One searched variable: the matrices it controls and the exact cost of each level."""
+
+    name: str
+    matrices: tuple[Matrix, ...]
+    costs: np.ndarray
+    lo: int
+    hi: int
+    options: tuple[tuple[float, Pattern], ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel for m in self.matrices)
+
+
+class SearchSpace:
+    """Genes over a model's matrices with level costs; maps genomes to allocations."""
+
+    def __init__(self, spec: SpaceSpec, matrices: Sequence[Matrix]) -> None:
+        self.spec = spec
+        self.matrices = select_matrices(matrices, spec.modules)
+        self.pattern = Pattern.parse(spec.pattern)
+        groups = self._group(self.matrices)
+        rows_lcm = math.lcm(*{m.shape[0] for m in self.matrices})
+        smallest = min(sum(m.numel for m in g) for g in groups.values())
+        self.step = rows_lcm * max(1, smallest // (spec.levels.per_smallest_gene * rows_lcm))
+        self.genes = [self._gene(name, tuple(ms)) for name, ms in groups.items()]
+        self.total = sum(m.numel for m in self.matrices)
+        self.max_increment = max(int(np.diff(g.costs[g.lo : g.hi + 1]).max(initial=0)) for g in self.genes)
+
+    def _group(self, matrices: Sequence[Matrix]) -> dict[str, list[Matrix]]:
+        groups: dict[str, list[Matrix]] = {}
+        for m in matrices:
+            if self.spec.genes == "matrix":
+                key = m.name
+            elif self.spec.genes == "block":
+                key = f"block{m.block}"
+            else:
+                kind = next((t for t in self.spec.type_groups if t in m.kind), m.kind)
+                key = f"blocks{m.block // self.spec.block_group}:{kind}"
+            groups.setdefault(key, []).append(m)
+        return groups
+
+    def _gene(self, name: str, matrices: tuple[Matrix, ...]) -> Gene:
+        numel = sum(m.numel for m in matrices)
+        if self.pattern.structured:
+            options = [(0.0, UNSTRUCTURED) if c == "dense" else (Pattern.parse(c).sparsity, Pattern.parse(c)) for c in self.spec.choices]
+            for _, p in options:
+                for m in matrices:
+                    p.check(m.name, m.shape[1])
+            costs = np.array([int(round(s * numel)) for s, _ in options], dtype=np.int64)
+            return Gene(name, matrices, costs, 0, len(options) - 1, tuple(options))
+        n_levels = int(self.spec.levels.max * numel // self.step)
+        options, costs = [], []
+        for level in range(n_levels + 1):
+            s = level * self.step / numel
+            options.append((s, UNSTRUCTURED))
+            costs.append(sum(m.shape[0] * row_prune_count(m.shape[1], s) for m in matrices))
+        lo = math.ceil(self.spec.levels.min * numel / self.step - 1e-9)
+        return Gene(name, matrices, np.array(costs, dtype=np.int64), min(lo, n_levels), n_levels, tuple(options))
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([g.lo for g in self.genes], dtype=np.int64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([g.hi for g in self.genes], dtype=np.int64)
+
+    def cost(self, genome: np.ndarray) -> int:
+        return int(sum(g.costs[int(l)] for g, l in zip(self.genes, genome)))
+
+    def budget_window(self, budget: float) -> tuple[int, int]:
+        """Feasible total cost ``(low, high]`` for ``budget``; an unreachable budget is an error."""
+        if not 0.0 < budget < 1.0:
+            raise SieveError(f"--budget must be a fraction in (0, 1), got {budget}")
+        target = round(budget * self.total / self.step) * self.step if not self.pattern.structured else int(budget * self.total)
+        lowest = sum(int(g.costs[g.lo]) for g in self.genes)
+        highest = sum(int(g.costs[g.hi]) for g in self.genes)
+        if target > highest or target < lowest:
+            raise SieveError(
+                f"budget {budget} is unreachable in space {self.spec.name}: levels allow "
+                f"{lowest / self.total:.3f}..{highest / self.total:.3f}"
+            )
+        return target - max(self.max_increment, 1), target
+
+    def allocation(self, genome: np.ndarray) -> Allocation:
+        sparsity: dict[str, float] = {}
+        patterns: dict[str, Pattern] = {}
+        for gene, level in zip(self.genes, genome):
+            s, pattern = gene.options[int(level)]
+            for m in gene.matrices:
+                if pattern.structured:
+                    sparsity[m.name] = s
+                    patterns[m.name] = pattern
+                else:
+                    sparsity[m.name] = row_prune_count(m.shape[1], s) / m.shape[1]
+        return Allocation(sparsity, UNSTRUCTURED, patterns)
+
+    def row_counts(self) -> dict[str, set[int]]:
+        """Every per-row prune count any level can ask of each matrix (for threshold precompute)."""
+        counts: dict[str, set[int]] = {m.name: set() for m in self.matrices}
+        for gene in self.genes:
+            for s, pattern in gene.options:
+                if not pattern.structured:
+                    for m in gene.matrices:
+                        counts[m.name].add(row_prune_count(m.shape[1], s))
+        return counts
+
+    def nearest_genome(self, sparsity_of: dict[str, float]) -> np.ndarray:
+        """Levels closest to a per-matrix sparsity map (averaged over each gene's matrices)."""
+        genome = []
+        for gene in self.genes:
+            want = sum(sparsity_of.get(m.name, 0.0) * m.numel for m in gene.matrices) / gene.numel
+            levels = np.arange(gene.lo, gene.hi + 1)
+            have = np.array([gene.options[l][0] for l in levels])
+            genome.append(int(levels[np.argmin(np.abs(have - want))]))
+        return np.array(genome, dtype=np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.spec.name, "genes": self.n_genes, "step": self.step, "matrices": len(self.matrices)}

