@@ -35,8 +35,10 @@ def _setup_logging(verbose: bool) -> None:
     for noisy in ("transformers", "datasets", "lm_eval", "ray"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        import datasets
         import transformers
 
+        datasets.disable_progress_bars()
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
@@ -51,7 +53,7 @@ def clean_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SieveError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -15,7 +15,7 @@ import torch
 from sieve.data.general import GeneralCorpus
 from sieve.data.tasks import TaskSplits, load_task
 from sieve.models.arch import Matrix, find_matrices
-from sieve.models.loading import LoadedModel, load_model
+from sieve.models.loading import LoadedModel, load_model, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class Workspace:
         max_validation: int | None = 256,
         max_test: int | None = 500,
     ) -> Workspace:
-        # Cheap validation of the data first, so a typo fails before the model loads.
+        # Cheap validation first, so a typo fails before anything slow happens.
+        resolve_model_path(model)
         corpus = GeneralCorpus.load(general) if general else None
         splits = (
             load_task(task, seed=seed, max_calibration=max_calibration, max_validation=max_validation, max_test=max_test)

@@ -181,7 +181,9 @@ def _load_lm_eval_task(spec: str) -> Task:
             where = f" (line {mark.line + 1})" if mark is not None else ""
             raise SieveError(f"task YAML {path} does not parse{where}: "
                              f"{getattr(err, 'problem', None) or err}") from err
-        if not isinstance(cfg, dict) or not cfg.get("task"):
+        if isinstance(cfg, dict) and cfg.get("group") and not cfg.get("task"):
+            raise SieveError(f"{path} is an lm-eval group; give the YAML of one task")
+        if not isinstance(cfg, dict) or not (cfg.get("task") or cfg.get("include")):
             raise SieveError(f"{path} is not an lm-eval task YAML (no 'task:' key)")
         # No include_path: entry_from_path resolves `include:` relative to the file, and indexing
         # the YAML's folder could mean scanning a whole repository.

@@ -109,11 +109,30 @@ class Gene:
     costs: np.ndarray
     lo: int
     hi: int
-    options: tuple[tuple[float, Pattern], ...]
+    options: tuple[tuple[tuple[float, ...], Pattern], ...]
 
     @property
     def numel(self) -> int:
         return sum(m.numel for m in self.matrices)
+
+
+def _split_removal(matrices: Sequence[Matrix], target: int) -> list[int]:
+    """Per-row prune counts ``k_m`` with ``Σ rows_m · k_m`` as close to ``target`` as rows allow.
+
+    All matrices start at ``floor(cols_m · s)`` with ``s = target / numel``; the remainder is
+    handed out one row-sweep at a time (largest matrices first), so one gene's matrices share
+    its sparsity up to one weight per row and the gene's cost is exact whenever row counts allow.
+    """
+    numel = sum(m.numel for m in matrices)
+    s = target / numel
+    counts = [row_prune_count(m.shape[1], s) for m in matrices]
+    left = target - sum(m.shape[0] * k for k, m in zip(counts, matrices))
+    for i in sorted(range(len(matrices)), key=lambda i: -matrices[i].numel):
+        m = matrices[i]
+        if m.shape[0] <= left and counts[i] < m.shape[1]:
+            counts[i] += 1
+            left -= m.shape[0]
+    return counts
 
 
 class SearchSpace:
@@ -147,18 +166,19 @@ class SearchSpace:
     def _gene(self, name: str, matrices: tuple[Matrix, ...]) -> Gene:
         numel = sum(m.numel for m in matrices)
         if self.pattern.structured:
-            options = [(0.0, UNSTRUCTURED) if c == "dense" else (Pattern.parse(c).sparsity, Pattern.parse(c)) for c in self.spec.choices]
-            for _, p in options:
+            patterns = [UNSTRUCTURED if c == "dense" else Pattern.parse(c) for c in self.spec.choices]
+            for p in patterns:
                 for m in matrices:
                     p.check(m.name, m.shape[1])
-            costs = np.array([int(round(s * numel)) for s, _ in options], dtype=np.int64)
+            options = [(tuple(p.sparsity for _ in matrices), p) for p in patterns]
+            costs = np.array([int(round(p.sparsity * numel)) for p in patterns], dtype=np.int64)
             return Gene(name, matrices, costs, 0, len(options) - 1, tuple(options))
         n_levels = int(self.spec.levels.max * numel // self.step)
         options, costs = [], []
         for level in range(n_levels + 1):
-            s = level * self.step / numel
-            options.append((s, UNSTRUCTURED))
-            costs.append(sum(m.shape[0] * row_prune_count(m.shape[1], s) for m in matrices))
+            counts = _split_removal(matrices, level * self.step)
+            options.append((tuple(k / m.shape[1] for k, m in zip(counts, matrices)), UNSTRUCTURED))
+            costs.append(sum(m.shape[0] * k for k, m in zip(counts, matrices)))
         lo = math.ceil(self.spec.levels.min * numel / self.step - 1e-9)
         return Gene(name, matrices, np.array(costs, dtype=np.int64), min(lo, n_levels), n_levels, tuple(options))
 
@@ -195,22 +215,20 @@ class SearchSpace:
         sparsity: dict[str, float] = {}
         patterns: dict[str, Pattern] = {}
         for gene, level in zip(self.genes, genome):
-            s, pattern = gene.options[int(level)]
-            for m in gene.matrices:
+            per_matrix, pattern = gene.options[int(level)]
+            for m, s in zip(gene.matrices, per_matrix):
+                sparsity[m.name] = s
                 if pattern.structured:
-                    sparsity[m.name] = s
                     patterns[m.name] = pattern
-                else:
-                    sparsity[m.name] = row_prune_count(m.shape[1], s) / m.shape[1]
         return Allocation(sparsity, UNSTRUCTURED, patterns)
 
     def row_counts(self) -> dict[str, set[int]]:
         """Every per-row prune count any level can ask of each matrix (for threshold precompute)."""
         counts: dict[str, set[int]] = {m.name: set() for m in self.matrices}
         for gene in self.genes:
-            for s, pattern in gene.options:
+            for per_matrix, pattern in gene.options:
                 if not pattern.structured:
-                    for m in gene.matrices:
+                    for m, s in zip(gene.matrices, per_matrix):
                         counts[m.name].add(row_prune_count(m.shape[1], s))
         return counts
 
@@ -220,7 +238,7 @@ class SearchSpace:
         for gene in self.genes:
             want = sum(sparsity_of.get(m.name, 0.0) * m.numel for m in gene.matrices) / gene.numel
             levels = np.arange(gene.lo, gene.hi + 1)
-            have = np.array([gene.options[l][0] for l in levels])
+            have = np.array([gene.costs[l] / gene.numel for l in levels])
             genome.append(int(levels[np.argmin(np.abs(have - want))]))
         return np.array(genome, dtype=np.int64)
 

@@ -1,0 +1,100 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sieve.config import to_dict
+from sieve.errors import SieveError
+from sieve.search.checkpoint import Checkpoint, cache_key
+from sieve.search.run import SearchRun, open_run
+
+
+def _run(cfg, run_dir: Path, resume: bool = False):
+    cfg, run_dir = open_run(None if resume else cfg, run_dir, resume=resume, overrides=to_dict(cfg) if resume else None)
+    return SearchRun(cfg, run_dir).execute(report=False)
+
+
+def _modules(run_dir: Path) -> dict:
+    return json.loads((run_dir / "best_allocation.json").read_text())["modules"]
+
+
+def test_seed_determinism_seeding_and_cache(search_config, tmp_path):
+    cfg = search_config()
+    a = _run(cfg, tmp_path / "a")
+    b = _run(cfg, tmp_path / "b")
+    assert a["best_genome"] == b["best_genome"] and a["best_fitness"] == b["best_fitness"]
+    assert _modules(tmp_path / "a") == _modules(tmp_path / "b")
+    ckpt = Checkpoint.load(tmp_path / "a" / "checkpoint")
+    assert ckpt.generation == 3
+    # every cached (genome, stage) pair was evaluated exactly once
+    assert ckpt.evaluations == len(ckpt.cache)
+    # uniform and OWL seeds were scored at full fidelity and can't beat the returned best
+    assert a["uniform_fitness"] is not None and a["owl_fitness"] is not None
+    assert a["best_fitness"] <= min(a["uniform_fitness"], a["owl_fitness"])
+    history = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert [h["generation"] for h in history] == [0, 1, 2, 3]
+    assert all(h["achieved_sparsity"] == pytest.approx(0.5, abs=0.05) for h in history)
+    assert [h["best"] for h in history] == sorted([h["best"] for h in history], reverse=True)
+    c = _run(search_config(seed=1), tmp_path / "c")
+    assert c["best_genome"] != a["best_genome"] or c["best_fitness"] != a["best_fitness"]
+
+
+def test_resume_in_process_is_bit_identical(search_config, tmp_path):
+    full = _run(search_config(generations=4), tmp_path / "full")
+    _run(search_config(generations=1), tmp_path / "part")
+    resumed = _run(search_config(generations=4), tmp_path / "part", resume=True)
+    assert resumed["best_genome"] == full["best_genome"]
+    assert _modules(tmp_path / "part") == _modules(tmp_path / "full")
+    a = Checkpoint.load(tmp_path / "full" / "checkpoint")
+    b = Checkpoint.load(tmp_path / "part" / "checkpoint")
+    assert a.pop_x == b.pop_x and a.pop_f == b.pop_f and a.cache == b.cache and a.rng_state == b.rng_state
+
+
+def test_resume_refuses_changed_config(search_config, tmp_path):
+    _run(search_config(generations=1), tmp_path / "r")
+    with pytest.raises(SieveError, match="budget: run has 0.5, now 0.4"):
+        open_run(None, tmp_path / "r", resume=True, overrides={"budget": 0.4})
+    with pytest.raises(SieveError, match="already holds a search"):
+        open_run(search_config(), tmp_path / "r", resume=False)
+    with pytest.raises(SieveError, match="not a sieve run directory"):
+        open_run(None, tmp_path / "nothing", resume=True)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sieve.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_point_then_resume_matches(search_config, tmp_path):
+    cfg = search_config(generations=5)
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    start = time.perf_counter()
+    ref = _cli(["search", "--config", str(config_file), "--run-dir", str(tmp_path / "ref")])
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out.decode()[-2000:]
+    duration = time.perf_counter() - start
+    rng = random.Random(int(time.time()))
+    killed = tmp_path / "killed"
+    victim = _cli(["search", "--config", str(config_file), "--run-dir", str(killed)])
+    time.sleep(rng.uniform(0.3, 0.9) * duration)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    args = ["search", "--resume", str(killed)] if (killed / "config.yaml").exists() else [
+        "search", "--config", str(config_file), "--run-dir", str(killed)]
+    resumed = _cli(args)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out.decode()[-2000:]
+    assert _modules(killed) == _modules(tmp_path / "ref")
+    a = Checkpoint.load(tmp_path / "ref" / "checkpoint")
+    b = Checkpoint.load(killed / "checkpoint")
+    assert a.pop_x == b.pop_x and a.pop_f == b.pop_f

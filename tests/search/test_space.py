@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sieve.errors import SieveError
+from sieve.models.arch import find_matrices
+from sieve.search.operators import repair_budget, switch_levels, total_cost, uniform_crossover
+from sieve.prune.mask import row_prune_count
+from sieve.search.space import SPACES_DIR, SearchSpace, SpaceSpec
+
+SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def test_shipped_spaces_exist():
+    assert {p.stem for p in SHIPPED} >= {"per_matrix", "per_block", "per_type", "nm"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request):
+    model = request.getfixturevalue(arch)
+    space = SearchSpace(SpaceSpec.load(path), find_matrices(model))
+    budget = 0.3 if space.pattern.structured else 0.5
+    low, high = space.budget_window(budget)
+    costs = [g.costs for g in space.genes]
+    rng = np.random.default_rng(0)
+    x = repair_budget(space.nearest_genome({m.name: budget for m in space.matrices}), costs, space.lower, space.upper, (low, high), rng)
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            y = switch_levels(x, space.lower, space.upper, rng)
+        else:
+            other = repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, (low, high), rng)
+            y, _ = uniform_crossover(x, other, rng)
+        y = repair_budget(y, costs, space.lower, space.upper, (low, high), rng)
+        cost = total_cost(y, costs)
+        assert low < cost <= high
+        assert np.all(y >= space.lower) and np.all(y <= space.upper)
+        assert np.array_equal(repair_budget(y, costs, space.lower, space.upper, (low, high), rng), y)
+        x = y
+    if not space.pattern.structured:
+        assert abs(total_cost(x, costs) - budget * space.total) <= space.step
+        assert space.max_increment == space.step
+        alloc = space.allocation(x)
+        removed = sum(m.shape[0] * row_prune_count(m.shape[1], alloc.sparsity[m.name]) for m in space.matrices)
+        assert removed == total_cost(x, costs)
+
+
+def test_per_matrix_switch_is_budget_neutral(llama):
+    space = SearchSpace(SpaceSpec.load("per_matrix"), find_matrices(llama))
+    assert all(space.step % m.shape[0] == 0 for m in space.matrices)
+    costs = [g.costs for g in space.genes]
+    rng = np.random.default_rng(1)
+    x = (space.upper // 2).astype(np.int64)
+    for _ in range(2000):
+        y = switch_levels(x, space.lower, space.upper, rng)
+        assert total_cost(y, costs) == total_cost(x, costs)
+        x = y
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_bad_space_files(tmp_path, llama):
+    mats = find_matrices(llama)
+    with pytest.raises(SieveError, match="'\\*attention\\*'"):
+        SearchSpace(SpaceSpec.load(_write(tmp_path, "modules: ['*attention*']\n")), mats)
+    with pytest.raises(SieveError, match="unknown config key space.yaml.level"):
+        SpaceSpec.load(_write(tmp_path, "level: {max: 0.9}\n"))
+    with pytest.raises(SieveError, match="genes must be one of"):
+        SpaceSpec.load(_write(tmp_path, "genes: head\n"))
+    with pytest.raises(SieveError, match="sparsegpt updates weights"):
+        SpaceSpec.load(_write(tmp_path, "method: {name: sparsegpt}\n"))
+    with pytest.raises(SieveError, match="not valid YAML"):
+        SpaceSpec.load(_write(tmp_path, "modules: [\n"))
+    with pytest.raises(SieveError, match="unknown search space 'per_head'"):
+        SpaceSpec.load("per_head")
+
+
+def test_unreachable_budget(llama):
+    mats = find_matrices(llama)
+    with pytest.raises(SieveError, match="unreachable"):
+        SearchSpace(SpaceSpec.load("per_matrix"), mats).budget_window(0.97)
+    with pytest.raises(SieveError, match="unreachable"):
+        SearchSpace(SpaceSpec.load("nm"), mats).budget_window(0.6)
+    with pytest.raises(SieveError, match="fraction in \\(0, 1\\)"):
+        SearchSpace(SpaceSpec.load("per_matrix"), mats).budget_window(1.0)
