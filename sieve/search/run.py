@@ -47,9 +47,6 @@ from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-GENERAL_FITNESS_BLOCKS = 8
-
-
 def default_run_dir(config: SearchConfig, root: Path = Path("runs")) -> Path:
     model = Path(config.model).name.replace(".", "_")
     task = Path(config.task).stem
@@ -159,11 +156,13 @@ def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
         repair_budget(space.nearest_genome(a.sparsity), costs, space.lower, space.upper, window, rng) for a in (uniform, owl)
     ]
     encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
-    general_blocks = None
-    if config.general_weight > 0:
-        general_blocks = token_blocks(ws.corpus.calibration[::-1], ws.tokenizer, GENERAL_FITNESS_BLOCKS, config.calibration.block_len)
-    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
     fitness = Fitness(config.fitness, config.general_weight)
+    general_blocks = None
+    if fitness.needs_general:
+        general_blocks = token_blocks(
+            ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
+        )
+    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.keep, config.seed)
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)

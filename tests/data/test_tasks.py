@@ -88,6 +88,7 @@ def test_builtin_materialisation(builtin: TaskSplits, sieve_cache: Path) -> None
     assert len(rows["test"]) == 2000 and len(rows["validation"]) == 1000
     assert 9000 < len(rows["train"]) < 10500
     assert [r["label"] for r in rows["train"][:4]] == [0, 1, 0, 1]
+    assert all(len(r["text"]) < 60 for r in rows["train"][:4])  # short few-shot examples
     all_texts = [r["text"] for s in rows.values() for r in s]
     assert len(all_texts) == len(set(all_texts))  # deduplicated, disjoint
     assert {r["label"] for s in rows.values() for r in s} == {0, 1}
@@ -107,7 +108,8 @@ def test_builtin_is_deterministic_and_seeded(builtin: TaskSplits) -> None:
     assert again == builtin
     other = load_task("rotten_tomatoes", seed=1)
     assert other.sizes == builtin.sizes
-    assert other.test != builtin.test  # the cap takes another seeded subset
+    assert other.test == builtin.test  # the test subset is the same for every seed
+    assert other.validation != builtin.validation  # the validation cap takes another seeded subset
     small = load_task("rotten_tomatoes", max_calibration=8, max_validation=None, max_test=16)
     assert (len(small.calibration), len(small.validation), len(small.test)) == (8, 1000, 16)
 
@@ -130,7 +132,10 @@ def test_split_rotten_tomatoes_dedupes_and_alternates() -> None:
     assert "mixed one" not in texts and "a plot summary" not in texts
     assert "bad film 7" in texts  # whitespace normalised
     assert (len(parts["test"]), len(parts["validation"]), len(parts["train"])) == (10, 5, 25)
-    assert [d["label"] for d in parts["train"][:4]] == [0, 1, 0, 1]
+    train = parts["train"]
+    assert [d["label"] for d in train[:4]] == [0, 1, 0, 1]
+    for shot, label in ((train[0], 0), (train[1], 1)):  # the shortest of their label
+        assert len(shot["text"]) == min(len(d["text"]) for d in train if d["label"] == label)
     assert split_rotten_tomatoes(list(reversed(rows)), test_size=10, validation_size=5) == parts
     with pytest.raises(SieveError, match="two train reviews of each label"):
         split_rotten_tomatoes(rows[:20], test_size=10, validation_size=5)

@@ -199,6 +199,36 @@ def test_real_tokenizer_matches_hflm(smollm2_tokenizer: object, sieve_cache: Pat
     np.testing.assert_allclose(np.concatenate(ours.logprobs), theirs, atol=1e-4)
 
 
+@pytest.mark.real_model
+def test_builtin_task_matches_lm_eval_simple_evaluate(smollm2_tokenizer: object,
+                                                      sieve_cache: Path) -> None:
+    """End to end: `lm_eval` on sieve's generated YAML scores the first test documents exactly
+    as sieve's own task loading + scorer do."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from sieve.data.tasks import load_task, materialize_rotten_tomatoes
+
+    tok = smollm2_tokenizer
+    model = tiny_llama(vocab_size=len(tok), seed=11)
+    splits = load_task("rotten_tomatoes", max_test=None)  # all 2000, in file order
+    yaml_dir = materialize_rotten_tomatoes().parent
+    result = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048),
+        tasks=["sieve_rotten_tomatoes"],
+        task_manager=TaskManager(include_path=str(yaml_dir), include_defaults=False),
+        limit=8, bootstrap_iters=0, log_samples=True,
+    )
+    samples = result["samples"]["sieve_rotten_tomatoes"]
+    theirs = np.array([[r[0] for r in smp["filtered_resps"]] for smp in samples])
+    ours = score_examples(model, encode_task(splits.test[:8], tok, 2048))
+    assert [smp["arguments"][0][0] for smp in samples] == [ex.context for ex in splits.test[:8]]
+    np.testing.assert_allclose(np.array(ours.logprobs), theirs, atol=1e-4)
+    lm_acc = result["results"]["sieve_rotten_tomatoes"]["acc,none"]
+    assert metrics(ours)["acc"] == pytest.approx(lm_acc)
+
+
 # ---------------------------------------------------------------- metrics and perplexity
 
 

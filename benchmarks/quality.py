@@ -1,0 +1,164 @@
+"""Quality benchmark: every baseline and both searches on one model, task and set of splits.
+
+    python benchmarks/quality.py [--budgets 0.5,0.6,0.7,2:4] [--rows dense,uniform,owl,search-general,search-task]
+                                 [--seeds 0,1,2] [--search-config FILE] [--tag PART] [--smoke]
+
+Rows (method names as in the results JSON): ``dense``, ``uniform-{magnitude,wanda,sparsegpt,fused}``,
+``owl-{wanda,fused}``, ``search-general`` (EvoPress's recipe in sieve: per-matrix levels on
+general-text Wanda scores, KL to dense on general text, multi-step selection) and ``search-task``
+(sieve's default: fused scores, task NLL). All rows share the calibration data, the splits and the
+evaluation. Each invocation writes ``benchmarks/results/quality-<date>-<device>[-TAG].json``;
+``benchmarks/report.py`` merges the parts into markdown. ``--smoke`` runs everything on a tiny
+random model in seconds (it is part of ``make test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
+
+from sieve.calibrate import ensure_stats  # noqa: E402
+from sieve.config import CalibrationConfig, EvalSettings, MethodConfig, SearchConfig, from_dict, load_yaml, to_dict  # noqa: E402
+from sieve.evaluate.quality import QualityProbe  # noqa: E402
+from sieve.prune.allocation import Allocation  # noqa: E402
+from sieve.prune.mask import Pattern  # noqa: E402
+from sieve.prune.owl import owl_allocation  # noqa: E402
+from sieve.prune.pruner import ModelPruner  # noqa: E402
+from sieve.search.run import SearchRun, open_run  # noqa: E402
+from sieve.workspace import Workspace  # noqa: E402
+
+log = logging.getLogger("benchmarks.quality")
+
+UNIFORM = ("magnitude", "wanda", "sparsegpt", "fused")
+OWL = ("wanda", "fused")
+SEARCHES = {
+    "search-general": {"space": "evopress", "fitness": "general_kl"},
+    "search-task": {"space": "per_matrix", "fitness": "task_nll"},
+}
+GPU_SEARCH = {
+    "validation_examples": 256, "stages": [32, 96], "keep": [6, 2], "offspring": 24, "population": 8, "generations": 12,
+    "batch_size": 64, "calibration": {"general_blocks": 128, "task_examples": 128}, "evaluation": {"test_examples": 500},
+}
+SMOKE_SEARCH = {
+    "validation_examples": 12, "stages": [4], "keep": [2], "offspring": 4, "population": 3, "generations": 2,
+    "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
+    "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}, "general_fitness_blocks": 2,
+}
+
+
+def _budget(text: str) -> tuple[float, Pattern]:
+    pattern = Pattern.parse(text) if ":" in text else Pattern()
+    return (pattern.sparsity if pattern.structured else float(text)), pattern
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else {
+        "model": args.model, "task": args.task, "general": args.general}
+    search_base = dict(SMOKE_SEARCH if args.smoke else GPU_SEARCH)
+    if args.search_config:
+        search_base.update(load_yaml(args.search_config))
+    base = from_dict(SearchConfig, {**search_base, **inputs, "device": args.device})
+    cal: CalibrationConfig = base.calibration
+    settings: EvalSettings = base.evaluation
+    ws = Workspace.open(inputs["model"], task=inputs["task"], general=inputs["general"], device=args.device,
+                        max_calibration=cal.task_examples, max_validation=base.validation_examples,
+                        max_test=settings.test_examples)
+    start = time.perf_counter()
+    stats, timings = ensure_stats(ws.model, ws.tokenizer, ws.matrices, ("general", "task"), model_id=ws.loaded.model_id,
+                                  cfg=cal, general=ws.corpus, task_texts=ws.task.calibration_texts(),
+                                  task_name=inputs["task"], hessian=True)
+    stats_seconds = time.perf_counter() - start
+    probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, settings)
+    rows: list[dict[str, Any]] = []
+    groups = set(args.rows.split(","))
+    body = {**provenance(), "model": ws.loaded.model_id, "task": inputs["task"], "general": inputs["general"],
+            "smoke": args.smoke, "calibration": to_dict(cal), "evaluation": to_dict(settings),
+            "search": {k: v for k, v in to_dict(base).items() if k not in ("model", "task", "general")},
+            "stats_seconds": stats_seconds, "stats_tokens": timings.tokens, "rows": rows}
+    tag = args.tag or ("smoke" if args.smoke else "")
+
+    def record(method: str, budget: str, pattern: Pattern, seed: int | None, report, seconds: float, tokens: int) -> None:
+        row = {"method": method, "budget": budget, "pattern": str(pattern), "seed": seed, "task_acc": report.task_acc,
+               "task_nll": report.task_nll, "wiki_ppl": report.wiki_ppl, "sparsity": report.sparsity,
+               "seconds": seconds, "tokens": tokens}
+        rows.append(row)
+        write_result("quality", body, args.out_dir, tag)  # after every row: a cut-off run keeps what it measured
+        log.warning("%-18s %-5s seed=%s acc=%.3f nll=%.3f ppl=%.2f sparsity=%.4f %.1fs", method, budget, seed,
+                    report.task_acc, report.task_nll, report.wiki_ppl, report.sparsity, seconds)
+
+    if "dense" in groups:
+        record("dense", "0", Pattern(), None, probe.measure(ws.model, ws.matrices), 0.0, 0)
+    for budget_text in args.budgets.split(","):
+        sparsity, pattern = _budget(budget_text)
+        if "uniform" in groups:
+            for name in UNIFORM:
+                pruner = ModelPruner(ws.matrices, MethodConfig(name=name).build(), stats)
+                t0 = time.perf_counter()
+                pruner.apply(Allocation.uniform(ws.matrices, sparsity, pattern))
+                record(f"uniform-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
+                       time.perf_counter() - t0, 0)
+                pruner.restore()
+        if "owl" in groups and not pattern.structured:
+            for name in OWL:
+                method = MethodConfig(name=name).build()
+                pruner = ModelPruner(ws.matrices, method, stats)
+                t0 = time.perf_counter()
+                pruner.apply(owl_allocation(ws.matrices, method, stats, sparsity))
+                record(f"owl-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
+                       time.perf_counter() - t0, 0)
+                pruner.restore()
+        for label, overrides in SEARCHES.items():
+            if label not in groups or pattern.structured:
+                continue
+            for seed in (int(s) for s in args.seeds.split(",")):
+                cfg = from_dict(SearchConfig, {**to_dict(base), **overrides, "budget": sparsity, "seed": seed})
+                run_dir = Path(args.runs) / f"{label}-b{budget_text}-s{seed}-{int(time.time())}"
+                cfg, run_dir = open_run(cfg, run_dir, resume=False)
+                outcome = SearchRun(cfg, run_dir).execute(report=True)
+                best = next(r for r in outcome["table"] if r["method"] == "sieve-search")
+                record(label, budget_text, pattern, seed, _Row(best), outcome["search_seconds"], outcome["tokens"])
+    return body
+
+
+class _Row:
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.__dict__.update(row)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--general", default="wikipedia")
+    p.add_argument("--budgets", default="0.5,0.6,0.7,2:4")
+    p.add_argument("--rows", default="dense,uniform,owl,search-general,search-task")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--search-config", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="")
+    p.add_argument("--smoke", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = parser().parse_args(argv)
+    body = run(args)
+    path = write_result("quality", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
