@@ -45,7 +45,7 @@ SEARCHES = {
     "search-task": {"space": "per_matrix", "fitness": "task_nll"},
 }
 GPU_SEARCH = {
-    "validation_examples": 256, "stages": [32, 96], "keep": [6, 2], "offspring": 24, "population": 8, "generations": 12,
+    "validation_examples": 256, "stages": [32, 96], "keep": [6, 2], "offspring": 24, "population": 8, "generations": 30,
     "batch_size": 64, "calibration": {"general_blocks": 128, "task_examples": 128}, "evaluation": {"test_examples": 500},
 }
 SMOKE_SEARCH = {
