@@ -38,7 +38,7 @@ from sieve.workspace import Workspace  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
-UNIFORM = ("magnitude", "wanda", "sparsegpt", "fused")
+UNIFORM = ("magnitude", "wanda", "wanda-task", "sparsegpt", "fused")
 OWL = ("wanda", "fused")
 SEARCHES = {
     "search-general": {"space": "evopress", "fitness": "general_kl"},
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sparsity, pattern = _budget(budget_text)
         if "uniform" in groups:
             for name in UNIFORM:
-                pruner = ModelPruner(ws.matrices, MethodConfig(name=name).build(), stats)
+                method = MethodConfig(name="wanda", source="task") if name == "wanda-task" else MethodConfig(name=name)
+                pruner = ModelPruner(ws.matrices, method.build(), stats)
                 t0 = time.perf_counter()
                 pruner.apply(Allocation.uniform(ws.matrices, sparsity, pattern))
                 record(f"uniform-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import RESULTS
 
-ORDER = ["dense", "uniform-magnitude", "uniform-wanda", "uniform-sparsegpt", "uniform-fused", "owl-wanda", "owl-fused",
+ORDER = ["dense", "uniform-magnitude", "uniform-wanda", "uniform-wanda-task", "uniform-sparsegpt", "uniform-fused", "owl-wanda", "owl-fused",
          "search-general", "search-task"]
 
 

@@ -43,6 +43,7 @@ from sieve.search.fitness import Fitness, FitnessInputs
 from sieve.search.loop import GenerationRecord, Search
 from sieve.search.operators import repair_budget
 from sieve.search.space import SearchSpace, SpaceSpec
+from sieve.stats import MatrixStats
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,11 @@ class Prepared:
     provenance: dict[str, Any]
     stats_seconds: dict[str, float]
     settings: EvalSettings
+    stats: dict[str, MatrixStats]
 
 
-def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
-    ws = Workspace.open(
+def open_workspace(config: SearchConfig) -> Workspace:
+    return Workspace.open(
         config.model,
         task=config.task,
         general=config.general,
@@ -118,6 +120,30 @@ def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
         max_validation=config.validation_examples,
         max_test=config.evaluation.test_examples,
     )
+
+
+def build_evaluator(
+    config: SearchConfig, ws: Workspace, space: SearchSpace, method, stats: dict[str, MatrixStats]
+) -> CandidateEvaluator:
+    """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
+    with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
+    pruner = ModelPruner(space.matrices, method, stats)
+    pruner.precompute_levels(space.row_counts())
+    encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
+    fitness = Fitness(config.fitness, config.general_weight)
+    general_blocks = None
+    if fitness.needs_general:
+        general_blocks = token_blocks(
+            ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
+        )
+    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
+    fitness.prepare(ws.model, inputs)
+    plan = StagePlan.build(len(encoded), config.stages, config.keep, config.seed)
+    return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
+
+
+def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
+    ws = open_workspace(config)
     spec = SpaceSpec.load(config.space)
     space = SearchSpace(spec, ws.matrices)
     window = space.budget_window(config.budget)
@@ -144,8 +170,6 @@ def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
         task_name=config.task,
         stats_dir=run_dir / "stats",
     )
-    pruner = ModelPruner(space.matrices, method, stats)
-    pruner.precompute_levels(space.row_counts())
     uniform = Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured else Allocation(
         {}, space.pattern
     )
@@ -155,18 +179,9 @@ def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
     seeds = [
         repair_budget(space.nearest_genome(a.sparsity), costs, space.lower, space.upper, window, rng) for a in (uniform, owl)
     ]
-    encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
-    fitness = Fitness(config.fitness, config.general_weight)
-    general_blocks = None
-    if fitness.needs_general:
-        general_blocks = token_blocks(
-            ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
-        )
-    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
-    fitness.prepare(ws.model, inputs)
-    plan = StagePlan.build(len(encoded), config.stages, config.keep, config.seed)
-    evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
-    return Prepared(ws, space, window, pruner, uniform, owl, seeds, evaluator, provenance, timings.seconds, config.evaluation)
+    evaluator = build_evaluator(config, ws, space, method, stats)
+    return Prepared(ws, space, window, evaluator.pruner, uniform, owl, seeds, evaluator, provenance, timings.seconds,
+                    config.evaluation, stats)
 
 
 class SearchRun:
@@ -184,7 +199,9 @@ class SearchRun:
         report: bool = True,
     ) -> dict[str, Any]:
         prepared = prepare(self.config, self.run_dir)
-        backend = backend_factory(prepared) if backend_factory else InProcessBackend(prepared.evaluator)
+        if backend_factory is None:
+            backend_factory = default_backend(self.config, self.run_dir)
+        backend = backend_factory(prepared)
         space = prepared.space
 
         def save(ckpt: Checkpoint, record: GenerationRecord) -> None:
@@ -244,6 +261,19 @@ class SearchRun:
             outcome["per_type"] = per_type_table(space.allocation(best), space)
         write_json(self.run_dir / "results.json", outcome)
         return outcome
+
+
+def default_backend(config: SearchConfig, run_dir: Path) -> Callable[[Prepared], EvaluationBackend]:
+    """In-process unless ``--workers N`` or ``--ray-address`` asks for Ray actors."""
+    if config.workers == 0 and config.ray_address is None:
+        return lambda prepared: InProcessBackend(prepared.evaluator)
+
+    def ray_backend(prepared: Prepared) -> EvaluationBackend:
+        from sieve.search.ray_backend import RayBackend
+
+        return RayBackend(config, prepared.stats, run_dir)
+
+    return ray_backend
 
 
 def _cached_full(search: Search, genome: np.ndarray) -> float | None:

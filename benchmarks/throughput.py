@@ -1,0 +1,230 @@
+"""Throughput benchmark: what one candidate evaluation costs, and how it scales over actors.
+
+    python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
+                                    [--candidates 12] [--ray-actors 1,2] [--smoke]
+
+Per model: the per-candidate time split into mask apply / forward / overhead against a dense
+forward on the same tokens, candidates per second, peak GPU memory relative to the model's weight
+bytes, and the forward's achieved TFLOP/s (``2 · params · tokens / t``) against this device's
+measured bf16 matmul peak. Candidates are random budget-feasible genomes of the default
+``per_matrix`` space at budget 0.5 (every matrix changes between candidates: the worst case for
+mask application). ``--ray-actors`` measures candidates/s of the real search path
+(:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task) with 1 vs N actors.
+``--smoke`` runs a tiny random model on the CPU in seconds (part of ``make test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
+
+from sieve.config import MethodConfig  # noqa: E402
+from sieve.models.arch import find_matrices  # noqa: E402
+from sieve.prune.pruner import ModelPruner  # noqa: E402
+from sieve.search.operators import repair_budget  # noqa: E402
+from sieve.search.space import SearchSpace, SpaceSpec  # noqa: E402
+
+log = logging.getLogger("benchmarks.throughput")
+
+RANDOM_LLAMAS = {
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=32000),
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256),
+    "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=256),
+}
+COLUMNS = ["model", "dtype", "params", "tokens", "dense_forward_s", "apply_s", "forward_s", "overhead_s", "candidate_s",
+           "candidate_over_dense", "candidates_per_s", "precompute_s", "peak_mem_gb", "weights_gb", "mem_over_model",
+           "tflops", "peak_tflops"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def build_model(name: str, device: torch.device):
+    if name in RANDOM_LLAMAS:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(**RANDOM_LLAMAS[name], max_position_embeddings=4096)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).to(dtype)
+        return model.eval(), str(dtype).replace("torch.", ""), cfg.vocab_size
+    from sieve.models.loading import load_model
+
+    loaded = load_model(name, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
+    return loaded.model, "bfloat16" if device.type == "cuda" else "float32", loaded.model.config.vocab_size
+
+
+def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: int, seq_len: int) -> dict[str, Any]:
+    model, dtype, vocab = build_model(name, device)
+    mats = find_matrices(model)
+    spec = SpaceSpec(name="throughput", method=MethodConfig(name="magnitude"))
+    space = SearchSpace(spec, mats)
+    window = space.budget_window(0.5)
+    sync(device)
+    t0 = time.perf_counter()
+    pruner = ModelPruner(space.matrices, spec.method.build(), {})
+    pruner.precompute_levels(space.row_counts())
+    sync(device)
+    precompute_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    costs = [g.costs for g in space.genes]
+    genomes = [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, window, rng)
+               for _ in range(n_candidates)]
+    batch = max(1, n_tokens // seq_len)
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def forward() -> float:
+        sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        sync(device)
+        return time.perf_counter() - start
+
+    forward()
+    dense = statistics.median(forward() for _ in range(3))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    apply_t, fwd_t, total_t = [], [], []
+    for genome in genomes:
+        sync(device)
+        start = time.perf_counter()
+        allocation = space.allocation(genome)
+        a0 = time.perf_counter()
+        pruner.apply(allocation)
+        sync(device)
+        a1 = time.perf_counter()
+        f = forward()
+        total_t.append(time.perf_counter() - start)
+        apply_t.append(a1 - a0)
+        fwd_t.append(f)
+    pruner.restore()
+    candidate = statistics.mean(total_t)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
+    params = sum(p.numel() for p in model.parameters())
+    forward_s = statistics.mean(fwd_t)
+    row = {
+        "model": name, "dtype": dtype, "params": params, "tokens": batch * seq_len, "dense_forward_s": dense,
+        "apply_s": statistics.mean(apply_t), "forward_s": forward_s,
+        "overhead_s": candidate - statistics.mean(apply_t) - forward_s, "candidate_s": candidate,
+        "candidate_over_dense": candidate / dense, "candidates_per_s": 1 / candidate, "precompute_s": precompute_s,
+        "peak_mem_gb": peak / 2**30, "weights_gb": weight_bytes / 2**30, "mem_over_model": peak / weight_bytes,
+        "tflops": 2 * params * batch * seq_len / forward_s / 1e12,
+    }
+    del pruner, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> list[dict[str, Any]]:
+    """Candidates/s of the real search evaluation path with 1..N Ray actors."""
+    import ray
+
+    from sieve.config import SearchConfig, from_dict
+    from sieve.search.ray_backend import RayBackend
+    from sieve.search.run import prepare
+
+    rows = []
+    run_dir = Path(tempfile.mkdtemp(prefix="sieve-throughput-"))
+    cfg = from_dict(SearchConfig, base)
+    prepared = prepare(cfg, run_dir)
+    space = prepared.space
+    rng = np.random.default_rng(1)
+    costs = [g.costs for g in space.genes]
+    genomes = [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
+                             prepared.window, rng) for _ in range(n_candidates)]
+    final = prepared.evaluator.plan.final
+    for n in actors:
+        backend = RayBackend(from_dict(SearchConfig, {**base, "workers": n}), prepared.stats, run_dir)
+        backend.evaluate(genomes[:n], final)  # warm-up: first forward per actor
+        start = time.perf_counter()
+        backend.evaluate(genomes, final)
+        seconds = time.perf_counter() - start
+        backend.close()
+        rows.append({"model": f"{base['model']} (Ray)", "actors": n, "candidates": len(genomes), "seconds": round(seconds, 3),
+                     "candidates_per_s": round(len(genomes) / seconds, 3)})
+        log.warning("ray actors=%d: %.2f candidates/s", n, len(genomes) / seconds)
+    ray.shutdown()
+    base_rate = rows[0]["candidates_per_s"]
+    for r in rows:
+        r["speedup"] = round(r["candidates_per_s"] / base_rate, 3)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="smollm2-135m,llama-1b,llama-8b")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--candidates", type=int, default=12)
+    p.add_argument("--ray-actors", default="")
+    p.add_argument("--ray-candidates", type=int, default=24)
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    models = ["llama-tiny"] if args.smoke else args.models.split(",")
+    tokens, seq_len = (256, 32) if args.smoke else (args.tokens, args.seq_len)
+    body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "ray": []}
+    for name in models:
+        row = measure_model(name, device, tokens, 3 if args.smoke else args.candidates, seq_len)
+        row["peak_tflops"] = body["peak_tflops"]
+        body["rows"].append(row)
+        log.warning("%s", row)
+        write_result("throughput", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
+    if args.ray_actors:
+        if args.smoke:
+            inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-")))
+            base = {**inputs, "budget": 0.5, "device": "cpu", "validation_examples": 12, "stages": [4], "keep": [2],
+                    "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
+                    "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}}
+        else:
+            base = {"model": "smollm2-135m", "budget": 0.5, "validation_examples": 256, "batch_size": 64,
+                    "stages": [32, 96], "keep": [6, 2]}
+        body["ray"] = measure_ray([int(n) for n in args.ray_actors.split(",")], base,
+                                  4 if args.smoke else args.ray_candidates)
+    path = write_result("throughput", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

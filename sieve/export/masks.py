@@ -1,0 +1,119 @@
+"""``masks``: binary keep-masks, bit-packed, to re-apply the same sparsity to a fine-tuned variant.
+
+File format (``sieve.masks/v1``, safetensors): one ``uint8`` tensor per pruned matrix, keyed by its
+full module name, holding ``numpy.packbits(M.reshape(-1))`` (row-major, big bit order, ``1`` =
+keep) of the mask ``M`` in the module's own weight layout (``module.weight.shape``: ``(out, in)``
+for Linear, ``(in, out)`` for GPT-2 Conv1D), so ``W ⊙ M`` needs no knowledge of the architecture.
+The metadata holds ``format``, ``shapes`` (JSON name → shape), ``bitorder``, the source ``model``,
+its ``weights_hash``, ``method``, ``pattern`` and per-module ``sparsity``. A mask costs one bit per
+weight (1/32 of a float32 matrix).
+
+Masks are the pruner's decision, not the zeros of the pruned weights: for mask-only methods
+(``S = |W| · f``) ``M = mask(S, s, pattern)`` recomputed from the dense weight and the pruner's own
+channel factor, checked against the pruned weight; for weight-updating methods (SparseGPT) the
+nonzeros of the pruned weight. ``sieve prune --masks FILE`` applies them (``W ← W ⊙ M``) to any
+model with the same module names and shapes, refusing a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sieve.errors import SieveError
+from sieve.export.base import ExportRequest, Exporter, pruned_model, register_exporter
+from sieve.io import write_safetensors
+from sieve.prune.api import PrunedModel
+from sieve.prune.mask import mask_from_scores
+
+FORMAT = "sieve.masks/v1"
+BITORDER = "big"
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    """``numpy.packbits`` of a boolean mask, flattened row-major (uint8, ``ceil(numel / 8)`` bytes)."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().numpy().astype(bool).reshape(-1), bitorder=BITORDER))
+
+
+def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    count = math.prod(shape)
+    bits = np.unpackbits(packed.numpy(), count=count, bitorder=BITORDER)
+    return torch.from_numpy(bits.reshape(shape).astype(bool))
+
+
+def keep_masks(pruned: PrunedModel) -> dict[str, torch.Tensor]:
+    """Keep-mask of every pruned matrix, in its module's weight layout."""
+    pruner, allocation = pruned.pruner, pruned.allocation
+    out = {}
+    for m in pruner.matrices:
+        sparsity = allocation.sparsity.get(m.name, 0.0)
+        if sparsity <= 0:
+            continue
+        weight = m.weight
+        if pruner.method.mask_only:
+            dense = pruner.dense[m.name]
+            keep = mask_from_scores(dense.float().abs() * pruner.factor[m.name], sparsity, allocation.pattern_of(m.name))
+            expected = torch.where(keep, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+            if not torch.equal(expected, weight):
+                raise RuntimeError(f"mask of {m.name} does not reproduce the pruned weight")  # a bug, not user error
+        else:
+            keep = weight != 0
+        out[m.name] = keep.t() if m.transposed else keep
+    return out
+
+
+def write_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    tensors = {name: pack(mask) for name, mask in masks.items()}
+    metadata = {
+        "format": FORMAT,
+        "bitorder": BITORDER,
+        "shapes": json.dumps({name: list(mask.shape) for name, mask in masks.items()}),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+    }
+    return write_safetensors(path, tensors, metadata=metadata)
+
+
+def read_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(name → boolean mask in the module's weight layout, metadata)``; refuses other files."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SieveError(f"masks file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise SieveError(f"{path} is not a {FORMAT} file (format={meta.get('format')!r})")
+            shapes = json.loads(meta["shapes"])
+            masks = {name: unpack(fh.get_tensor(name), tuple(shape)) for name, shape in shapes.items()}
+    except SafetensorError as exc:
+        raise SieveError(f"{path} is not a safetensors file: {exc}") from None
+    return masks, {k: v for k, v in meta.items() if k not in ("format", "shapes", "bitorder")}
+
+
+@register_exporter
+class MasksExporter(Exporter):
+    name = "masks"
+    description = "bit-packed binary masks (safetensors) for sieve prune --masks"
+
+    def export(self, request: ExportRequest) -> dict[str, Any]:
+        pruned = pruned_model(request)
+        masks = keep_masks(pruned)
+        sparsity = {name: 1.0 - float(mask.sum()) / mask.numel() for name, mask in masks.items()}
+        meta = {
+            "model": pruned.provenance["model"],
+            "weights_hash": pruned.provenance["weights_hash"],
+            "method": pruned.method.describe(),
+            "pattern": str(pruned.allocation.pattern),
+            "sparsity": sparsity,
+        }
+        write_masks(request.out, masks, meta)
+        pruned.pruner.restore()
+        bits = sum(m.numel() for m in masks.values())
+        return {"out": str(request.out), "matrices": len(masks), "bits": bits, "bytes": request.out.stat().st_size}

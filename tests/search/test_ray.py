@@ -1,0 +1,72 @@
+"""Ray backend on a real local Ray instance (2 CPU actors): same result as in-process, also
+when an actor is killed mid-generation."""
+
+import threading
+import time
+
+import pytest
+
+from sieve.search.run import SearchRun, open_run
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _execute(cfg, run_dir, on_backend=None):
+    cfg, run_dir = open_run(cfg, run_dir, resume=False)
+    run = SearchRun(cfg, run_dir)
+    if on_backend is None:
+        return run.execute(report=False)
+    from sieve.search.run import default_backend
+
+    factory = default_backend(cfg, run_dir)
+
+    def wrapped(prepared):
+        backend = factory(prepared)
+        on_backend(backend)
+        return backend
+
+    return run.execute(report=False, backend_factory=wrapped)
+
+
+@pytest.mark.slow
+def test_two_ray_actors_match_in_process_even_when_one_dies(ray_instance, search_config, tmp_path):
+    local = _execute(search_config(generations=2), tmp_path / "local")
+    remote = _execute(search_config(generations=2, workers=2), tmp_path / "ray")
+    assert remote["best_genome"] == local["best_genome"]
+    assert remote["best_fitness"] == local["best_fitness"]
+    assert remote["evaluations"] == local["evaluations"]
+
+    state = {}
+
+    def chaos(backend):
+        def kill_when_busy():
+            while backend.dispatched < 6:
+                time.sleep(0.01)
+            ray.kill(backend.actors[0], no_restart=False)
+            state["killed"] = True
+
+        threading.Thread(target=kill_when_busy, daemon=True).start()
+        state["backend"] = backend
+
+    killed = _execute(search_config(generations=2, workers=2), tmp_path / "killed", chaos)
+    assert state.get("killed")
+    assert state["backend"].failures >= 1  # the in-flight candidate failed and was re-dispatched
+    assert killed["best_genome"] == local["best_genome"]
+    assert killed["best_fitness"] == local["best_fitness"]
+
+
+def test_unreachable_ray_address_is_one_line(search_config, tmp_path):
+    from sieve.errors import SieveError
+    from sieve.search.ray_backend import check_address
+
+    with pytest.raises(SieveError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        check_address("127.0.0.1:1")
+    with pytest.raises(SieveError, match="HOST:PORT"):
+        check_address("nonsense")
