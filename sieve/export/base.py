@@ -25,7 +25,15 @@ from sieve.config import PruneConfig
 from sieve.errors import SieveError
 from sieve.models.arch import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.api import AllocationSource, PrunedModel, check_allocation, open_workspace, prune_in_place, read_allocation
+from sieve.prune.api import (
+    AllocationSource,
+    PrunedModel,
+    check_allocation,
+    open_workspace,
+    prune_config_for,
+    prune_in_place,
+    read_allocation,
+)
 from sieve.prune.mask import row_prune_count
 from sieve.workspace import Workspace
 
@@ -45,30 +53,11 @@ class ExportRequest:
     device: str = "auto"
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def model_spec(self) -> str:
-        spec = self.model or self.source.model
-        if not spec:
-            raise SieveError(f"allocation {self.source.path} records no model; give one with --model")
-        return spec
-
     def prune_config(self) -> PruneConfig:
         """The ``sieve prune`` config that reproduces the allocation on the model."""
-        source = self.source
-        fields: dict[str, Any] = {
-            "model": self.model_spec(),
-            "method": source.method_config(),
-            "allocation": str(source.run_dir or source.path),
-            "device": self.device,
-        }
-        if source.run_dir is not None:
-            run = source.run_config()
-            fields.update(task=run.task, general=run.general, dtype=run.dtype, seed=run.seed, calibration=run.calibration)
-        elif source.body.get("task"):
-            fields["task"] = source.body["task"]
-        for key in ("task", "general", "dtype"):
-            if getattr(self, key):
-                fields[key] = getattr(self, key)
-        return PruneConfig(**fields)
+        return prune_config_for(
+            self.source, model=self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device
+        )
 
 
 class Exporter(ABC):

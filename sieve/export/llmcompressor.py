@@ -86,6 +86,10 @@ _FlowLists.add_representer(
         "tag:yaml.org,2002:seq", value, flow_style=all(not isinstance(v, (dict, list)) for v in value)
     ),
 )
+_FlowLists.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if ":" in value else None),
+)
 
 
 def recipe_yaml(recipe: dict[str, Any], header: dict[str, Any]) -> str:

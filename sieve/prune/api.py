@@ -146,6 +146,41 @@ def load_allocation_for(
     return source.allocation
 
 
+def prune_config_for(
+    source: AllocationSource,
+    *,
+    model: str | None = None,
+    task: str | None = None,
+    general: str | None = None,
+    dtype: str | None = None,
+    device: str = "auto",
+) -> PruneConfig:
+    """The ``sieve prune`` config that reproduces ``source`` on its model.
+
+    Model, task, general corpus, dtype, seed and calibration sizes come from the run's
+    ``config.yaml`` (a run directory) or the file's ``model`` / ``task`` fields; the method from
+    the file's ``method``. Arguments that are not ``None`` override them.
+    """
+    spec = model or source.model
+    if not spec:
+        raise SieveError(f"allocation {source.path} records no model; give one with --model")
+    fields: dict[str, Any] = {
+        "model": spec,
+        "method": source.method_config(),
+        "allocation": str(source.run_dir or source.path),
+        "device": device,
+    }
+    if source.run_dir is not None:
+        run = source.run_config()
+        fields.update(task=run.task, general=run.general, dtype=run.dtype, seed=run.seed, calibration=run.calibration)
+    elif source.body.get("task"):
+        fields["task"] = source.body["task"]
+    for key, value in (("task", task), ("general", general), ("dtype", dtype)):
+        if value:
+            fields[key] = value
+    return PruneConfig(**fields)
+
+
 def stats_dir_for(model_id: str) -> Path:
     return cache_dir() / "stats" / re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -142,7 +142,7 @@ def build_evaluator(
     return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
 
 
-def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
+def prepare(config: SearchConfig, run_dir: Path, extra_seeds: Sequence[dict[str, float]] | None = None) -> Prepared:
     ws = open_workspace(config)
     spec = SpaceSpec.load(config.space)
     space = SearchSpace(spec, ws.matrices)
@@ -176,9 +176,8 @@ def prepare(config: SearchConfig, run_dir: Path) -> Prepared:
     owl = owl_allocation(space.matrices, method, stats, config.budget)
     rng = np.random.default_rng(config.seed)
     costs = [g.costs for g in space.genes]
-    seeds = [
-        repair_budget(space.nearest_genome(a.sparsity), costs, space.lower, space.upper, window, rng) for a in (uniform, owl)
-    ]
+    starts = [uniform.sparsity, owl.sparsity, *(extra_seeds or [])]
+    seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
     evaluator = build_evaluator(config, ws, space, method, stats)
     return Prepared(ws, space, window, evaluator.pruner, uniform, owl, seeds, evaluator, provenance, timings.seconds,
                     config.evaluation, stats)
@@ -197,8 +196,11 @@ class SearchRun:
         backend_factory: Callable[[Prepared], EvaluationBackend] | None = None,
         on_generation: Callable[[GenerationRecord], None] | None = None,
         report: bool = True,
+        extra_seeds: Sequence[dict[str, float]] | None = None,
     ) -> dict[str, Any]:
-        prepared = prepare(self.config, self.run_dir)
+        """Run (or resume) to ``config.generations``; ``extra_seeds`` (per-matrix sparsity maps)
+        join uniform and OWL in the initial population, e.g. a warm start from another budget."""
+        prepared = prepare(self.config, self.run_dir, extra_seeds)
         if backend_factory is None:
             backend_factory = default_backend(self.config, self.run_dir)
         backend = backend_factory(prepared)

@@ -34,3 +34,15 @@ def test_select_matrices_patterns(llama):
     assert len(select_matrices(mats, ["re:layers\\.1\\..*proj"])) == 7
     with pytest.raises(SieveError, match="'\\*nothing\\*'"):
         select_matrices(mats, ["*mlp*", "*nothing*"])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_llama_family_layouts(family):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(family, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)
+    mats = find_matrices(AutoModelForCausalLM.from_config(cfg))
+    assert len(mats) == 14
+    assert {m.kind for m in mats} == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}

@@ -70,3 +70,13 @@ def test_unreachable_ray_address_is_one_line(search_config, tmp_path):
         check_address("127.0.0.1:1")
     with pytest.raises(SieveError, match="HOST:PORT"):
         check_address("nonsense")
+
+
+@pytest.mark.slow
+def test_resume_with_ray_matches_in_process(ray_instance, search_config, tmp_path):
+    full = _execute(search_config(generations=2), tmp_path / "full")
+    _execute(search_config(generations=1, workers=2), tmp_path / "part")
+    cfg, run_dir = open_run(None, tmp_path / "part", resume=True, overrides={"generations": 2, "workers": 2})
+    resumed = SearchRun(cfg, run_dir).execute(report=False)
+    assert resumed["best_genome"] == full["best_genome"] and resumed["best_fitness"] == full["best_fitness"]
+    assert (tmp_path / "part" / "ray_logs").is_dir()

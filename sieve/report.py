@@ -1,0 +1,265 @@
+"""``sieve report RUN``: plots and a Markdown summary of a search run, in ``RUN/report/``.
+
+Reads only the run directory (no model is loaded):
+
+* ``fitness.png`` — best and median fitness of each generation (``history.jsonl``), with the
+  uniform and OWL seeds' full-fidelity fitness (``results.json``) as reference lines;
+* ``allocation.png`` — heatmap of the best allocation's sparsity, matrix kinds × blocks
+  (``best_allocation.json``). Architecture-agnostic: a module name's block index is its first
+  integer path component and its kind everything after it (``model.layers.3.mlp.up_proj`` →
+  block 3, kind ``mlp.up_proj``; ``transformer.h.0.attn.c_attn`` → 0, ``attn.c_attn``), which is
+  how :func:`sieve.models.arch.find_matrices` names matrices;
+* ``quality.png`` — task accuracy and general perplexity of dense / uniform / OWL / best found
+  (``results.json`` ``table``), measured on the held-out test split;
+* ``report.md`` — the config summary, the result table and the three plots.
+
+Pure parts (:func:`parse_module`, :func:`sparsity_grid`, :func:`markdown`) are separate from the
+plotting shell; figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state,
+no display) and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sieve.errors import SieveError
+from sieve.io import atomic_write, read_json, read_jsonl, write_text
+from sieve.prune.api import read_allocation
+
+log = logging.getLogger(__name__)
+
+FITNESS_LABELS = {
+    "task_nll": "task NLL of the gold answer (nats/example, choice-normalised)",
+    "task_acc": "1 − task accuracy (fraction)",
+    "kl": "KL(dense ‖ pruned) on task text (nats/token)",
+    "general_kl": "KL(dense ‖ pruned) on general text (nats/token)",
+}
+COLORS = {"dense": "#7f7f7f", "uniform": "#1f77b4", "owl": "#ff7f0e", "sieve": "#2ca02c"}
+
+
+def parse_module(name: str) -> tuple[int, str] | None:
+    """``(block, kind)`` of a module name: the first integer path component and what follows it."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            kind = ".".join(parts[i + 1:])
+            return (int(part), kind) if kind else None
+    return None
+
+
+@dataclass(frozen=True)
+class SparsityGrid:
+    """Sparsity per (kind, block); ``NaN`` where the allocation names no such matrix."""
+
+    kinds: list[str]
+    blocks: list[int]
+    values: np.ndarray  # (len(kinds), len(blocks))
+
+
+def sparsity_grid(modules: Mapping[str, float]) -> SparsityGrid:
+    cells: dict[tuple[int, str], float] = {}
+    kinds: list[str] = []
+    for name, s in modules.items():
+        parsed = parse_module(name)
+        if parsed is None:
+            log.warning("cannot place module %s in the block × kind grid; skipped", name)
+            continue
+        block, kind = parsed
+        cells[(block, kind)] = float(s)
+        if kind not in kinds:
+            kinds.append(kind)  # first-seen order = the model's module order
+    if not cells:
+        raise SieveError("the best allocation names no module of the form ...<block>.<kind>")
+    blocks = sorted({b for b, _ in cells})
+    values = np.full((len(kinds), len(blocks)), np.nan)
+    for (block, kind), s in cells.items():
+        values[kinds.index(kind), blocks.index(block)] = s
+    return SparsityGrid(kinds, blocks, values)
+
+
+def _family(method: str) -> str:
+    for key in ("dense", "uniform", "owl"):
+        if method.startswith(key):
+            return key
+    return "sieve"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=130, bbox_inches="tight"))
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> Path:
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    from sieve.search.loop import ELIMINATED
+
+    gens = [h["generation"] for h in history]
+    # A median that lands on a candidate eliminated at an early fidelity stage (fitness
+    # ELIMINATED + value) is not a validation fitness: leave that point out.
+    medians = [h["median"] if h["median"] < ELIMINATED else float("nan") for h in history]
+    ax.plot(gens, [h["best"] for h in history], marker="o", color=COLORS["sieve"], label="best of population")
+    ax.plot(gens, medians, marker="s", linestyle="--", color="#9467bd", label="median of population")
+    for key, label, color in (("uniform_fitness", "uniform seed", COLORS["uniform"]), ("owl_fitness", "OWL seed", COLORS["owl"])):
+        if results.get(key) is not None:
+            ax.axhline(results[key], color=color, linestyle=":", linewidth=1.5, label=label)
+    fitness = str(config.get("fitness", "task_nll"))
+    ylabel = FITNESS_LABELS.get(fitness, fitness)
+    if config.get("general_weight"):
+        ylabel += f" + {config['general_weight']:g}·general KL"
+    ax.set_xlabel("generation")
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(f"Search progress: {fitness} on the validation split (lower is better)")
+    if len(gens) <= 30:
+        ax.set_xticks(gens)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_allocation(grid: SparsityGrid, budget: float | None, achieved: float | None, path: Path) -> Path:
+    n_kinds, n_blocks = grid.values.shape
+    fig = _figure(max(6.0, 1.2 + 0.36 * n_blocks), max(3.0, 1.4 + 0.45 * n_kinds))
+    ax = fig.add_subplot()
+    masked = np.ma.masked_invalid(grid.values)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_blocks), [str(b) for b in grid.blocks], fontsize=8)
+    ax.set_yticks(range(n_kinds), grid.kinds, fontsize=9)
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("matrix kind")
+    parts = []
+    if budget is not None:
+        parts.append(f"budget {budget:g}")
+    if achieved is not None:
+        parts.append(f"achieved {achieved:.3f}")
+    ax.set_title("Best allocation: sparsity per matrix" + (f" ({', '.join(parts)})" if parts else ""))
+    if n_blocks * n_kinds <= 120:
+        for i in range(n_kinds):
+            for j in range(n_blocks):
+                v = grid.values[i, j]
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("sparsity (fraction of weights pruned)")
+    return _save(fig, path)
+
+
+def plot_quality(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    fig = _figure(10.0, 4.4)
+    labels = [f"{r['method']}\nsparsity {r['sparsity']:.3f}" for r in table]
+    colors = [COLORS[_family(r["method"])] for r in table]
+    x = np.arange(len(table))
+    for k, (key, title, ylabel) in enumerate((
+        ("task_acc", "Task accuracy (test split, higher is better)", "accuracy (fraction correct)"),
+        ("wiki_ppl", "General-text perplexity (held out, lower is better)", "perplexity (exp of mean NLL per token)"),
+    )):
+        ax = fig.add_subplot(1, 2, k + 1)
+        values = [float(r[key]) for r in table]
+        bars = ax.bar(x, values, color=colors, edgecolor="black", linewidth=0.6)
+        ax.bar_label(bars, labels=[f"{v:.3f}" if key == "task_acc" else f"{v:.1f}" for v in values], fontsize=8, padding=2)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        finite = [v for v in values if math.isfinite(v)]
+        if key == "task_acc":
+            ax.set_ylim(0, 1.08)
+        elif finite and max(finite) / max(min(finite), 1e-9) > 20:
+            ax.set_yscale("log")
+            ax.set_ylabel(ylabel + ", log scale")
+        elif finite:
+            ax.set_ylim(0, max(finite) * 1.15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Held-out quality: dense vs uniform vs OWL vs sieve search")
+    return _save(fig, path)
+
+
+def _fmt(value: Any, digits: int) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{v:.{digits}f}" if math.isfinite(v) else "–"
+
+
+def markdown(run_dir: Path, config: Mapping[str, Any], results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+             allocation: Mapping[str, Any], images: Mapping[str, str]) -> str:
+    """``report.md``: config summary, search summary, result table and the plots."""
+    lines = [f"# sieve search report: `{run_dir.name}`", ""]
+    keys = ("model", "task", "general", "space", "budget", "fitness", "general_weight", "generations", "offspring",
+            "population", "seed", "validation_examples", "stages", "keep", "device")
+    lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | `{config[k]}` |" for k in keys if k in config]
+    method = allocation.get("method")
+    if method:
+        lines.append(f"| scoring method | `{method}` |")
+    lines.append("")
+    lines += ["## Search", ""]
+    if history:
+        last = history[-1]
+        lines.append(f"- generations finished: {last['generation']} (best fitness {_fmt(last['best'], 4)}, "
+                     f"median {_fmt(last['median'], 4)})")
+    if results:
+        lines.append(f"- evaluations: {results.get('evaluations', '–')}, forward tokens: {results.get('tokens', 0):,}, "
+                     f"search time: {_fmt(results.get('search_seconds'), 0)} s")
+        lines.append(f"- fitness of the uniform seed {_fmt(results.get('uniform_fitness'), 4)}, OWL seed "
+                     f"{_fmt(results.get('owl_fitness'), 4)}, best {_fmt(results.get('best_fitness'), 4)}")
+    lines.append(f"- best allocation: `best_allocation.json` (generation {allocation.get('generation', '–')}, achieved "
+                 f"sparsity {_fmt(allocation.get('achieved_sparsity'), 4)})")
+    lines.append("")
+    if "fitness" in images:
+        lines += [f"![best and median fitness per generation]({images['fitness']})", ""]
+    table = results.get("table") if results else None
+    lines += ["## Held-out results", ""]
+    if table:
+        lines += ["| method | sparsity | task acc | task NLL | wiki PPL | test examples |", "|---|---:|---:|---:|---:|---:|"]
+        for r in table:
+            lines.append(f"| {r['method']} | {_fmt(r['sparsity'], 4)} | {_fmt(r['task_acc'], 3)} | {_fmt(r['task_nll'], 3)} | "
+                         f"{_fmt(r['wiki_ppl'], 2)} | {r.get('n_test', '–')} |")
+        lines.append("")
+    else:
+        lines += ["`results.json` has no result table yet (the search has not finished, or ran without the final report).", ""]
+    if "quality" in images:
+        lines += [f"![task accuracy and perplexity per method]({images['quality']})", ""]
+    if "allocation" in images:
+        lines += ["## Best allocation", "", f"![sparsity per block and matrix kind]({images['allocation']})", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``RUN/report/{fitness,allocation,quality}.png`` and ``report.md``; return their paths."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise SieveError(f"{run_dir} is not a sieve run directory (no config.yaml)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    history = read_jsonl(run_dir / "history.jsonl")
+    if not history:
+        raise SieveError(f"run {run_dir} has no finished generation yet (history.jsonl is empty)")
+    source = read_allocation(run_dir)
+    results = read_json(run_dir / "results.json") if (run_dir / "results.json").exists() else {}
+    out = run_dir / "report"
+    written: dict[str, Path] = {}
+    written["fitness"] = plot_fitness(history, results, config, out / "fitness.png")
+    grid = sparsity_grid(source.allocation.sparsity)
+    written["allocation"] = plot_allocation(grid, source.body.get("budget"), source.body.get("achieved_sparsity"),
+                                            out / "allocation.png")
+    if results.get("table"):
+        written["quality"] = plot_quality(results["table"], out / "quality.png")
+    images = {k: p.name for k, p in written.items()}
+    written["markdown"] = write_text(out / "report.md", markdown(run_dir, config, results, history, source.body, images))
+    return written

@@ -1,0 +1,97 @@
+"""lm-eval's own ``simple_evaluate`` on sieve's in-memory model agrees with sieve's fast path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sieve.cli import app
+from sieve.config import CalibrationConfig, EvalSettings, SearchConfig
+from sieve.data.tasks import load_task
+from sieve.errors import SieveError
+from sieve.evaluate.lm_eval_runner import parse_task_list, resolve_task, run_lm_eval
+from sieve.evaluate.loglik import encode_task, metrics, score_examples
+from sieve.evaluate.quality import MAX_LENGTH
+from sieve.models.loading import load_model
+from sieve.search.run import SearchRun, open_run
+
+runner = CliRunner()
+
+
+def test_lm_eval_accuracy_equals_fast_path_on_the_same_docs(tiny_model_dir, tiny_task):
+    loaded = load_model(str(tiny_model_dir))
+    splits = load_task(str(tiny_task), max_test=None)
+    ours = metrics(score_examples(loaded.model, encode_task(splits.test, loaded.tokenizer, MAX_LENGTH)))
+    results = run_lm_eval(loaded.model, loaded.tokenizer, [str(tiny_task)], batch_size=8)
+    theirs = results["tiny_sentiment"]
+    assert theirs["n"] == len(splits.test) == 24
+    assert theirs["spec"] == str(tiny_task)
+    assert theirs["acc"] == pytest.approx(ours["acc"], abs=1e-12)
+    limited = run_lm_eval(loaded.model, loaded.tokenizer, [str(tiny_task)], limit=5)["tiny_sentiment"]
+    first5 = metrics(score_examples(loaded.model, encode_task(splits.test[:5], loaded.tokenizer, MAX_LENGTH)))
+    assert limited["n"] == 5 and limited["acc"] == pytest.approx(first5["acc"], abs=1e-12)
+
+
+def test_task_resolution(tiny_task, tmp_path):
+    assert resolve_task(str(tiny_task)).name == "tiny_sentiment"
+    assert resolve_task(str(tiny_task)).include_path == tiny_task.parent.resolve()
+    assert resolve_task("hellaswag").include_path is None
+    assert parse_task_list("a, b") == ["a", "b"]
+    with pytest.raises(SieveError, match="comma-separated"):
+        parse_task_list("a,,b")
+    with pytest.raises(SieveError, match="task YAML not found"):
+        resolve_task(str(tmp_path / "missing.yaml"))
+    (tmp_path / "x.yaml").write_text("dataset_path: json\n")
+    with pytest.raises(SieveError, match="no 'task:' name|not an lm-eval task YAML"):
+        resolve_task(str(tmp_path / "x.yaml"))
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_model_dir, tiny_task, tiny_corpus, tmp_path_factory) -> Path:
+    cfg = SearchConfig(
+        model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus), budget=0.5, generations=1, offspring=4,
+        population=3, seed=0, validation_examples=12, stages=(4,), keep=(2,), batch_size=8, device="cpu",
+        calibration=CalibrationConfig(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
+        evaluation=EvalSettings(test_examples=8, ppl_blocks=2, block_len=32),
+    )
+    cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "r", resume=False)
+    SearchRun(cfg, run_dir).execute(report=False)
+    return run_dir
+
+
+def test_eval_cli_run_dir_with_lm_eval_and_dense_baseline(small_run, tiny_task, tmp_path):
+    result = runner.invoke(app, ["eval", str(small_run), "--tasks", str(tiny_task), "--baseline", "dense", "--device", "cpu"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((small_run / "eval.json").read_text())
+    rows = report["rows"]
+    assert [r["method"] for r in rows] == ["dense", "sieve-search"]
+    assert report["config"]["task"] == str(tiny_task)  # the run's task by default
+    assert rows[0]["sparsity"] == 0.0
+    best = json.loads((small_run / "best_allocation.json").read_text())
+    assert rows[1]["sparsity"] == pytest.approx(best["achieved_sparsity"], abs=1e-9)
+    for row in rows:  # same 24 test docs on both paths, same model state
+        assert row["n_test"] == 24
+        assert row["lm_eval"]["tiny_sentiment"]["acc"] == pytest.approx(row["task_acc"], abs=1e-12)
+
+    # The same allocation as a file, applied in memory (statistics recomputed, cached).
+    alloc = tmp_path / "alloc.json"
+    alloc.write_text((small_run / "best_allocation.json").read_text())
+    result = runner.invoke(app, ["eval", str(alloc), "--task", str(tiny_task), "--general", report["config"]["general"],
+                                 "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "alloc-eval.json").read_text())["rows"]
+    assert [r["method"] for r in again] == ["alloc"]
+    assert again[0]["sparsity"] == pytest.approx(rows[1]["sparsity"], abs=1e-12)
+
+
+def test_eval_cli_errors_are_one_line(tiny_model_dir, tmp_path):
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), "--limit", "3"], catch_exceptions=False)
+    assert result.exit_code == 2 and "--limit applies to lm-eval" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "other"}))
+    result = runner.invoke(app, ["eval", str(bad)], catch_exceptions=False)
+    assert result.exit_code == 2 and "not a sieve.allocation/v1 allocation" in result.output

@@ -1,0 +1,24 @@
+import json
+
+from sieve.search.pareto import run_pareto
+
+
+def test_bisection_frontier_and_resume(search_config, tmp_path):
+    cfg = search_config(generations=1, tolerance=0.3)
+    result = run_pareto(cfg, tmp_path / "pareto", steps=2)
+    frontier = result["frontier"]
+    assert len(frontier) == 2
+    first = 0.475  # midpoint of [0.05, 0.9]
+    assert any(p["budget"] == first for p in frontier)
+    for p in frontier:
+        assert p["feasible"] == (p["drop"] <= 0.3)
+        assert (tmp_path / "pareto" / f"budget-{p['budget']:.3f}" / "best_allocation.json").exists()
+    second = [p for p in frontier if p["budget"] != first][0]["budget"]
+    assert second == (round((first + 0.9) / 2, 3) if frontier[[p["budget"] for p in frontier].index(first)]["feasible"]
+                      else round((0.05 + first) / 2, 3))
+    feasible = [p["budget"] for p in frontier if p["feasible"]]
+    assert result["largest_budget"] == (max(feasible) if feasible else None)
+    saved = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
+    assert saved["frontier"] == result["frontier"]
+    again = run_pareto(cfg, tmp_path / "pareto", steps=2)  # finished probes resume, same answer
+    assert again == result

@@ -1,0 +1,52 @@
+"""CPU smoke runs of the benchmark scripts, so the suite cannot rot (tiny random model, seconds)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.mark.slow
+def test_quality_smoke(tmp_path):
+    import quality
+
+    path = quality.main(["--smoke", "--seeds", "0", "--budgets", "0.5,2:4", "--out-dir", str(tmp_path),
+                         "--runs", str(tmp_path / "runs")])
+    body = json.loads(Path(path).read_text())
+    methods = {(r["method"], r["budget"]) for r in body["rows"]}
+    expected = {"dense", "uniform-magnitude", "uniform-wanda", "uniform-sparsegpt", "uniform-fused", "owl-wanda",
+                "owl-fused", "search-general", "search-task"}
+    assert {m for m, _ in methods} >= expected
+    assert ("owl-wanda", "2:4") not in methods and ("uniform-wanda", "2:4") in methods
+    for row in body["rows"]:
+        assert set(row) >= {"method", "budget", "pattern", "seed", "task_acc", "task_nll", "wiki_ppl", "sparsity",
+                            "seconds", "tokens"}
+        if row["method"].startswith("uniform") or row["method"].startswith("search"):
+            assert row["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert body["device"] and body["commit"] and body["torch"] and body["transformers"]
+
+
+@pytest.mark.slow
+def test_throughput_smoke(tmp_path):
+    import throughput
+
+    path = throughput.main(["--smoke", "--out-dir", str(tmp_path), "--ray-actors", "1,2"])
+    body = json.loads(Path(path).read_text())
+    (row,) = body["rows"]
+    assert row["model"] == "llama-tiny" and row["candidate_s"] > 0
+    assert row["candidate_s"] == pytest.approx(row["apply_s"] + row["forward_s"] + row["overhead_s"], abs=3e-4)
+    assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
+
+
+def test_report_merges_parts(tmp_path):
+    import report  # noqa: F401  (module imports cleanly)
+
+    part = {"date": "2026-01-01", "device": "X", "commit": "abc", "search": {"generations": 3}, "rows": [
+        {"method": "search-task", "budget": "0.5", "pattern": "unstructured", "seed": s, "task_acc": a, "task_nll": 0.5,
+         "wiki_ppl": 40.0, "sparsity": 0.5, "seconds": 1.0, "tokens": 10} for s, a in ((0, 0.7), (1, 0.8))]}
+    text = report.quality_markdown([part])
+    assert "| search-task (3 gen) | 0,1 | 0.750 ± 0.071 |" in text

@@ -1,0 +1,71 @@
+"""``sieve report RUN`` on a tiny finished run: three PNGs and report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sieve.cli import app
+from sieve.config import CalibrationConfig, EvalSettings, SearchConfig
+from sieve.errors import SieveError
+from sieve.report import parse_module, sparsity_grid, write_report
+from sieve.search.run import SearchRun, open_run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tiny_task, tiny_corpus, tmp_path_factory):
+    cfg = SearchConfig(
+        model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus), budget=0.5, generations=2, offspring=4,
+        population=3, seed=0, validation_examples=12, stages=(4,), keep=(2,), batch_size=8, device="cpu",
+        calibration=CalibrationConfig(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
+        evaluation=EvalSettings(test_examples=8, ppl_blocks=2, block_len=32),
+    )
+    cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "tiny", resume=False)
+    SearchRun(cfg, run_dir).execute(report=True)
+    return run_dir
+
+
+def test_report_writes_three_pngs_and_markdown(finished_run):
+    result = CliRunner().invoke(app, ["report", str(finished_run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = finished_run / "report"
+    for name in ("fitness.png", "allocation.png", "quality.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+    md = (out / "report.md").read_text()
+    for name in ("fitness.png", "allocation.png", "quality.png"):
+        assert f"]({name})" in md
+    table = json.loads((finished_run / "results.json").read_text())["table"]
+    for row in table:
+        assert f"| {row['method']} | {row['sparsity']:.4f} | {row['task_acc']:.3f} |" in md
+    assert "| budget | `0.5` |" in md and "| space | `per_matrix` |" in md
+    assert sorted(p.name for p in out.iterdir()) == ["allocation.png", "fitness.png", "quality.png", "report.md"]
+
+
+def test_report_without_results_table_and_errors(finished_run, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.yaml", "history.jsonl", "best_allocation.json"):
+        (partial / name).write_bytes((finished_run / name).read_bytes())
+    written = write_report(partial)
+    assert set(written) == {"fitness", "allocation", "markdown"}
+    assert "no result table yet" in written["markdown"].read_text()
+    with pytest.raises(SieveError, match="not a sieve run directory"):
+        write_report(tmp_path / "nowhere")
+    (partial / "history.jsonl").write_text("")
+    with pytest.raises(SieveError, match="no finished generation"):
+        write_report(partial)
+
+
+def test_grid_parsing_is_architecture_agnostic():
+    assert parse_module("model.layers.12.self_attn.q_proj") == (12, "self_attn.q_proj")
+    assert parse_module("transformer.h.3.attn.c_attn") == (3, "attn.c_attn")
+    assert parse_module("lm_head") is None
+    grid = sparsity_grid({"transformer.h.0.attn.c_attn": 0.5, "transformer.h.0.mlp.c_fc": 0.25, "transformer.h.2.mlp.c_fc": 0.75})
+    assert grid.kinds == ["attn.c_attn", "mlp.c_fc"] and grid.blocks == [0, 2]
+    np.testing.assert_array_equal(grid.values, [[0.5, np.nan], [0.25, 0.75]])
