@@ -183,24 +183,24 @@ class SearchConfig:
     general: str = "wikipedia"
     space: str = "per_matrix"
     budget: float = 0.5
-    generations: int = 6
-    offspring: int = 6
-    population: int = 4
+    generations: int = 10
+    offspring: int = 8
+    population: int = 6
     seed: int = 0
     fitness: str = "task_nll"
     general_weight: float = 0.0
     general_fitness_blocks: int = 8
     tolerance: float | None = None
-    validation_examples: int = 32
-    stages: tuple[int, ...] = (8,)
+    validation_examples: int = 64
+    stages: tuple[int, ...] = (16,)
     keep: tuple[int, ...] = (2,)
     batch_size: int = 16
     workers: int = 0
     ray_address: str | None = None
     dtype: str = "float32"
     device: str = "auto"
-    calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig(general_blocks=32, task_examples=32))
-    evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(test_examples=100, ppl_blocks=8))
+    calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig(general_blocks=32, task_examples=64))
+    evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(test_examples=200, ppl_blocks=16))
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget < 1.0:
