@@ -146,9 +146,6 @@ def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: 
         "peak_mem_gb": peak / 2**30, "weights_gb": weight_bytes / 2**30, "mem_over_model": peak / weight_bytes,
         "tflops": 2 * params * batch * seq_len / forward_s / 1e12,
     }
-    del pruner, model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
@@ -206,6 +203,8 @@ def main(argv: list[str] | None = None) -> Path:
     body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "ray": []}
     for name in models:
         row = measure_model(name, device, tokens, 3 if args.smoke else args.candidates, seq_len)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         row["peak_tflops"] = body["peak_tflops"]
         body["rows"].append(row)
         log.warning("%s", row)

@@ -199,7 +199,7 @@ def search(
 
 
 def _run_search(flags: dict[str, Any], *, config_path: Path | None, run_dir: Path | None, resume: Path | None) -> None:
-    from sieve.config import SearchConfig, from_dict, load_yaml, to_dict
+    from sieve.config import SearchConfig, from_dict, load_yaml
     from sieve.search.run import SearchRun, open_run
 
     given = {k: v for k, v in flags.items() if v is not None}

@@ -122,3 +122,12 @@ def tiny_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-corpus") / "general.txt"
     path.write_text("\n\n".join(_sentences(300, 7)))
     return path
+
+
+@pytest.fixture(scope="session")
+def sieve_cache(tmp_path_factory):
+    """A fresh ``$SIEVE_CACHE`` for the session (the built-in task materialises there)."""
+    path = tmp_path_factory.mktemp("sieve-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIEVE_CACHE", str(path))
+        yield path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,14 +13,6 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-
-@pytest.fixture(scope="session")
-def sieve_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh ``$SIEVE_CACHE`` for the session (the built-in task materialises there)."""
-    path = tmp_path_factory.mktemp("sieve-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIEVE_CACHE", str(path))
-        yield path
 
 
 COLOURS = ["red apple", "blue sky over the sea", "green grass", "yellow sun", "black night"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,10 +67,3 @@ def smollm2_tokenizer() -> object:
 
     return AutoTokenizer.from_pretrained(str(path), gguf_file=SMOLLM2_GGUF)
 
-
-@pytest.fixture(scope="session")
-def sieve_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("sieve-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIEVE_CACHE", str(path))
-        yield path

@@ -7,13 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from sieve.config import to_dict
 from sieve.errors import SieveError
-from sieve.search.checkpoint import Checkpoint, cache_key
+from sieve.search.checkpoint import Checkpoint
 from sieve.search.run import SearchRun, open_run
 
 
