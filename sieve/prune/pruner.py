@@ -7,9 +7,14 @@ never re-sorts: for each level in a registered grid it precomputes each row's th
 
     key_ij = bits(S_ij) · cols + j          (float32 bits of S ≥ 0 are monotone in S)
 
-so that the ``k`` lowest keys of a row are exactly the ``k`` weights a stable sort would prune. Applying
-level ``k`` is then one elementwise pass, ``W = where(key > thr_k, W_dense, 0)``: no level database, and
-memory is the model, its dense copy and ``rows × levels`` thresholds.
+so that the ``k`` lowest keys of a row are exactly the ``k`` weights a stable sort would prune. The
+``k``-th key is stored split into its score ``s*`` and column ``c*``; applying level ``k`` is then
+one elementwise pass over the matrix,
+
+    keep_ij = S_ij > s*_i  or  (S_ij = s*_i and j > c*_i),     W = W_dense ⊙ keep
+
+with no int64 keys materialised: no level database, and memory is the model, its dense copy and
+``rows × levels`` thresholds.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ class ModelPruner:
                 self.factor[m.name] = method.column_factor(m.shape[1], stats.get(m.name, MatrixStats())).to(
                     m.weight.device
                 )
-        self.thresholds: dict[str, dict[int, torch.Tensor]] = {}
+        self.thresholds: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.current: dict[str, tuple[int, Pattern]] = {m.name: (0, UNSTRUCTURED) for m in self.matrices}
+        self._columns: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def by_name(self) -> dict[str, Matrix]:
@@ -66,8 +72,15 @@ class ModelPruner:
             if not counts:
                 continue
             keys = score_keys(self.dense[name], self.factor[name])
+            cols = keys.shape[1]
             kth = torch.sort(keys, dim=1).values[:, [k - 1 for k in counts]]
-            self.thresholds[name] = {k: kth[:, i].contiguous() for i, k in enumerate(counts)}
+            score = (kth // cols).to(torch.int32).view(torch.float32)
+            column = (kth % cols).to(torch.int32)
+            self.thresholds[name] = {
+                k: (score[:, i].contiguous().unsqueeze(1), column[:, i].contiguous().unsqueeze(1))
+                for i, k in enumerate(counts)
+            }
+            del keys, kth
 
     def apply(self, allocation: Allocation) -> None:
         """Prune every matrix to its allocated sparsity (unlisted matrices are restored dense)."""
@@ -87,12 +100,22 @@ class ModelPruner:
         elif not self.method.mask_only:
             w.copy_(self.method.prune(dense, self.stats.get(m.name, MatrixStats()), sparsity, pattern))
         elif not pattern.structured and k in self.thresholds.get(m.name, {}):
-            keep = score_keys(dense, self.factor[m.name]) > self.thresholds[m.name][k].unsqueeze(1)
-            w.copy_(torch.where(keep, dense, torch.zeros((), dtype=dense.dtype, device=dense.device)))
+            t_score, t_col = self.thresholds[m.name][k]
+            scores = dense.float().abs_() if dense.dtype != torch.float32 else dense.abs()
+            scores.mul_(self.factor[m.name])
+            keep = scores > t_score
+            keep |= (scores == t_score) & (self._column_index(m.shape[1], dense.device) > t_col)
+            torch.mul(dense, keep, out=w) if w.is_contiguous() else w.copy_(dense * keep)
         else:
             scores = dense.float().abs() * self.factor[m.name]
             w.copy_(dense * mask_from_scores(scores, sparsity, pattern))
         self.current[m.name] = (k, pattern)
+
+    def _column_index(self, cols: int, device: torch.device) -> torch.Tensor:
+        key = (cols, str(device))
+        if key not in self._columns:
+            self._columns[key] = torch.arange(cols, device=device, dtype=torch.int32)
+        return self._columns[key]
 
     def restore(self) -> None:
         """Bit-identical dense weights back in place."""
