@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sieve.models.arch import find_matrices
@@ -29,8 +30,9 @@ def test_apply_restore_bit_identical_and_exact(llama, gpt2):
             assert torch.equal(m.weight, before[m.name])
 
 
-def test_threshold_path_equals_sort_path(llama):
-    mats, pruner, stats = _pruner(llama)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_threshold_path_equals_sort_path(arch, request):
+    mats, pruner, stats = _pruner(request.getfixturevalue(arch))
     alloc = Allocation.uniform(mats, 0.4)
     pruner.apply(alloc)
     slow = {m.name: m.weight.clone() for m in mats}
@@ -49,3 +51,20 @@ def test_nm_and_achieved_sparsity(llama):
     assert achieved_sparsity(mats) == 0.5
     for m in mats:
         assert ((m.weight.view(m.shape[0], -1, 4) == 0).sum(-1) == 2).all()
+
+
+def test_threshold_path_exact_with_tied_scores(llama):
+    """Quantised weights (like the Q4_1 SmolLM2) tie often; ties are broken by column, exactly."""
+    mats = find_matrices(llama)
+    with torch.no_grad():
+        for m in mats:
+            m.weight.copy_((m.weight * 8).round() / 8)
+    pruner = ModelPruner(mats, get_method("magnitude"), {})
+    levels = (0.3, 0.5, 0.9)
+    pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], s) for s in levels] for m in mats})
+    for s in levels:
+        pruner.apply(Allocation.uniform(mats, s))
+        for m in mats:
+            ref = pruner.dense[m.name] * mask_from_scores(pruner.dense[m.name].abs(), s)
+            assert torch.equal(m.weight, ref)
+            assert ((m.weight == 0).sum(1) >= row_prune_count(m.shape[1], s)).all()
