@@ -19,8 +19,8 @@ from torch import nn
 
 from sieve.config import CalibrationConfig
 from sieve.data.general import GeneralCorpus, token_blocks
-from sieve.models.arch import Matrix
-from sieve.stats import CalibrationStats, MatrixStats, collect_stats
+from sieve.models.arch import Matrix, adapter_for
+from sieve.stats import CalibrationStats, MatrixStats, collect_stats, collect_stats_sequential
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,11 @@ def ensure_stats(
             assert task_texts is not None
             batches = text_batches(list(task_texts)[: cfg.task_examples], tokenizer, cfg)
         start = time.perf_counter()
-        stats = collect_stats(model, matrices, batches, source=source, hessian=hessian, fingerprint=fp)
+        if cfg.sequential:
+            _, blocks = adapter_for(model).blocks(model)
+            stats = collect_stats_sequential(model, blocks, matrices, batches, source=source, hessian=hessian, fingerprint=fp)
+        else:
+            stats = collect_stats(model, matrices, batches, source=source, hessian=hessian, fingerprint=fp)
         timings.seconds[source] = time.perf_counter() - start
         timings.tokens[source] = next(iter(stats.per_matrix.values())).n_tokens
         if path is not None:

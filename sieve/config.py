@@ -27,12 +27,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """How much text the calibration statistics see."""
+    """How much text the calibration statistics see, and whether they are collected block by
+    block (``sequential``: one decoder block at a time over all batches, for large models)."""
 
     general_blocks: int = 128
     block_len: int = 256
     task_examples: int = 128
     batch_size: int = 8
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "general_blocks", "block_len", "task_examples", "batch_size")
