@@ -97,3 +97,18 @@ def test_sigkill_at_random_point_then_resume_matches(search_config, tmp_path):
     a = Checkpoint.load(tmp_path / "ref" / "checkpoint")
     b = Checkpoint.load(killed / "checkpoint")
     assert a.pop_x == b.pop_x and a.pop_f == b.pop_f
+
+
+def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=512)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = _run(search_config(model=str(folder), generations=1), tmp_path / "run")
+    assert out["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    modules = _modules(tmp_path / "run")
+    assert any(name.endswith("attn.c_attn") for name in modules)
