@@ -112,3 +112,15 @@ def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path):
     assert out["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     modules = _modules(tmp_path / "run")
     assert any(name.endswith("attn.c_attn") for name in modules)
+
+
+@pytest.mark.parametrize("space", ["per_block", "per_type", "nm", "evopress"])
+def test_every_shipped_space_searches(space, search_config, tmp_path):
+    budget = 0.3 if space == "nm" else 0.5
+    fitness = "general_kl" if space == "evopress" else "task_nll"
+    out = _run(search_config(space=space, budget=budget, generations=1, fitness=fitness, general_fitness_blocks=2), tmp_path / space)
+    body = json.loads((tmp_path / space / "best_allocation.json").read_text())
+    assert body["space"] == space and abs(out["achieved_sparsity"] - budget) <= 0.1
+    if space == "nm":
+        assert set(body["module_patterns"].values()) <= {"2:4"}
+        assert set(body["modules"].values()) <= {0.0, 0.5}
