@@ -207,8 +207,8 @@ def _run_search(flags: dict[str, Any], *, config_path: Path | None, run_dir: Pat
         cfg, directory = open_run(None, resume, resume=True, overrides=given)
     else:
         base = load_yaml(config_path) if config_path else {}
-        if "budget" not in given and "budget" not in base:
-            raise SieveError("--budget is required (a fraction in (0, 1)), or --resume DIR")
+        if "budget" not in given and "budget" not in base and "tolerance" not in given and "tolerance" not in base:
+            raise SieveError("--budget is required (a fraction in (0, 1)), or --tolerance X, or --resume DIR")
         cfg = from_dict(SearchConfig, {**base, **given})
         cfg, directory = open_run(cfg, run_dir, resume=False)
     if cfg.tolerance is not None:

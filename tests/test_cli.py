@@ -72,3 +72,17 @@ def test_bad_inputs_are_one_line(common, tmp_path, tiny_model_dir, tiny_task):
     _one_line_error(_invoke("search", *common, "--budget", "0.5", "--space", "per_head"), "unknown search space")
     _one_line_error(_invoke("search", "--resume", tmp_path / "nowhere"), "not a sieve run directory")
     assert not (tmp_path / "o").exists()
+
+
+def test_search_cli_and_pareto_mode(common, tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("validation_examples: 12\nstages: [4]\nkeep: [2]\noffspring: 4\npopulation: 3\ngenerations: 1\n"
+                   "calibration: {general_blocks: 4, block_len: 32, task_examples: 8, batch_size: 4}\n"
+                   "evaluation: {test_examples: 8, ppl_blocks: 2, block_len: 32}\n")
+    result = _invoke("search", *common, "--config", cfg, "--budget", "0.5", "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "sieve-search" in result.output and (tmp_path / "run" / "best_allocation.json").exists()
+    result = _invoke("search", *common, "--config", cfg, "--tolerance", "0.4", "--run-dir", tmp_path / "pareto")
+    assert result.exit_code == 0, result.output
+    frontier = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
+    assert len(frontier["frontier"]) == 4 and "largest budget within 0.4" in result.output
