@@ -64,6 +64,7 @@ class CalibrationStats:
     source: str
     per_matrix: dict[str, ChannelStats] = field(default_factory=dict)
     fingerprint: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> ChannelStats:
         return self.per_matrix[name]
@@ -76,11 +77,14 @@ class CalibrationStats:
         tensors: dict[str, torch.Tensor] = {}
         tokens = {}
         for name, stats in self.per_matrix.items():
+            tokens[name] = stats.n_tokens
+            if name in self.aliases:
+                continue
             tensors[f"{name}.sq_sum"] = stats.sq_sum
             if stats.hessian is not None:
                 tensors[f"{name}.hessian"] = stats.hessian
-            tokens[name] = stats.n_tokens
-        meta = {"source": self.source, "fingerprint": self.fingerprint, "n_tokens": json.dumps(tokens)}
+        meta = {"source": self.source, "fingerprint": self.fingerprint, "n_tokens": json.dumps(tokens),
+                "aliases": json.dumps(self.aliases)}
         return write_safetensors(path, tensors, metadata=meta)
 
     @classmethod
@@ -91,32 +95,56 @@ class CalibrationStats:
             meta = fh.metadata()
         tensors = read_safetensors(path)
         tokens = json.loads(meta["n_tokens"])
-        per_matrix = {
-            name: ChannelStats(tensors[f"{name}.sq_sum"], int(n), tensors.get(f"{name}.hessian"))
-            for name, n in tokens.items()
-        }
-        return cls(source=meta["source"], per_matrix=per_matrix, fingerprint=meta.get("fingerprint", ""))
+        aliases = json.loads(meta.get("aliases", "{}"))
+        per_matrix: dict[str, ChannelStats] = {}
+        for name, n in tokens.items():
+            if name not in aliases:
+                per_matrix[name] = ChannelStats(tensors[f"{name}.sq_sum"], int(n), tensors.get(f"{name}.hessian"))
+        per_matrix = {name: per_matrix[aliases.get(name, name)] for name in tokens}
+        return cls(source=meta["source"], per_matrix=per_matrix, fingerprint=meta.get("fingerprint", ""), aliases=aliases)
 
 
 class _StatsHooks:
-    """Forward pre-hooks accumulating :class:`ChannelStats`; ``token_mask`` drops padding."""
+    """Forward pre-hooks accumulating :class:`ChannelStats`; ``token_mask`` drops padding.
+
+    Matrices that read the very same input tensor (q/k/v after one norm, gate/up) share one
+    :class:`ChannelStats` object: it is accumulated once, and SparseGPT's ``XᵀX`` is held once
+    (4 instead of 7 Hessians per Llama block). Sharing is detected on the first batch, from the
+    identity of the hooks' input tensors, so no architecture names are involved.
+    """
 
     def __init__(self, matrices: Sequence[Matrix], hessian: bool) -> None:
         self.hessian = hessian
+        self.matrices = {m.name: m for m in matrices}
         self.stats: dict[str, ChannelStats] = {}
+        self.aliases: dict[str, str] = {}
         self.token_mask: torch.Tensor | None = None
-        self._handles = []
-        for m in matrices:
-            cols = m.shape[1]
-            self.stats[m.name] = ChannelStats(
-                sq_sum=torch.zeros(cols, dtype=torch.float64, device=m.weight.device),
-                hessian=torch.zeros(cols, cols, dtype=torch.float32, device=m.weight.device) if hessian else None,
-            )
-            self._handles.append(m.module.register_forward_pre_hook(self._hook(m.name)))
+        self._last: tuple[torch.Tensor, str] | None = None
+        self._handles = [m.module.register_forward_pre_hook(self._hook(m.name)) for m in matrices]
+
+    def _new(self, name: str) -> ChannelStats:
+        m = self.matrices[name]
+        cols = m.shape[1]
+        return ChannelStats(
+            sq_sum=torch.zeros(cols, dtype=torch.float64, device=m.weight.device),
+            hessian=torch.zeros(cols, cols, dtype=torch.float32, device=m.weight.device) if self.hessian else None,
+        )
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
+            raw = args[0]
+            if name not in self.stats:
+                last = self._last
+                if last is not None and last[0] is raw:
+                    self.aliases[name] = last[1]
+                    self.stats[name] = self.stats[last[1]]
+                else:
+                    self.stats[name] = self._new(name)
+            root = self.aliases.get(name, name)
+            self._last = (raw, root)
+            if root != name:
+                return
+            x = raw.detach()
             if self.token_mask is not None and x.dim() == 3:
                 x = x[self.token_mask]
             x = x.reshape(-1, x.shape[-1])
@@ -128,6 +156,19 @@ class _StatsHooks:
                 stats.hessian += (xf.t() @ xf).to(stats.hessian.device)
 
         return hook
+
+    def finish(self) -> dict[str, ChannelStats]:
+        """All matrices' statistics (CPU), in the matrices' order; unseen ones stay zero."""
+        self._last = None
+        for name in self.matrices:
+            if name not in self.stats:
+                self.stats[name] = self._new(name)
+        for name, stats in self.stats.items():
+            if name not in self.aliases:
+                stats.sq_sum = stats.sq_sum.cpu()
+                if stats.hessian is not None:
+                    stats.hessian = stats.hessian.cpu()
+        return {name: self.stats[name] for name in self.matrices}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -160,12 +201,9 @@ def collect_stats(
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         hooks.remove()
-    for stats in hooks.stats.values():
-        stats.sq_sum = stats.sq_sum.cpu()
-        if stats.hessian is not None:
-            stats.hessian = stats.hessian.cpu()
-    log.info("collected %s statistics for %d matrices", source, len(hooks.stats))
-    return CalibrationStats(source=source, per_matrix=hooks.stats, fingerprint=fingerprint)
+    per_matrix = hooks.finish()
+    log.info("collected %s statistics for %d matrices (%d share an input)", source, len(per_matrix), len(hooks.aliases))
+    return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=hooks.aliases)
 
 
 class _Captured(Exception):
@@ -238,9 +276,6 @@ def collect_stats_sequential(
                 block.to(home)
     finally:
         hooks.remove()
-    for stats in hooks.stats.values():
-        stats.sq_sum = stats.sq_sum.cpu()
-        if stats.hessian is not None:
-            stats.hessian = stats.hessian.cpu()
-    log.info("collected %s statistics block by block for %d matrices", source, len(hooks.stats))
-    return CalibrationStats(source=source, per_matrix=hooks.stats, fingerprint=fingerprint)
+    per_matrix = hooks.finish()
+    log.info("collected %s statistics block by block for %d matrices", source, len(per_matrix))
+    return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=hooks.aliases)

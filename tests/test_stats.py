@@ -86,3 +86,19 @@ def test_sequential_flag_reaches_calibration(llama, tmp_path):
                           task_texts=texts)
     for m in mats:
         assert torch.allclose(one[m.name].task.sq_sum, seq[m.name].task.sq_sum, rtol=1e-5)
+
+
+def test_matrices_reading_one_input_share_statistics(llama, tmp_path):
+    mats = find_matrices(llama)
+    ids = torch.randint(0, 200, (2, 8))
+    stats = collect_stats(llama, mats, [(ids, None), (ids.flip(0), None)], source="general", hessian=True)
+    block0 = {m.kind: stats[m.name] for m in mats if m.block == 0}
+    assert block0["self_attn.k_proj"] is block0["self_attn.q_proj"] is block0["self_attn.v_proj"]
+    assert block0["mlp.up_proj"] is block0["mlp.gate_proj"]
+    assert block0["self_attn.o_proj"] is not block0["self_attn.q_proj"]
+    assert len({id(s.hessian) for s in stats.per_matrix.values()}) == 8  # 4 per block, not 7
+    assert all(s.n_tokens == 32 for s in stats.per_matrix.values())
+    loaded = CalibrationStats.load(stats.save(tmp_path / "s.safetensors"))
+    for m in mats:
+        assert torch.equal(loaded[m.name].hessian, stats[m.name].hessian)
+    assert loaded[mats[1].name] is loaded[mats[0].name]
