@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sieve.config import CalibrationConfig
+from sieve.data.batching import pad_right
 from sieve.data.general import GeneralCorpus, token_blocks
 from sieve.models.arch import Matrix, adapter_for
 from sieve.stats import CalibrationStats, MatrixStats, collect_stats, collect_stats_sequential
@@ -38,13 +39,7 @@ def text_batches(texts: Sequence[str], tokenizer, cfg: CalibrationConfig) -> lis
     batches = []
     for i in range(0, len(texts), cfg.batch_size):
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_len:] for t in texts[i : i + cfg.batch_size]]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = torch.tensor(e)
-            mask[row, : len(e)] = 1
-        batches.append((ids, mask))
+        batches.append(pad_right(encoded, tokenizer.pad_token_id or 0))
     return batches
 
 

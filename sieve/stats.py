@@ -157,7 +157,7 @@ class _StatsHooks:
 
         return hook
 
-    def finish(self) -> dict[str, ChannelStats]:
+    def result(self, source: str, fingerprint: str) -> CalibrationStats:
         """All matrices' statistics (CPU), in the matrices' order; unseen ones stay zero."""
         self._last = None
         for name in self.matrices:
@@ -168,7 +168,9 @@ class _StatsHooks:
                 stats.sq_sum = stats.sq_sum.cpu()
                 if stats.hessian is not None:
                     stats.hessian = stats.hessian.cpu()
-        return {name: self.stats[name] for name in self.matrices}
+        per_matrix = {name: self.stats[name] for name in self.matrices}
+        log.info("collected %s statistics for %d matrices (%d share an input)", source, len(per_matrix), len(self.aliases))
+        return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=self.aliases)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -201,9 +203,7 @@ def collect_stats(
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         hooks.remove()
-    per_matrix = hooks.finish()
-    log.info("collected %s statistics for %d matrices (%d share an input)", source, len(per_matrix), len(hooks.aliases))
-    return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=hooks.aliases)
+    return hooks.result(source, fingerprint)
 
 
 class _Captured(Exception):
@@ -276,6 +276,4 @@ def collect_stats_sequential(
                 block.to(home)
     finally:
         hooks.remove()
-    per_matrix = hooks.finish()
-    log.info("collected %s statistics block by block for %d matrices", source, len(per_matrix))
-    return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=hooks.aliases)
+    return hooks.result(source, fingerprint)

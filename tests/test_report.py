@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from sieve.cli import app
-from sieve.config import CalibrationConfig, EvalSettings, SearchConfig
 from sieve.errors import SieveError
 from sieve.report import parse_module, sparsity_grid, write_report
 from sieve.search.run import SearchRun, open_run
@@ -18,13 +17,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_model_dir, tiny_task, tiny_corpus, tmp_path_factory):
-    cfg = SearchConfig(
-        model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus), budget=0.5, generations=2, offspring=4,
-        population=3, seed=0, validation_examples=12, stages=(4,), keep=(2,), batch_size=8, device="cpu",
-        calibration=CalibrationConfig(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
-        evaluation=EvalSettings(test_examples=8, ppl_blocks=2, block_len=32),
-    )
+def finished_run(search_config, tmp_path_factory):
+    cfg = search_config(generations=2)
     cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "tiny", resume=False)
     SearchRun(cfg, run_dir).execute(report=True)
     return run_dir

@@ -59,10 +59,6 @@ class ModelPruner:
         self.current: dict[str, tuple[int, Pattern]] = {m.name: (0, UNSTRUCTURED) for m in self.matrices}
         self._columns: dict[tuple[int, str], torch.Tensor] = {}
 
-    @property
-    def by_name(self) -> dict[str, Matrix]:
-        return {m.name: m for m in self.matrices}
-
     def precompute_levels(self, row_counts: Mapping[str, Iterable[int]]) -> None:
         """Precompute thresholds for the given per-row prune counts of each matrix (mask-only)."""
         if not self.method.mask_only:
@@ -123,10 +119,6 @@ class ModelPruner:
             if self.current[m.name][0]:
                 m.weight.copy_(self.dense[m.name])
                 self.current[m.name] = (0, UNSTRUCTURED)
-
-    def zero_fraction(self) -> dict[str, float]:
-        """Measured fraction of exact zeros per matrix (what an export must reproduce)."""
-        return {m.name: float((m.weight == 0).sum()) / m.numel for m in self.matrices}
 
 
 def achieved_sparsity(matrices: Sequence[Matrix]) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sieve.data.batching import pad_right
 from sieve.errors import SieveError
 from sieve.evaluate.loglik import EncodedTask, metrics, score_examples
 from sieve.evaluate.quality import task_loss
@@ -132,16 +133,6 @@ class TopKReference:
         return Measurement(total / max(count, 1), tokens)
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    return ids, mask
-
-
 @register_fitness
 class TaskKL(TaskFitness):
     """KL to the dense model on task inputs; one batch of sequences per validation example group."""
@@ -156,7 +147,7 @@ class TaskKL(TaskFitness):
             for i in range(len(enc))
         ]
         self.size = inputs.batch_size
-        batches = [_pad(seqs[i : i + self.size], 0) for i in range(0, len(seqs), self.size)]
+        batches = [pad_right(seqs[i : i + self.size], 0) for i in range(0, len(seqs), self.size)]
         self.reference = TopKReference.build(model, batches, self.top_k)
 
     def measure(self, model, inputs, indices):

@@ -97,7 +97,6 @@ class Prepared:
     workspace: Workspace
     space: SearchSpace
     window: tuple[int, int]
-    pruner: ModelPruner
     uniform: Allocation
     owl: Allocation
     seeds: list[np.ndarray]
@@ -106,6 +105,10 @@ class Prepared:
     stats_seconds: dict[str, float]
     settings: EvalSettings
     stats: dict[str, MatrixStats]
+
+    @property
+    def pruner(self) -> ModelPruner:
+        return self.evaluator.pruner
 
 
 def open_workspace(config: SearchConfig) -> Workspace:
@@ -179,7 +182,7 @@ def prepare(config: SearchConfig, run_dir: Path, extra_seeds: Sequence[dict[str,
     starts = [uniform.sparsity, owl.sparsity, *(extra_seeds or [])]
     seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
     evaluator = build_evaluator(config, ws, space, method, stats)
-    return Prepared(ws, space, window, evaluator.pruner, uniform, owl, seeds, evaluator, provenance, timings.seconds,
+    return Prepared(ws, space, window, uniform, owl, seeds, evaluator, provenance, timings.seconds,
                     config.evaluation, stats)
 
 

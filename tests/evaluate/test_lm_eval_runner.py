@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from sieve.cli import app
-from sieve.config import CalibrationConfig, EvalSettings, SearchConfig
 from sieve.data.tasks import load_task
 from sieve.errors import SieveError
 from sieve.evaluate.lm_eval_runner import parse_task_list, resolve_task, run_lm_eval
@@ -50,13 +49,8 @@ def test_task_resolution(tiny_task, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_run(tiny_model_dir, tiny_task, tiny_corpus, tmp_path_factory) -> Path:
-    cfg = SearchConfig(
-        model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus), budget=0.5, generations=1, offspring=4,
-        population=3, seed=0, validation_examples=12, stages=(4,), keep=(2,), batch_size=8, device="cpu",
-        calibration=CalibrationConfig(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
-        evaluation=EvalSettings(test_examples=8, ppl_blocks=2, block_len=32),
-    )
+def small_run(search_config, tmp_path_factory) -> Path:
+    cfg = search_config(generations=1)
     cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "r", resume=False)
     SearchRun(cfg, run_dir).execute(report=False)
     return run_dir
