@@ -30,7 +30,6 @@ then scores any model on it (:func:`score_examples`):
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from sieve.errors import SieveError
+from sieve.models.forward import forward_features, output_cache
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,6 @@ def build_jobs(encoded: EncodedTask, indices: Sequence[int]) -> list[_Job]:
     return jobs
 
 
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return False
-
-
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -270,13 +263,13 @@ def score_examples(
         if not 0 <= i < len(encoded):
             raise SieveError(f"example index {i} out of range for {len(encoded)} examples")
     device = torch.device(device) if device is not None else _model_device(model)
-    has_positions = _accepts(model, "position_ids")
+    features = forward_features(model)
     if padding == "auto":
-        padding = "left" if has_positions else "right"
-    if padding == "left" and not has_positions:
-        raise SieveError("left padding needs a model whose forward accepts position_ids")
-    keep_logits = padding == "left" and _accepts(model, "logits_to_keep")
-    share = keep_logits and _accepts(model, "past_key_values")
+        padding = "left" if features.position_ids else "right"
+    if padding == "left" and not features.position_ids:
+        raise SieveError("left padding needs a model whose forward honours position_ids")
+    keep_logits = padding == "left" and features.logits_to_keep
+    cache_argument = features.cache_argument if padding == "left" else None
 
     logprobs = [np.zeros(len(encoded.continuations[i]), dtype=np.float64) for i in indices]
     greedy = [np.zeros(len(encoded.continuations[i]), dtype=bool) for i in indices]
@@ -291,7 +284,7 @@ def score_examples(
         with torch.inference_mode():
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start:start + batch_size]
-                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, share)
+                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, cache_argument)
     finally:
         model.train(was_training)
     return ChoiceScores(
@@ -311,20 +304,22 @@ def _score_batch(
     keep_logits: bool,
     logprobs: list[np.ndarray],
     greedy: list[np.ndarray],
-    share: bool = False,
+    cache_argument: str | None = None,
 ) -> int:
     """Score one batch in place; returns the tokens run through the model.
 
-    With ``share`` (left padding and a KV cache), the batch's longest common token prefix (a
-    few-shot prompt) runs once, its cache is repeated over the rows, and only the suffixes run:
-    suffixes are left-padded *after* the prefix, masked, and positioned from the prefix length.
+    With ``cache_argument`` (left padding and a KV cache the model reuses under that name, as
+    probed by :func:`~sieve.models.forward.forward_features`), the batch's longest common token
+    prefix (a few-shot prompt) runs once, its cache is repeated over the rows, and only the
+    suffixes run: suffixes are left-padded *after* the prefix, masked, and positioned from the
+    prefix length.
     """
     keep = max(len(t[2]) for job in batch for t in job.targets)
-    prefix = _common_prefix(batch, keep) if share and len(batch) > 1 else 0
+    prefix = _common_prefix(batch, keep) if cache_argument and len(batch) > 1 else 0
     past = None
     if prefix >= MIN_SHARED_PREFIX:
         head = torch.tensor([batch[0].tokens[:prefix]], dtype=torch.long, device=device)
-        past = model(input_ids=head, use_cache=True).past_key_values
+        past = output_cache(model(input_ids=head, use_cache=True))
         past.batch_repeat_interleave(len(batch))
         batch = [_Job(j.tokens[prefix:], j.targets) for j in batch]
     else:
@@ -343,7 +338,7 @@ def _score_batch(
     full_mask = torch.cat([torch.ones((len(batch), prefix), dtype=torch.long), mask], 1) if prefix else mask
     kwargs["attention_mask"] = full_mask.to(device)
     if past is not None:
-        kwargs["past_key_values"] = past
+        kwargs[cache_argument] = past
     if padding == "left":
         kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
         if keep_logits:

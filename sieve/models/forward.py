@@ -1,0 +1,155 @@
+"""What a model's ``forward`` really does with the optional inputs sieve's fast paths rely on.
+
+sieve's scorer is fastest when the model (1) honours ``position_ids`` with left padding, (2) computes
+logits for the last ``k`` positions only (``logits_to_keep``), and (3) reuses a KV cache for a
+shared few-shot prefix that is computed once and repeated over the batch. Library versions rename
+such arguments (transformers 5.2x: ``past_key_values`` → ``cache``, on input and output) and a
+``forward(**kwargs)`` swallows an unknown name silently, so a signature check is not evidence.
+:func:`forward_features` therefore *runs* each feature once on a few tokens and compares the result
+with a plain forward:
+
+* ``position_ids``: ``[pad, pad, x]`` with a mask and explicit positions gives the logits of ``x``;
+* ``logits_to_keep``: asking for ``k`` positions returns exactly the last ``k`` logits;
+* ``cache_argument``: the prefix's cache, repeated over two rows (``batch_repeat_interleave``) and
+  passed back under that name with left-padded suffixes, gives the full sequences' logits. Both the
+  current and the previous name are tried.
+
+A feature that fails is switched off with one warning naming it (once per model class); results
+stay the same, only slower. The probe costs a handful of forwards of under ten tokens and is cached
+per model object.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: KV-cache argument names, newest first (transformers ≥ 5.2x: ``cache``; before: ``past_key_values``).
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+@dataclass(frozen=True)
+class ForwardFeatures:
+    position_ids: bool
+    logits_to_keep: bool
+    cache_argument: str | None
+
+    def lost(self) -> list[str]:
+        lost = []
+        if not self.position_ids:
+            lost.append("left padding with position_ids (scoring pads on the right and computes every logit)")
+        if not self.logits_to_keep:
+            lost.append("logits_to_keep (the vocabulary projection runs on every position)")
+        if self.cache_argument is None:
+            lost.append("shared few-shot prefix through the KV cache (about 2.5x more forward tokens)")
+        return lost
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under its current or previous name (``None`` if none)."""
+    for name in CACHE_ARGUMENTS:
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, ForwardFeatures] = weakref.WeakKeyDictionary()
+_WARNED: set[tuple[str, str]] = set()
+
+
+def forward_features(model: torch.nn.Module) -> ForwardFeatures:
+    """Probe (once per model object) which fast paths ``model.forward`` honours; warn for each lost one."""
+    if model in _CACHE:
+        return _CACHE[model]
+    features = _probe(model)
+    _CACHE[model] = features
+    for what in features.lost():
+        key = (type(model).__name__, what)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("%s: %s is not available with this transformers version; results are unchanged, only slower",
+                        type(model).__name__, what)
+    return features
+
+
+class _Probe:
+    """Runs each check on a few tokens; a check that raises or disagrees means "off"."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        param = next(model.parameters())
+        vocab = int(getattr(model.config, "vocab_size", 0) or 0) or 2
+        self.model = model
+        self.ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab).unsqueeze(0)
+        self.tolerance = 1e-3 if param.dtype == torch.float32 else 5e-2
+        self.reference = model(input_ids=self.ids, use_cache=False).logits
+
+    def close(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Same next-token log-probabilities (a swallowed argument gives visibly different ones)."""
+        if a.shape != b.shape:
+            return False
+        a, b = a.float().log_softmax(-1), b.float().log_softmax(-1)
+        return bool(torch.isfinite(a).all()) and float((a - b).abs().max()) <= self.tolerance
+
+    def passes(self, check) -> bool:
+        try:
+            return bool(check())
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            log.debug("forward probe %s failed: %s: %s", check.__name__, type(exc).__name__, exc)
+            return False
+
+    def position_ids(self) -> bool:
+        ids, n = self.ids, self.ids.shape[1]
+        padded = torch.cat([torch.zeros_like(ids[:, :2]), ids], 1)
+        mask = torch.cat([torch.zeros_like(ids[:, :2]), torch.ones_like(ids)], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=padded, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        return self.close(logits[:, -n:], self.reference)
+
+    def logits_to_keep(self) -> bool:
+        logits = self.model(input_ids=self.ids, use_cache=False, logits_to_keep=2).logits
+        return self.close(logits, self.reference[:, -2:])
+
+    def cache(self, name: str) -> bool:
+        """The scorer's exact use: a 4-token prefix once, its cache repeated over two rows, then two
+        suffixes of different lengths left-padded after the prefix, masked and positioned."""
+        model, ids, prefix = self.model, self.ids, 4
+        full_b = torch.cat([ids[:, :prefix], ids[:, prefix + 1:]], 1)
+        past = output_cache(model(input_ids=ids[:, :prefix], use_cache=True))
+        if past is None:
+            return False
+        past.batch_repeat_interleave(2)
+        suffix_a, suffix_b = ids[0, prefix:], full_b[0, prefix:]
+        width, short = len(suffix_a), len(suffix_b)
+        tokens = torch.zeros((2, width), dtype=ids.dtype, device=ids.device)
+        mask = torch.zeros_like(tokens)
+        tokens[0], mask[0] = suffix_a, 1
+        tokens[1, width - short:], mask[1, width - short:] = suffix_b, 1
+        full_mask = torch.cat([torch.ones_like(tokens[:, :prefix]), mask], 1)
+        positions = prefix + (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=tokens, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                       **{name: past}).logits
+        ref_b = model(input_ids=full_b, use_cache=False).logits[:, prefix:]
+        return self.close(logits[:1], self.reference[:, prefix:]) and self.close(logits[1:, width - short:], ref_b)
+
+
+@torch.inference_mode()
+def _probe(model: torch.nn.Module) -> ForwardFeatures:
+    was_training = model.training
+    model.eval()
+    try:
+        probe = _Probe(model)
+        positions = probe.passes(probe.position_ids)
+        keep = probe.passes(probe.logits_to_keep)
+        cache = None
+        if positions:
+            cache = next((name for name in CACHE_ARGUMENTS if probe.passes(lambda: probe.cache(name))), None)
+        return ForwardFeatures(positions, keep, cache)
+    finally:
+        model.train(was_training)
