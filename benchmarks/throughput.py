@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
 
-from sieve.config import MethodConfig  # noqa: E402
-from sieve.models.arch import find_matrices  # noqa: E402
+from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
 from sieve.search.operators import repair_budget  # noqa: E402
 from sieve.search.space import SearchSpace, SpaceSpec  # noqa: E402
@@ -91,12 +90,12 @@ def build_model(name: str, device: torch.device):
 def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: int, seq_len: int) -> dict[str, Any]:
     model, dtype, vocab = build_model(name, device)
     mats = find_matrices(model)
-    spec = SpaceSpec(name="throughput", method=MethodConfig(name="magnitude"))
+    spec = SpaceSpec(name="throughput", method={"name": "magnitude"})
     space = SearchSpace(spec, mats)
     window = space.budget_window(0.5)
     sync(device)
     t0 = time.perf_counter()
-    pruner = ModelPruner(space.matrices, spec.method.build(), {})
+    pruner = ModelPruner(space.matrices, spec.method, {})
     pruner.precompute_levels(space.row_counts())
     sync(device)
     precompute_s = time.perf_counter() - t0
@@ -153,14 +152,16 @@ def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> l
     """Candidates/s of the real search evaluation path with 1..N Ray actors."""
     import ray
 
-    from sieve.config import SearchConfig, from_dict
+    from sieve.config import validate
+    from sieve.search.config import SearchConfig
     from sieve.search.ray_backend import RayBackend
     from sieve.search.run import prepare
+    from sieve.search.rundir import RunDir
 
     rows = []
-    run_dir = Path(tempfile.mkdtemp(prefix="sieve-throughput-"))
-    cfg = from_dict(SearchConfig, base)
-    prepared = prepare(cfg, run_dir)
+    run = RunDir(tempfile.mkdtemp(prefix="sieve-throughput-"))
+    cfg = validate(SearchConfig, base)
+    prepared = prepare(cfg, run.stats)
     space = prepared.space
     rng = np.random.default_rng(1)
     costs = [g.costs for g in space.genes]
@@ -168,7 +169,7 @@ def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> l
                              prepared.window, rng) for _ in range(n_candidates)]
     final = prepared.evaluator.plan.final
     for n in actors:
-        backend = RayBackend(from_dict(SearchConfig, {**base, "workers": n}), prepared.stats, run_dir)
+        backend = RayBackend(validate(SearchConfig, {**base, "workers": n}), prepared.statistics, run)
         backend.evaluate(genomes[:n], final)  # warm-up: first forward per actor
         start = time.perf_counter()
         backend.evaluate(genomes, final)
@@ -212,12 +213,12 @@ def main(argv: list[str] | None = None) -> Path:
     if args.ray_actors:
         if args.smoke:
             inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-")))
-            base = {**inputs, "budget": 0.5, "device": "cpu", "validation_examples": 12, "stages": [4], "keep": [2],
+            base = {**inputs, "budget": 0.5, "device": "cpu", "validation_examples": 12, "stages": [4], "promote": [2],
                     "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
                     "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}}
         else:
             base = {"model": "smollm2-135m", "budget": 0.5, "validation_examples": 256, "batch_size": 64,
-                    "stages": [32, 96], "keep": [6, 2]}
+                    "stages": [32, 96], "promote": [6, 2]}
         body["ray"] = measure_ray([int(n) for n in args.ray_actors.split(",")], base,
                                   4 if args.smoke else args.ray_candidates)
     path = write_result("throughput", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))

@@ -1,8 +1,10 @@
 """The ``sieve`` command line: a thin Typer layer over the library.
 
-Each command turns its flags into one frozen config, calls the library, and prints a table. A
-:class:`~sieve.errors.SieveError` becomes one line on stderr and exit status 2; Ctrl-C during a
-search prints the resume command and exits 130.
+Each command turns the flags the user gave (and only those: defaults live on the config models)
+into one validated, frozen config, calls one library function, and prints a table. Expected
+failures (:class:`~sieve.errors.SieveError`) print one ``error:`` line and exit 2; anything else
+prints one line naming a log file with the traceback and exits 1; Ctrl-C during a search prints the
+resume command and exits 130.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import functools
 import logging
 import os
 import sys
+import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,10 +27,6 @@ from sieve.errors import SieveError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="How many parameters does my task really need?")
 console = Console()
 err = Console(stderr=True)
-
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_TASK = "rotten_tomatoes"
-DEFAULT_GENERAL = "wikipedia"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -45,18 +45,40 @@ def _setup_logging(verbose: bool) -> None:
         pass
 
 
+def _crash_log(exc: BaseException) -> Path:
+    from sieve.resources import cache_dir
+
+    path = cache_dir() / "logs" / f"sieve-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"sieve {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
+    return path
+
+
 def clean_errors(fn):
-    """Run a command; user errors become one line and exit 2, never a traceback."""
+    """Run a command: a SieveError is one line and exit 2; an unexpected exception one line naming
+    the log file that holds its traceback, and exit 1. Never a traceback on the terminal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
         except SieveError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a log file
+            log_path = _crash_log(exc)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            typer.echo(f"error: unexpected {type(exc).__name__}: {first} (a bug; traceback in {log_path})", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags the user gave (Typer reports the others as ``None``)."""
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -71,48 +93,56 @@ def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m), HF folder, .gguf file or hub name.")]
+Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes, a YAML path (a task YAML is code) or a registered name.")]
+General = Annotated[Optional[str], typer.Option(help="General corpus: wikipedia, a .txt/.jsonl/.json file or a hub dataset.")]
+Dtype = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
 @app.command()
 @clean_errors
 def prune(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (loadable with from_pretrained).")],
-    model: Annotated[str, typer.Option(help="Built-in name, HF folder, .gguf file or hub name.")] = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="magnitude, wanda, sparsegpt or fused.")] = "fused",
-    sparsity: Annotated[float, typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = 0.5,
-    pattern: Annotated[str, typer.Option(help="unstructured or N:M (2:4, 4:8).")] = "unstructured",
+    model: Model = None,
+    method: Annotated[Optional[str], typer.Option(help="magnitude, wanda, sparsegpt or fused.")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="unstructured or N:M (2:4, 4:8).")] = None,
     allocation: Annotated[Optional[Path], typer.Option(help="sieve.allocation/v1 JSON (or a run dir) instead of uniform.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks from `sieve export --to masks`: apply W ⊙ M, no scoring.")] = None,
-    task: Annotated[str, typer.Option(help="lm-eval task name or YAML (task calibration).")] = DEFAULT_TASK,
-    general: Annotated[str, typer.Option(help="General calibration corpus.")] = DEFAULT_GENERAL,
-    calibration: Annotated[str, typer.Option(help="Statistics source for wanda/sparsegpt: general or task.")] = "general",
-    dtype: Annotated[str, typer.Option()] = "float32",
-    device: Annotated[str, typer.Option()] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    task: Task = None,
+    general: General = None,
+    calibration: Annotated[Optional[str], typer.Option(help="Statistics source for wanda/sparsegpt: general or task.")] = None,
+    dtype: Dtype = None,
+    device: Device = None,
+    force: Force = False,
+    verbose: Verbose = False,
 ) -> None:
     """Prune a model (uniformly, by an allocation, or by exported masks) and save it as a plain HF folder."""
     _setup_logging(verbose)
-    from sieve.config import MethodConfig, PruneConfig
-    from sieve.prune.api import prune_model, prune_with_masks
+    from sieve.config import FLAGS, validate
+    from sieve.export.hf import prune_model, prune_with_masks
+    from sieve.prune.config import PruneConfig
+    from sieve.workspace import InputsConfig
 
     if masks is not None:
         if allocation is not None:
             raise SieveError("give --masks or --allocation, not both")
-        summary = prune_with_masks(model, masks, out, dtype=dtype, device=device)
+        inputs = validate(InputsConfig, _given(model=model, dtype=dtype, device=device), FLAGS)
+        summary = prune_with_masks(inputs.model, masks, out, dtype=inputs.dtype, device=inputs.device, force=force)
         console.print(f"applied {masks} to {summary['model']}: sparsity {summary['achieved_sparsity']:.4f} → {out}")
         return
-    config = PruneConfig(
-        model=model,
-        task=task,
-        general=general,
-        method=MethodConfig(name=method, source=calibration),
-        sparsity=sparsity,
-        pattern=pattern,
-        allocation=str(allocation) if allocation else None,
-        dtype=dtype,
-        device=device,
-    )
-    summary = prune_model(config, out)
+    fields = _given(model=model, task=task, general=general, sparsity=sparsity, allocation=allocation, dtype=dtype,
+                    device=device)
+    if method is not None or calibration is not None:
+        fields["method"] = {"name": method or "fused", **_given(source=calibration)}
+    if pattern is not None:
+        fields["primitive"] = {"name": "mask", "pattern": pattern}
+    summary = prune_model(validate(PruneConfig, fields, FLAGS), out, force=force)
     console.print(
-        f"pruned {summary['model']} with {method} to sparsity {summary['achieved_sparsity']:.4f} "
+        f"pruned {summary['model']} with {summary['method']['name']} to sparsity {summary['achieved_sparsity']:.4f} "
         f"({summary['pattern']}) in {summary['seconds']:.1f}s → {out}"
     )
 
@@ -120,37 +150,38 @@ def prune(
 @app.command("eval")
 @clean_errors
 def eval_(
-    model: Annotated[str, typer.Argument(help="Pruned folder, built-in name, HF folder, .gguf, run directory or allocation JSON.")] = DEFAULT_MODEL,
-    task: Annotated[Optional[str], typer.Option(help="lm-eval task name or YAML (default: the run's, else rotten_tomatoes).")] = None,
-    general: Annotated[Optional[str], typer.Option(help="General corpus for perplexity (default: the run's, else wikipedia).")] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Pruned folder, built-in name, HF folder, .gguf, run directory or allocation JSON (default: the built-in model).")] = None,
+    task: Task = None,
+    general: General = None,
     tasks: Annotated[Optional[str], typer.Option(help="Also run lm-eval's simple_evaluate on these tasks (comma-separated names or YAMLs).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="lm-eval: first N documents per task.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="'dense': also evaluate the dense model it was pruned from.")] = None,
-    test_examples: Annotated[int, typer.Option(help="Cap on test examples (sieve's fast path).")] = 500,
+    test_examples: Annotated[Optional[int], typer.Option(help="Cap on test examples (sieve's fast path).")] = None,
     output: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON results.")] = None,
-    dtype: Annotated[str, typer.Option()] = "float32",
-    device: Annotated[str, typer.Option()] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    dtype: Dtype = None,
+    device: Device = None,
+    verbose: Verbose = False,
 ) -> None:
     """Task test accuracy / NLL, general perplexity and achieved sparsity (plus lm-eval with --tasks).
 
     A run directory or an allocation JSON is applied in memory to its dense model."""
     _setup_logging(verbose)
-    from sieve.config import EvalSettings
-    from sieve.evaluate.api import eval_config_for, evaluate_models
-    from sieve.evaluate.lm_eval_runner import parse_task_list
+    from sieve.config import FLAGS, validate
+    from sieve.evaluate.api import evaluate
+    from sieve.evaluate.config import EvalConfig
 
     if baseline not in (None, "dense"):
         raise SieveError(f"--baseline must be 'dense', got {baseline!r}")
-    lm_tasks = parse_task_list(tasks) if tasks else []
-    if limit is not None and not lm_tasks:
+    if limit is not None and not tasks:
         raise SieveError("--limit applies to lm-eval: give --tasks too")
-    config = eval_config_for(model, task=task, general=general, dtype=dtype, device=device,
-                             evaluation=EvalSettings(test_examples=test_examples))
-    rows, path = evaluate_models(config, baseline=baseline == "dense", output=output, lm_eval_tasks=lm_tasks, limit=limit)
+    fields = _given(model=model, task=task, general=general, lm_eval_tasks=tasks, limit=limit, output=output,
+                    dtype=dtype, device=device, baseline=baseline == "dense" or None)
+    if test_examples is not None:
+        fields["evaluation"] = {"test_examples": test_examples}
+    rows, path, config = evaluate(validate(EvalConfig, fields, FLAGS))
     console.print(_quality_table(rows, f"{config.task} test split / {config.general} held-out"))
-    if lm_tasks:
-        console.print(_lm_eval_table(rows, limit))
+    if config.lm_eval_tasks:
+        console.print(_lm_eval_table(rows, config.limit))
     console.print(f"results → {path}")
 
 
@@ -169,82 +200,88 @@ def _lm_eval_table(rows: list[dict[str, Any]], limit: int | None) -> Table:
 @clean_errors
 def search(
     budget: Annotated[Optional[float], typer.Option(help="Global sparsity budget (fraction of prunable weights).")] = None,
-    model: Annotated[Optional[str], typer.Option()] = None,
-    task: Annotated[Optional[str], typer.Option()] = None,
-    general: Annotated[Optional[str], typer.Option()] = None,
-    space: Annotated[Optional[str], typer.Option(help="Search space name or YAML file.")] = None,
+    model: Model = None,
+    task: Task = None,
+    general: General = None,
+    space: Annotated[Optional[str], typer.Option(help="Search space: a built-in name (per_matrix, per_block, per_type, nm, evopress) or a YAML file.")] = None,
     generations: Annotated[Optional[int], typer.Option()] = None,
     offspring: Annotated[Optional[int], typer.Option()] = None,
     population: Annotated[Optional[int], typer.Option()] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/NAME).")] = None,
-    fitness: Annotated[Optional[str], typer.Option(help="task_nll, task_acc or kl.")] = None,
+    fitness: Annotated[Optional[str], typer.Option(help="task_nll, task_acc, kl or general_kl.")] = None,
     general_weight: Annotated[Optional[float], typer.Option(help="λ for general-text KL added to the fitness.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Pareto mode: largest budget within this accuracy drop.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray evaluator actors (0: in-process).")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML config (e.g. a run's config.yaml).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
-    device: Annotated[Optional[str], typer.Option()] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    config: Annotated[Optional[str], typer.Option(help="YAML config: a built-in preset (gpu) or a file (e.g. a run's config.yaml).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (from any working directory).")] = None,
+    dtype: Dtype = None,
+    device: Device = None,
+    verbose: Verbose = False,
 ) -> None:
-    """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed)."""
+    """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed, resumable)."""
     _setup_logging(verbose)
-    flags = dict(
-        budget=budget, model=model, task=task, general=general, space=space, generations=generations,
-        offspring=offspring, population=population, seed=seed, fitness=fitness, general_weight=general_weight,
-        tolerance=tolerance, workers=workers, ray_address=ray_address, device=device,
-    )
-    _run_search(flags, config_path=config, run_dir=run_dir, resume=resume)
+    from sieve.config import FLAGS, load_yaml, validate
+    from sieve.resources import yaml_file
+    from sieve.search.config import SearchConfig
+    from sieve.search.run import SearchRun
+    from sieve.search.rundir import RunDir, default_run_path
 
-
-def _run_search(flags: dict[str, Any], *, config_path: Path | None, run_dir: Path | None, resume: Path | None) -> None:
-    from sieve.config import SearchConfig, from_dict, load_yaml
-    from sieve.search.run import SearchRun, open_run
-
-    given = {k: v for k, v in flags.items() if v is not None}
+    flags = _given(budget=budget, model=model, task=task, general=general, space=space, generations=generations,
+                   offspring=offspring, population=population, seed=seed, fitness=fitness,
+                   general_weight=general_weight, tolerance=tolerance, workers=workers, ray_address=ray_address,
+                   dtype=dtype, device=device)
     if resume is not None:
-        cfg, directory = open_run(None, resume, resume=True, overrides=given)
+        if config is not None or run_dir is not None:
+            raise SieveError("--resume takes the run's own config; drop --config / --run-dir")
+        run = RunDir.existing(resume)
+        if run.config().tolerance is not None:
+            return _pareto(run, run.resumed_config(flags))
+        runner = SearchRun(run, overrides=flags)
     else:
-        base = load_yaml(config_path) if config_path else {}
-        if "budget" not in given and "budget" not in base and "tolerance" not in given and "tolerance" not in base:
-            raise SieveError("--budget is required (a fraction in (0, 1)), or --tolerance X, or --resume DIR")
-        cfg = from_dict(SearchConfig, {**base, **given})
-        cfg, directory = open_run(cfg, run_dir, resume=False)
-    if cfg.tolerance is not None:
-        from sieve.search.pareto import run_pareto
+        base = load_yaml(yaml_file(config, "configs", "config preset")) if config else {}
+        base.pop("digests", None)  # a new run records its own
+        cfg = validate(SearchConfig, {**base, **flags}, Path(config).name if config else FLAGS)
+        run = RunDir(run_dir or default_run_path(cfg))
+        if cfg.tolerance is not None:
+            return _pareto(run, cfg)
+        runner = SearchRun(run, cfg)
+    _execute(runner)
 
-        result = run_pareto(cfg, directory, console=console)
-        answer = result["largest_budget"]
-        console.print(
-            f"largest budget within {cfg.tolerance} of dense test accuracy: "
-            f"{answer if answer is not None else 'none found'} (frontier → {directory / 'frontier.json'})"
-        )
-        return
-    console.print(f"run directory: {directory}")
-    total = cfg.generations
+
+def _pareto(run, cfg) -> None:
+    from sieve.search.pareto import run_pareto
+
+    result = run_pareto(cfg, run, console=console)
+    answer = result["largest_budget"]
+    console.print(f"largest budget within {cfg.tolerance} of dense test accuracy: "
+                  f"{answer if answer is not None else 'none found'} (frontier → {run.frontier_path})")
+
+
+def _execute(runner) -> None:
+    run, total = runner.run, runner.config.generations
+    console.print(f"run directory: {run.path}")
 
     def progress(record) -> None:
-        done = record.generation
-        rate = record.evals_per_s
-        per_gen = record.seconds / max(done + 1, 1)
-        eta = per_gen * (total - done)
+        per_gen = record.seconds / max(record.generation + 1, 1)
         console.print(
-            f"gen {done:>3}/{total}  best {record.best:.4f}  median {record.median:.4f}  "
-            f"{rate:.2f} evals/s  tokens {record.tokens:,}  ETA {eta / 60:.1f} min",
+            f"gen {record.generation:>3}/{total}  best {record.best:.4f}  median {record.median:.4f}  "
+            f"{record.evals_per_s:.2f} evals/s  tokens {record.tokens:,}  ETA {per_gen * (total - record.generation) / 60:.1f} min",
             highlight=False,
         )
 
     try:
-        outcome = SearchRun(cfg, directory).execute(on_generation=progress)
+        outcome = runner.execute(on_generation=progress)
     except KeyboardInterrupt:
-        err.print(f"interrupted; the last finished generation is checkpointed. Resume with:\n  sieve search --resume {directory}")
+        err.print(f"interrupted; the last finished generation is checkpointed. Resume with:\n  sieve search --resume {run.path}")
         raise typer.Exit(130) from None
+    cfg = runner.config
     console.print(_quality_table(outcome["table"], f"budget {cfg.budget} · {cfg.task} test split · {cfg.general} held-out"))
     console.print(_sparsity_table(outcome["per_type"]))
     console.print(
         f"search: {outcome['evaluations']} evaluations, {outcome['tokens']:,} forward tokens, "
-        f"{outcome['search_seconds']:.0f}s; best allocation → {directory / 'best_allocation.json'}"
+        f"{outcome['search_seconds']:.0f}s; best allocation → {run.best_allocation_path}"
     )
 
 
@@ -265,20 +302,18 @@ def export(
     source: Annotated[Path, typer.Argument(help="Search run directory or sieve.allocation/v1 JSON.")],
     to: Annotated[str, typer.Option("--to", help="hf, llmcompressor, masks, csv or markdown.")],
     out: Annotated[Path, typer.Option(help="Output folder (hf) or file.")],
-    model: Annotated[Optional[str], typer.Option(help="Model to apply it to (default: the run's / allocation's model).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Where the allocation's model is now (default: the recorded one; checked by weights hash).")] = None,
     modifier: Annotated[Optional[str], typer.Option(help="llmcompressor: sparsegpt (default) or wanda.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Task for recomputed task statistics (default: the run's / allocation's).")] = None,
-    general: Annotated[Optional[str], typer.Option(help="General corpus for recomputed statistics (default: the run's / wikipedia).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="default: the run's, else float32")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    device: Device = None,
+    force: Force = False,
+    verbose: Verbose = False,
 ) -> None:
     """Export an allocation: pruned HF folder, llm-compressor recipe, binary masks, or a per-module table."""
     _setup_logging(verbose)
     from sieve.export import export_allocation
 
-    summary = export_allocation(source, to, out, model=model, task=task, general=general, dtype=dtype, device=device,
-                                options={"modifier": modifier})
+    fmt = {"name": to, **_given(modifier=modifier)}
+    summary = export_allocation(source, fmt, out, model=model, device=device or "auto", force=force)
     details = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()
                         if k not in ("format", "out", "allocation"))
     console.print(f"exported {summary['allocation']} as {to} → {out}" + (f" ({details})" if details else ""), highlight=False)
@@ -288,7 +323,7 @@ def export(
 @clean_errors
 def report(
     run: Annotated[Path, typer.Argument(help="Search run directory.")],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Plots (fitness per generation, sparsity heatmap, quality bars) and report.md in RUN/report/."""
     _setup_logging(verbose)

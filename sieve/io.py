@@ -7,6 +7,7 @@ atomic on POSIX, so readers see either the old or the new content.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -85,3 +86,12 @@ def read_jsonl(path: str | Path) -> list[Any]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex, first 16 characters)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from sieve.errors import SieveError
-from sieve.io import atomic_write, read_json, read_jsonl, write_text
-from sieve.prune.api import read_allocation
+from sieve.io import atomic_write, write_text
+from sieve.search.config import SearchConfig
+from sieve.search.loop import ELIMINATED
+from sieve.search.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,9 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> Path:
+def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any], config: SearchConfig, path: Path) -> Path:
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
-    from sieve.search.loop import ELIMINATED
-
     gens = [h["generation"] for h in history]
     # A median that lands on a candidate eliminated at an early fidelity stage (fitness
     # ELIMINATED + value) is not a validation fitness: leave that point out.
@@ -116,10 +115,10 @@ def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any
     for key, label, color in (("uniform_fitness", "uniform seed", COLORS["uniform"]), ("owl_fitness", "OWL seed", COLORS["owl"])):
         if results.get(key) is not None:
             ax.axhline(results[key], color=color, linestyle=":", linewidth=1.5, label=label)
-    fitness = str(config.get("fitness", "task_nll"))
+    fitness = config.fitness.name
     ylabel = FITNESS_LABELS.get(fitness, fitness)
-    if config.get("general_weight"):
-        ylabel += f" + {config['general_weight']:g}·general KL"
+    if config.general_weight:
+        ylabel += f" + {config.general_weight:g}·general KL"
     ax.set_xlabel("generation")
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(f"Search progress: {fitness} on the validation split (lower is better)")
@@ -197,17 +196,19 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else "–"
 
 
-def markdown(run_dir: Path, config: Mapping[str, Any], results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
              allocation: Mapping[str, Any], images: Mapping[str, str]) -> str:
     """``report.md``: config summary, search summary, result table and the plots."""
     lines = [f"# sieve search report: `{run_dir.name}`", ""]
-    keys = ("model", "task", "general", "space", "budget", "fitness", "general_weight", "generations", "offspring",
-            "population", "seed", "validation_examples", "stages", "keep", "device")
+    settings = {
+        "model": config.model, "task": config.task, "general": config.general, "space": config.space.name,
+        "budget": config.budget, "fitness": config.fitness.name, "general_weight": config.general_weight,
+        "generations": config.generations, "offspring": config.offspring, "population": config.population,
+        "seed": config.seed, "validation_examples": config.validation_examples, "stages": list(config.stages),
+        "promote": list(config.promote), "device": config.device, "scoring method": config.space.method.describe(),
+    }
     lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | `{config[k]}` |" for k in keys if k in config]
-    method = allocation.get("method")
-    if method:
-        lines.append(f"| scoring method | `{method}` |")
+    lines += [f"| {k} | `{v}` |" for k, v in settings.items()]
     lines.append("")
     lines += ["## Search", ""]
     if history:
@@ -243,23 +244,21 @@ def markdown(run_dir: Path, config: Mapping[str, Any], results: Mapping[str, Any
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write ``RUN/report/{fitness,allocation,quality}.png`` and ``report.md``; return their paths."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise SieveError(f"{run_dir} is not a sieve run directory (no config.yaml)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    history = read_jsonl(run_dir / "history.jsonl")
+    run = RunDir.existing(run_dir)
+    config = run.config()
+    history = run.history()
     if not history:
-        raise SieveError(f"run {run_dir} has no finished generation yet (history.jsonl is empty)")
-    source = read_allocation(run_dir)
-    results = read_json(run_dir / "results.json") if (run_dir / "results.json").exists() else {}
-    out = run_dir / "report"
+        raise SieveError(f"run {run.path} has no finished generation yet (history.jsonl is empty)")
+    allocation = run.best_allocation()
+    results = run.results()
+    out = run.report_dir
     written: dict[str, Path] = {}
     written["fitness"] = plot_fitness(history, results, config, out / "fitness.png")
-    grid = sparsity_grid(source.allocation.sparsity)
-    written["allocation"] = plot_allocation(grid, source.body.get("budget"), source.body.get("achieved_sparsity"),
-                                            out / "allocation.png")
+    grid = sparsity_grid(allocation.modules)
+    written["allocation"] = plot_allocation(grid, allocation.budget, allocation.achieved_sparsity, out / "allocation.png")
     if results.get("table"):
         written["quality"] = plot_quality(results["table"], out / "quality.png")
     images = {k: p.name for k, p in written.items()}
-    written["markdown"] = write_text(out / "report.md", markdown(run_dir, config, results, history, source.body, images))
+    body = allocation.model_dump(mode="json")
+    written["markdown"] = write_text(out / "report.md", markdown(run.path, config, results, history, body, images))
     return written

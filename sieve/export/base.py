@@ -1,40 +1,38 @@
-"""The exporter interface, its registry, and the shared steps every format builds on.
+"""The exporter interface, its registry, and the steps every format shares.
 
-An export starts from an :class:`~sieve.prune.api.AllocationSource` (a ``sieve.allocation/v1``
-file or a run directory) and a model. Formats differ in what they need:
+An export starts from an :class:`~sieve.evaluate.target.AllocationTarget` (a ``sieve.allocation/v1``
+file or a run directory) and writes one output. Formats differ in what they need:
 
-* the model's matrices only (``csv``, ``markdown``, ``llmcompressor``): :func:`checked_workspace`
+* the model's matrices only (``csv``, ``markdown``, ``llmcompressor``): :meth:`ExportRequest.checked_workspace`
   loads the model and refuses an allocation made for another one;
-* the pruned model (``hf``, ``masks``): :func:`pruned_model` applies the allocation with the
-  allocation's own scoring method and statistics (a run's ``stats/``, else recomputed and cached
-  exactly as ``sieve prune`` does).
+* the pruned model (``hf``, ``masks``): :meth:`ExportRequest.pruned` realises the allocation with
+  its own scoring method and statistics (:func:`sieve.prune.realise.realise`).
 
-The model defaults to the run's ``config.yaml`` model, else to the allocation's ``model`` field.
+Each exporter is a pydantic model owning its options (``llmcompressor``'s ``modifier``). Outputs are
+never written over an existing path without ``--force``, never over the run's own files, and
+always through a unique temporary path renamed into place.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sieve.config import PruneConfig
+from sieve.config import Frozen
 from sieve.errors import SieveError
-from sieve.models.arch import Matrix
+from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
+from sieve.models.matrix import Matrix
+from sieve.primitives.mask import row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.api import (
-    AllocationSource,
-    PrunedModel,
-    check_allocation,
-    open_workspace,
-    prune_config_for,
-    prune_in_place,
-    read_allocation,
-)
-from sieve.prune.mask import row_prune_count
+from sieve.prune.realise import PrunedModel
+from sieve.registry import Registry
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -42,93 +40,111 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """What to export, where to, and overrides of what the allocation / run records."""
+    """What to export, where to, and where the model is when it moved since (checked by weights hash)."""
 
-    source: AllocationSource
+    target: AllocationTarget
     out: Path
     model: str | None = None
-    task: str | None = None
-    general: str | None = None
-    dtype: str | None = None
     device: str = "auto"
-    options: Mapping[str, Any] = field(default_factory=dict)
+    force: bool = False
 
-    def prune_config(self) -> PruneConfig:
-        """The ``sieve prune`` config that reproduces the allocation on the model."""
-        return prune_config_for(
-            self.source, model=self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device
-        )
+    def checked_workspace(self) -> Workspace:
+        """The model alone (no data), with the allocation checked against it."""
+        ws = Workspace.open(self.model or self.target.file.model or "", task=None, general=None,
+                            dtype=self.target.file.dtype or "float32", device=self.device)
+        self.target.file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(self.target.path))
+        return ws
+
+    def pruned(self) -> PrunedModel:
+        """The model pruned in memory by the allocation, with its own method and statistics."""
+        ws = open_workspace_for(self.target, model=self.model, device=self.device)
+        return realise_target(self.target, ws)
 
 
-class Exporter(ABC):
-    """One output format."""
+class Exporter(Frozen, ABC):
+    """One output format; its fields are the format's options."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    #: option names (``ExportRequest.options``) this format understands
-    options: ClassVar[tuple[str, ...]] = ()
+    name: str
+    writes: ClassVar[str] = "file"  # or "folder"
 
     @abstractmethod
     def export(self, request: ExportRequest) -> dict[str, Any]:
         """Write ``request.out``; return a summary (at least ``out``)."""
 
 
-_EXPORTERS: dict[str, Exporter] = {}
+EXPORTERS: Registry[Exporter] = Registry("export format", "sieve.export")
 
 
-def register_exporter(cls: type[Exporter]) -> type[Exporter]:
-    _EXPORTERS[cls.name] = cls()
-    return cls
+def check_output(out: Path, *, writes: str, force: bool, target: AllocationTarget | None = None) -> None:
+    """Refuse before any work: an existing output without ``--force``, a file format pointed at a
+    folder (or the reverse), the allocation itself, or a path of the run's own."""
+    out = Path(out)
+    if target is not None and (out.absolute() == target.path.absolute()
+                               or (target.run is not None and target.run.owns(out) and out.exists())):
+        raise SieveError(f"--out {out} would overwrite the run's own files; choose a path outside {target.path.parent}")
+    if out.exists():
+        if writes == "file" and out.is_dir():
+            raise SieveError(f"--out {out} is a folder; this format writes a file")
+        if writes == "folder" and not out.is_dir():
+            raise SieveError(f"--out {out} is a file; this format writes a folder")
+        if not force and not (out.is_dir() and not any(out.iterdir())):
+            raise SieveError(f"--out {out} exists; pass --force to replace it")
 
 
-def available_formats() -> list[str]:
-    return sorted(_EXPORTERS)
+def replace_path(out: Path, write: Callable[[Path], None], *, folder: bool) -> Path:
+    """Write into a unique temporary sibling of ``out``, then move it into place (a replaced
+    output is removed only after the new one is complete)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+        os.close(fd)
+        tmp = Path(name)
+    old = None
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    return out
 
 
-def get_exporter(name: str) -> Exporter:
-    if name not in _EXPORTERS:
-        raise SieveError(f"unknown export format {name!r}; choose from {', '.join(available_formats())}")
-    return _EXPORTERS[name]
+def export_allocation(target: str | Path, fmt: str | dict[str, Any], out: Path, *, model: str | None = None,
+                      device: str = "auto", force: bool = False) -> dict[str, Any]:
+    """Export the allocation at ``target`` (a file or a run directory) as ``fmt`` (a name, or
+    ``{"name": ..., **options}``) to ``out``."""
+    exporter = _build(fmt)
+    opened = open_target(target)
+    check_output(out, writes=exporter.writes, force=force, target=opened)
+    summary = exporter.export(ExportRequest(opened, Path(out), model, device, force))
+    log.info("exported %s as %s to %s", opened.path, exporter.name, out)
+    return {"format": exporter.name, "allocation": str(opened.path), **summary}
 
 
-def export_allocation(
-    target: str | Path,
-    fmt: str,
-    out: Path,
-    *,
-    model: str | None = None,
-    task: str | None = None,
-    general: str | None = None,
-    dtype: str | None = None,
-    device: str = "auto",
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Export the allocation at ``target`` (a file or a run directory) as ``fmt`` to ``out``."""
-    exporter = get_exporter(fmt)
-    given = {k: v for k, v in (options or {}).items() if v is not None}
-    for key in given:
-        if key not in exporter.options:
-            raise SieveError(f"option --{key} does not apply to --to {fmt}")
-    source = read_allocation(target)
-    request = ExportRequest(source, Path(out), model, task, general, dtype, device, given)
-    summary = exporter.export(request)
-    log.info("exported %s as %s to %s", source.path, fmt, out)
-    return {"format": fmt, "allocation": str(source.path), **summary}
+def _build(fmt: str | dict[str, Any]) -> Exporter:
+    from pydantic import ValidationError
 
+    from sieve.config import one_line
 
-def checked_workspace(request: ExportRequest) -> Workspace:
-    """The model alone (no data), with the allocation checked against it."""
-    config = request.prune_config()
-    ws = Workspace.open(config.model, task=None, general=None, dtype=config.dtype, device=config.device)
-    check_allocation(request.source, ws.matrices, ws.loaded.model_id)
-    return ws
-
-
-def pruned_model(request: ExportRequest) -> PrunedModel:
-    """The model pruned in memory by the allocation, with its own method and statistics."""
-    config = request.prune_config()
-    ws = open_workspace(config, request.source)
-    return prune_in_place(ws, config, source=request.source)
+    spec = {"name": fmt} if isinstance(fmt, str) else dict(fmt)
+    fields = EXPORTERS.get(spec["name"]).model_fields
+    for option in spec:
+        if option not in fields:
+            raise SieveError(f"option --{option} does not apply to --to {spec['name']}")
+    try:
+        return EXPORTERS.build(spec)
+    except ValidationError as exc:
+        raise SieveError(one_line(exc)) from None
+    except ValueError as exc:
+        raise SieveError(str(exc)) from None
 
 
 def named_order(ws: Workspace) -> list[Matrix]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv as _csv
 import io
-from typing import Any
+from typing import Any, Literal
 
-from sieve.export.base import TABLE_COLUMNS, ExportRequest, Exporter, checked_workspace, module_rows, named_order, register_exporter
-from sieve.io import write_text
+from sieve.export.base import EXPORTERS, TABLE_COLUMNS, Exporter, ExportRequest, module_rows, named_order, replace_path
 
 
 def table_csv(rows: list[dict[str, Any]]) -> str:
@@ -19,13 +18,12 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-@register_exporter
+@EXPORTERS.register
 class CSVExporter(Exporter):
-    name = "csv"
-    description = "per-module table as CSV"
+    name: Literal["csv"] = "csv"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
-        ws = checked_workspace(request)
-        rows = module_rows(named_order(ws), request.source.allocation)
-        write_text(request.out, table_csv(rows))
+        rows = module_rows(named_order(request.checked_workspace()), request.target.file.allocation)
+        text = table_csv(rows)
+        replace_path(request.out, lambda p: p.write_text(text), folder=False)
         return {"out": str(request.out), "rows": len(rows)}

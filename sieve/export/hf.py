@@ -1,25 +1,182 @@
 """``hf``: a pruned Hugging Face folder that plain ``AutoModelForCausalLM.from_pretrained`` loads.
 
-This is ``sieve prune --allocation`` with the allocation's own scoring method and statistics (a
-run's ``stats/`` when exporting a run directory), so the folder's per-module sparsity equals the
-allocation: each row of a matrix at sparsity ``s`` holds exactly ``int(cols · s)`` zeros (N:M:
-``N`` of every ``M``). Written to ``OUT.partial`` and renamed; ``allocation.json`` (the source's
-provenance plus the achieved sparsity) and ``prune.json`` sit beside the weights.
+The folder's per-module sparsity equals the allocation: each row of a matrix at sparsity ``s``
+holds exactly ``int(cols · s)`` zeros (N:M: ``N`` of every ``M``). ``allocation.json`` beside the
+weights is the complete ``sieve.allocation/v1`` file (it reproduces the masks), ``prune.json`` a
+summary. The same writer serves ``sieve prune`` (a uniform allocation built from the flags, or an
+allocation file) and ``sieve prune --masks`` (exported masks re-applied to, e.g., a fine-tune).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-from sieve.export.base import ExportRequest, Exporter, register_exporter
-from sieve.prune.api import prune_model
+import torch
+
+from sieve.config import digest, to_dict
+from sieve.errors import SieveError
+from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, check_output, replace_path
+from sieve.io import write_json
+from sieve.models.matrix import Matrix
+from sieve.primitives.mask import UNSTRUCTURED
+from sieve.prune.allocation import Allocation, AllocationFile
+from sieve.prune.config import PruneConfig
+from sieve.prune.pruner import achieved_sparsity
+from sieve.prune.realise import PrunedModel, realise
+from sieve.stats.calibrate import CacheStore, ensure_stats
+from sieve.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
-@register_exporter
+def write_folder(ws: Workspace, file: AllocationFile, out: Path, summary: Mapping[str, Any], *, force: bool) -> Path:
+    """Model + tokenizer + ``allocation.json`` + ``prune.json``, written to a unique temporary
+    folder and renamed to ``out`` (an existing ``out`` is replaced only with ``force``)."""
+
+    def write(tmp: Path) -> None:
+        ws.model.save_pretrained(tmp)
+        ws.tokenizer.save_pretrained(tmp)
+        (tmp / "sieve_model_id").write_text(ws.model_id + "\n")
+        file.write(tmp / "allocation.json")
+        write_json(tmp / "prune.json", dict(summary))
+
+    return replace_path(out, write, folder=True)
+
+
+def _summary(pruned: PrunedModel, start: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": pruned.ws.model_id,
+        "method": pruned.method.describe(),
+        "pattern": pruned.file.pattern,
+        "achieved_sparsity": achieved_sparsity(pruned.ws.matrices),
+        "calibration_seconds": pruned.statistics.seconds,
+        "calibration_tokens": pruned.statistics.tokens,
+        "prune_seconds": pruned.prune_seconds,
+        "seconds": time.perf_counter() - start,
+        **extra,
+    }
+
+
+@EXPORTERS.register
 class HFExporter(Exporter):
-    name = "hf"
-    description = "pruned model folder (safetensors + tokenizer + config + allocation.json)"
+    name: Literal["hf"] = "hf"
+    writes = "folder"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
-        summary = prune_model(request.prune_config(), request.out)
+        start = time.perf_counter()
+        pruned = request.pruned()
+        summary = _summary(pruned, start, allocation=str(request.target.path))
+        write_folder(pruned.ws, pruned.file, request.out, summary, force=request.force)
         return {"out": str(request.out), "model": summary["model"], "achieved_sparsity": summary["achieved_sparsity"]}
+
+
+def _conflicts(config: PruneConfig, target: AllocationTarget) -> None:
+    """Flags given together with ``--allocation`` must agree with what the file records."""
+    given, file = config.model_fields_set, target.file
+    if "method" in given and file.method is not None and config.method != file.method:
+        raise SieveError(f"--method {config.method.name} conflicts with the allocation's method {file.method.describe()}; "
+                         "omit --method (the allocation reproduces its own masks)")
+    if "primitive" in given and config.primitive.pattern != file.pattern:
+        raise SieveError(f"--pattern {config.primitive.pattern} conflicts with the allocation's pattern {file.pattern}")
+    if "sparsity" in given:
+        raise SieveError("--sparsity does not apply with --allocation (the allocation records its own)")
+    for name in ("task", "general"):
+        recorded = getattr(file, name)
+        if name in given and recorded is not None and getattr(config, name) != recorded:
+            raise SieveError(f"--{name} {getattr(config, name)} conflicts with the allocation's {name} {recorded} "
+                             "(its statistics come from that one)")
+
+
+def prune_model(config: PruneConfig, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """``sieve prune``: uniformly by ``config``, or by ``config.allocation`` (a file or a run); writes ``out``."""
+    start = time.perf_counter()
+    if config.allocation is not None:
+        target = open_target(config.allocation)
+        _conflicts(config, target)
+        if target.file.method is None:
+            target = AllocationTarget(target.file.model_copy(update={"method": config.method}), target.path, target.run)
+        check_output(out, writes="folder", force=force, target=target)
+        ws = open_workspace_for(target, model=config.model if "model" in config.model_fields_set else None,
+                                device=config.device)
+        pruned = realise_target(target, ws)
+    else:
+        check_output(out, writes="folder", force=force)
+        pruned = _prune_uniform(config)
+    summary = _summary(pruned, start, config=to_dict(config))
+    write_folder(pruned.ws, pruned.file, out, summary, force=force)
+    return summary
+
+
+def _prune_uniform(config: PruneConfig) -> PrunedModel:
+    method, pattern = config.method, config.primitive.parsed
+    ws = Workspace.open(config.model, task=config.task if "task" in method.sources else None,
+                        general=config.general if "general" in method.sources else None, dtype=config.dtype,
+                        device=config.device, split=config.split, base_dir=Path(config.workdir))
+    for m in ws.matrices:
+        pattern.check(m.name, m.shape[1])
+    allocation = Allocation.uniform(ws.matrices, config.sparsity, pattern)
+    statistics = ensure_stats(
+        ws.model, ws.tokenizer, ws.matrices, method.sources, weights_hash=ws.weights_hash, cfg=config.calibration,
+        general=ws.corpus, task_texts=ws.task.calibration_texts() if ws.task is not None else None,
+        hessian=method.needs_hessian, store=CacheStore.for_model(ws.model_id),
+    )
+    file = AllocationFile.build(
+        allocation, model=ws.model_id, weights_hash=ws.weights_hash, dtype=config.dtype, method=method.describe(),
+        calibration=config.calibration.model_dump(), task=config.task if "task" in method.sources else None,
+        general=config.general if "general" in method.sources else None, split=config.split.model_dump(),
+        workdir=config.workdir, stats=statistics.fingerprints, budget=config.sparsity,
+        config_digest=digest(config), achieved_sparsity=allocation.weighted_sparsity(ws.matrices),
+    )
+    return realise(ws, file, store=None, where="the uniform allocation", statistics=statistics)
+
+
+def apply_masks(matrices: Sequence[Matrix], masks: Mapping[str, torch.Tensor]) -> Allocation:
+    """``W ← W ⊙ M`` for every mask (in the module's own weight layout); refuses mismatches.
+
+    Every mask must name a prunable matrix of the model and have its weight's exact shape; the
+    returned allocation holds each matrix's measured mask sparsity (zeros / numel).
+    """
+    by_name = {m.name: m for m in matrices}
+    for name, mask in masks.items():
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = f"; closest module there: {close[0]!r}" if close else ""
+            raise SieveError(f"masks name module {name!r} that the model lacks{hint}")
+        shape = tuple(by_name[name].module.weight.shape)
+        if tuple(mask.shape) != shape:
+            raise SieveError(f"mask of {name} has shape {tuple(mask.shape)}, the model's weight {shape}")
+    sparsity = {}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            w = by_name[name].module.weight
+            keep = mask.to(device=w.device, dtype=torch.bool)
+            w.copy_(torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device)))
+            sparsity[name] = 1.0 - float(keep.sum()) / keep.numel()
+    return Allocation(sparsity, UNSTRUCTURED)
+
+
+def prune_with_masks(model: str, masks_path: Path, out: Path, *, dtype: str, device: str,
+                     force: bool = False) -> dict[str, Any]:
+    """``prune --masks``: apply exported masks to ``model`` (e.g. a fine-tune of the same base)."""
+    from sieve.export.masks import read_masks
+
+    start = time.perf_counter()
+    check_output(out, writes="folder", force=force)
+    masks, meta = read_masks(masks_path)
+    ws = Workspace.open(model, task=None, general=None, dtype=dtype, device=device)
+    dense_hash = ws.weights_hash
+    allocation = apply_masks(ws.matrices, masks)
+    achieved = achieved_sparsity(ws.matrices)
+    file = AllocationFile.build(allocation, model=ws.model_id, weights_hash=dense_hash, dtype=dtype,
+                                budget=allocation.weighted_sparsity(ws.matrices), achieved_sparsity=achieved)
+    summary = {"model": ws.model_id, "masks": str(masks_path), "masks_model": meta.get("model"),
+               "masks_weights_hash": meta.get("weights_hash"), "achieved_sparsity": achieved,
+               "pattern": meta.get("pattern", "unstructured"), "seconds": time.perf_counter() - start}
+    write_folder(ws, file, out, summary, force=force)
+    return summary

@@ -26,16 +26,15 @@ classes, so GPT-2's ``Conv1D`` matrices are refused rather than silently skipped
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from sieve.errors import SieveError
-from sieve.export.base import ExportRequest, Exporter, checked_workspace, named_order, register_exporter
-from sieve.io import write_text
-from sieve.models.arch import Matrix
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, named_order, replace_path
+from sieve.models.matrix import Matrix
+from sieve.primitives.mask import Pattern
 from sieve.prune.allocation import Allocation
-from sieve.prune.mask import Pattern
 
 MODIFIERS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}
 STAGE = "sparsity_stage"
@@ -100,28 +99,27 @@ def recipe_yaml(recipe: dict[str, Any], header: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + body
 
 
-@register_exporter
+@EXPORTERS.register
 class LLMCompressorExporter(Exporter):
-    name = "llmcompressor"
-    description = "llm-compressor recipe (SparseGPTModifier, or WandaPruningModifier with --modifier wanda)"
-    options = ("modifier",)
+    """Options: ``modifier`` — ``sparsegpt`` (default) or ``wanda``."""
+
+    name: Literal["llmcompressor"] = "llmcompressor"
+    modifier: Literal["sparsegpt", "wanda"] = "sparsegpt"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
-        modifier = request.options.get("modifier", "sparsegpt")
-        if modifier not in MODIFIERS:
-            raise SieveError(f"--modifier must be one of {', '.join(MODIFIERS)}, got {modifier!r}")
-        ws = checked_workspace(request)
+        ws = request.checked_workspace()
         matrices = named_order(ws)
-        allocation = request.source.allocation
-        recipe = build_recipe(matrices, allocation, modifier)
-        body = request.source.body
+        file = request.target.file
+        allocation = file.allocation
+        recipe = build_recipe(matrices, allocation, self.modifier)
         header = {
-            "model": ws.loaded.model_id,
-            "weights_hash": body.get("weights_hash"),
-            "allocation": str(request.source.path),
-            "budget": body.get("budget"),
+            "model": ws.model_id,
+            "weights_hash": file.weights_hash,
+            "allocation": str(request.target.path),
+            "budget": file.budget,
             "achieved_sparsity": round(allocation.weighted_sparsity(ws.matrices), 6),
         }
-        write_text(request.out, recipe_yaml(recipe, header))
+        text = recipe_yaml(recipe, header)
+        replace_path(request.out, lambda p: p.write_text(text), folder=False)
         targets = sum(len(args["targets"]) for group in recipe[STAGE].values() for args in group.values())
-        return {"out": str(request.out), "modifier": MODIFIERS[modifier], "targets": targets}
+        return {"out": str(request.out), "modifier": MODIFIERS[self.modifier], "targets": targets}

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from sieve.export.base import ExportRequest, Exporter, checked_workspace, module_rows, named_order, register_exporter
-from sieve.io import write_text
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, module_rows, named_order, replace_path
 
 
 def table_markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> str:
@@ -23,22 +22,22 @@ def table_markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> str
     return "\n".join(lines) + "\n"
 
 
-@register_exporter
+@EXPORTERS.register
 class MarkdownExporter(Exporter):
-    name = "markdown"
-    description = "per-module table as Markdown"
+    name: Literal["markdown"] = "markdown"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
-        ws = checked_workspace(request)
-        rows = module_rows(named_order(ws), request.source.allocation)
-        body = request.source.body
+        ws = request.checked_workspace()
+        file = request.target.file
+        rows = module_rows(named_order(ws), file.allocation)
         header = {
-            "model": ws.loaded.model_id,
-            "weights hash": body.get("weights_hash"),
-            "method": body.get("method"),
-            "budget": body.get("budget"),
-            "pattern": body.get("pattern"),
-            "source": str(request.source.path),
+            "model": ws.model_id,
+            "weights hash": file.weights_hash,
+            "method": file.method.describe() if file.method else None,
+            "budget": file.budget,
+            "pattern": file.pattern,
+            "allocation": str(request.target.path),
         }
-        write_text(request.out, table_markdown(rows, header))
+        text = table_markdown(rows, header)
+        replace_path(request.out, lambda p: p.write_text(text), folder=False)
         return {"out": str(request.out), "rows": len(rows)}

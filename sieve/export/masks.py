@@ -20,16 +20,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from sieve.errors import SieveError
-from sieve.export.base import ExportRequest, Exporter, pruned_model, register_exporter
-from sieve.io import write_safetensors
-from sieve.prune.api import PrunedModel
-from sieve.prune.mask import mask_from_scores
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, replace_path
+from sieve.primitives.mask import mask_from_scores
+from sieve.prune.realise import PrunedModel
 
 FORMAT = "sieve.masks/v1"
 BITORDER = "big"
@@ -48,7 +48,7 @@ def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 def keep_masks(pruned: PrunedModel) -> dict[str, torch.Tensor]:
     """Keep-mask of every pruned matrix, in its module's weight layout."""
-    pruner, allocation = pruned.pruner, pruned.allocation
+    pruner, allocation = pruned.pruner, pruned.file.allocation
     out = {}
     for m in pruner.matrices:
         sparsity = allocation.sparsity.get(m.name, 0.0)
@@ -67,7 +67,7 @@ def keep_masks(pruned: PrunedModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def write_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {name: pack(mask) for name, mask in masks.items()}
     metadata = {
         "format": FORMAT,
@@ -75,7 +75,7 @@ def write_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict[str, Any]
         "shapes": json.dumps({name: list(mask.shape) for name, mask in masks.items()}),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
     }
-    return write_safetensors(path, tensors, metadata=metadata)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def read_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,29 +91,35 @@ def read_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             if meta.get("format") != FORMAT:
                 raise SieveError(f"{path} is not a {FORMAT} file (format={meta.get('format')!r})")
             shapes = json.loads(meta["shapes"])
+            if not isinstance(shapes, dict) or not all(
+                    isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s) for s in shapes.values()):
+                raise SieveError(f"{path}: 'shapes' must map module names to lists of positive integers")
             masks = {name: unpack(fh.get_tensor(name), tuple(shape)) for name, shape in shapes.items()}
+    except SieveError:
+        raise
     except SafetensorError as exc:
         raise SieveError(f"{path} is not a safetensors file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - bad JSON, a missing tensor, a short buffer: a damaged file
+        raise SieveError(f"masks file {path} is damaged ({type(exc).__name__}: {exc})") from None
     return masks, {k: v for k, v in meta.items() if k not in ("format", "shapes", "bitorder")}
 
 
-@register_exporter
+@EXPORTERS.register
 class MasksExporter(Exporter):
-    name = "masks"
-    description = "bit-packed binary masks (safetensors) for sieve prune --masks"
+    name: Literal["masks"] = "masks"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
-        pruned = pruned_model(request)
+        pruned = request.pruned()
         masks = keep_masks(pruned)
         sparsity = {name: 1.0 - float(mask.sum()) / mask.numel() for name, mask in masks.items()}
         meta = {
-            "model": pruned.provenance["model"],
-            "weights_hash": pruned.provenance["weights_hash"],
+            "model": pruned.ws.model_id,
+            "weights_hash": pruned.ws.weights_hash,
             "method": pruned.method.describe(),
-            "pattern": str(pruned.allocation.pattern),
+            "pattern": pruned.file.pattern,
             "sparsity": sparsity,
         }
-        write_masks(request.out, masks, meta)
+        replace_path(request.out, lambda p: write_masks(p, masks, meta), folder=False)
         pruned.pruner.restore()
         bits = sum(m.numel() for m in masks.values())
         return {"out": str(request.out), "matrices": len(masks), "bits": bits, "bytes": request.out.stat().st_size}

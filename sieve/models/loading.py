@@ -10,6 +10,8 @@ entry), copies the state dict in and saves a plain safetensors folder under
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from sieve.errors import SieveError
+from sieve.io import file_digest
 from sieve.resources import cache_dir, package_file
 
 log = logging.getLogger(__name__)
@@ -55,10 +58,17 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process converted it meanwhile: keep theirs
+            if not (out_dir / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -75,7 +85,7 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SieveError(f"model file {spec} does not exist")
-        target = cache_dir() / "models" / f"{path.stem}-{abs(hash(str(path.resolve()))) % 10**8}"
+        target = cache_dir() / "models" / f"{path.stem}-{file_digest(path)}"
         if not (target / "config.json").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             _convert_gguf(path, target)
@@ -99,9 +109,9 @@ def load_model(spec: str, *, dtype: str = "float32", device: str | torch.device 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all are the user's input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SieveError(f"cannot load model {spec!r}: {first}") from None
+        raise SieveError(f"cannot load model {spec!r}: {type(exc).__name__}: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval().to(device)

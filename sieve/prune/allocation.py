@@ -1,25 +1,35 @@
 """Allocation: matrix name → sparsity, the one object passed between prune, search and export.
 
-On disk an allocation is ``best_allocation.json`` in format ``sieve.allocation/v1`` (see README):
-per-module sparsity keyed by full module name plus the provenance needed to refuse a file made for
-another model (model id, weight hash, module names).
+On disk an allocation is a ``sieve.allocation/v1`` JSON file (:class:`AllocationFile`, see the
+README): the per-module sparsities plus everything needed to reproduce its masks exactly — the
+model and the hash of its dense weights, the scoring method with its parameters, the calibration
+settings and data (task, general corpus, seed, working directory) and the fingerprints of the
+statistics the masks were computed from. Reading one validates it against this schema, so a
+damaged or hand-edited file is one error line, never a traceback.
 """
 
 from __future__ import annotations
 
-import hashlib
+import difflib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import torch
+from pydantic import Field, Strict, field_validator
 
 from sieve import __version__
+from sieve.config import Frozen, validate
+from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
 from sieve.io import read_json, write_json
-from sieve.models.arch import Matrix
-from sieve.prune.mask import UNSTRUCTURED, Pattern, check_sparsity
+from sieve.models.matrix import Matrix
+from sieve.primitives.mask import UNSTRUCTURED, Pattern, check_sparsity
+from sieve.scores.base import MethodSpec, ScoringMethod
+from sieve.stats.calibrate import CalibrationConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sieve.allocation/v1"
 
@@ -46,14 +56,18 @@ class Allocation:
     def pattern_of(self, name: str) -> Pattern:
         return self.patterns.get(name, self.pattern)
 
-    def check_against(self, matrices: Sequence[Matrix]) -> None:
-        names = {m.name for m in matrices}
-        unknown = [n for n in self.sparsity if n not in names]
+    def check_against(self, matrices: Sequence[Matrix], what: str = "allocation", model_id: str = "the model") -> None:
+        """Refuse names the model lacks (naming the closest one) and patterns that do not divide a matrix."""
+        names = [m.name for m in matrices]
+        known = set(names)
+        unknown = [n for n in self.sparsity if n not in known]
         if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f"; closest module there: {close[0]!r}" if close else ""
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise SieveError(f"allocation names module {unknown[0]!r} that the model lacks{more}")
+            raise SieveError(f"{what} names module {unknown[0]!r} that {model_id} lacks{more}{hint}")
         for m in matrices:
-            if m.name in self.sparsity and self.sparsity[m.name] > 0:
+            if self.sparsity.get(m.name, 0.0) > 0:
                 self.pattern_of(m.name).check(m.name, m.shape[1])
 
     def weighted_sparsity(self, matrices: Sequence[Matrix]) -> float:
@@ -61,47 +75,101 @@ class Allocation:
         total = sum(m.numel for m in matrices)
         return sum(self.sparsity.get(m.name, 0.0) * m.numel for m in matrices) / total
 
-    def to_json(self, **provenance: Any) -> dict[str, Any]:
-        body = {
-            "format": FORMAT,
-            "sieve_version": __version__,
-            **provenance,
-            "pattern": str(self.pattern),
-            "modules": {name: float(s) for name, s in self.sparsity.items()},
-        }
-        if self.patterns:
-            body["module_patterns"] = {n: str(p) for n, p in self.patterns.items()}
-        return body
 
-    def save(self, path: str | Path, **provenance: Any) -> Path:
-        return write_json(path, self.to_json(**provenance))
+Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
+
+
+class AllocationFile(Frozen):
+    """A ``sieve.allocation/v1`` file: the allocation plus what reproduces its masks and where it came from."""
+
+    format: Literal["sieve.allocation/v1"]
+    sieve_version: str = __version__
+    # what the masks are
+    pattern: str = "unstructured"
+    modules: dict[str, Sparsity]
+    module_patterns: dict[str, str] = {}
+    # what reproduces them
+    model: str | None = None
+    weights_hash: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    method: MethodSpec | None = None
+    calibration: CalibrationConfig | None = None
+    task: str | None = None
+    general: str | None = None
+    split: SplitSpec | None = None
+    workdir: str | None = None
+    stats: dict[str, str] = {}
+    # where it came from (search provenance; informative)
+    space: str | None = None
+    budget: float | None = None
+    fitness: str | None = None
+    config_digest: str | None = None
+    achieved_sparsity: float | None = None
+    fitness_value: float | None = None
+    generation: int | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return str(_parse_pattern(value))
+
+    @field_validator("module_patterns")
+    @classmethod
+    def _patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: str(_parse_pattern(p)) for name, p in value.items()}
+
+    @property
+    def allocation(self) -> Allocation:
+        patterns = {n: Pattern.parse(p) for n, p in self.module_patterns.items()}
+        return Allocation(dict(self.modules), Pattern.parse(self.pattern), patterns)
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Allocation:
-        if body.get("format") != FORMAT:
-            raise SieveError(f"not a {FORMAT} allocation (format={body.get('format')!r})")
-        patterns = {n: Pattern.parse(p) for n, p in body.get("module_patterns", {}).items()}
-        return cls(dict(body["modules"]), Pattern.parse(body.get("pattern")), patterns)
+    def build(cls, allocation: Allocation, **provenance: Any) -> AllocationFile:
+        body = {"format": FORMAT, "pattern": str(allocation.pattern),
+                "modules": {n: float(s) for n, s in allocation.sparsity.items()}, **provenance}
+        if allocation.patterns:
+            body["module_patterns"] = {n: str(p) for n, p in allocation.patterns.items()}
+        return validate(cls, body, "allocation")
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple[Allocation, dict[str, Any]]:
+    def read(cls, path: str | Path) -> AllocationFile:
         path = Path(path)
-        if path.is_dir():
-            path = path / "best_allocation.json"
-        if not path.exists():
+        if not path.is_file():
             raise SieveError(f"allocation file {path} does not exist")
         try:
             body = read_json(path)
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise SieveError(f"allocation file {path} is not valid JSON: {exc}") from None
-        return cls.from_json(body), body
+        if not isinstance(body, dict):
+            raise SieveError(f"allocation file {path} must hold a JSON object, got {type(body).__name__}")
+        if body.get("format") != FORMAT:
+            raise SieveError(f"{path} is not a {FORMAT} allocation (format={body.get('format')!r})")
+        return validate(cls, body, path.name)
+
+    def write(self, path: str | Path) -> Path:
+        return write_json(path, self.model_dump(mode="json", exclude_none=True, exclude_defaults=False))
+
+    def scoring_method(self, fallback: ScoringMethod | None = None) -> ScoringMethod:
+        if self.method is not None:
+            return self.method
+        if fallback is None:
+            raise SieveError("the allocation records no scoring method ('method'); give one with --method")
+        return fallback
+
+    def check_model(self, matrices: Sequence[Matrix], model_id: str, weights_hash: str, where: str) -> None:
+        """Refuse a file made for another model: module names (closest name given) or both weight hashes."""
+        self.allocation.check_against(matrices, f"allocation {where}", f"model {model_id!r}")
+        if self.weights_hash is None:
+            log.warning("allocation %s records no weights_hash: it cannot be checked against %s's weights", where, model_id)
+        elif self.weights_hash != weights_hash:
+            raise SieveError(
+                f"allocation {where} was made for model {self.model!r} with weights hash {self.weights_hash}, "
+                f"but {model_id!r} hashes to {weights_hash}"
+            )
 
 
-def weights_hash(matrices: Sequence[Matrix]) -> str:
-    """sha256 over the prunable matrices' names, shapes and dense bytes (order-sensitive)."""
-    digest = hashlib.sha256()
-    for m in matrices:
-        w = m.module.weight.detach()
-        digest.update(f"{m.name}:{tuple(w.shape)}:{w.dtype}".encode())
-        digest.update(w.contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+def _parse_pattern(value: str) -> Pattern:
+    try:
+        return Pattern.parse(value)
+    except SieveError as exc:
+        raise ValueError(str(exc)) from None

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sieve.models.arch import Matrix
+from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
 from sieve.scores.base import ScoringMethod
 from sieve.stats import MatrixStats

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from sieve.models.arch import Matrix
+from sieve.models.matrix import Matrix
+from sieve.primitives.mask import UNSTRUCTURED, Pattern, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.mask import UNSTRUCTURED, Pattern, mask_from_scores, row_prune_count
 from sieve.scores.base import ScoringMethod
 from sieve.stats import MatrixStats
 

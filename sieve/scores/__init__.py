@@ -1,11 +1,9 @@
-"""Importance scores: one module per method, one registry.
+"""Importance scores: one module per method, one registry (:data:`sieve.scores.base.SCORES`).
 
-``get_method("wanda", source="task")`` builds a :class:`~sieve.scores.base.ScoringMethod`. A new
-method is one new module that subclasses it and decorates the class with :func:`register_method`,
-plus an import line below.
+A new method is one new module in this package: a subclass of
+:class:`~sieve.scores.base.ScoringMethod` decorated with ``@SCORES.register``.
 """
 
-from sieve.scores.base import ScoringMethod, available_methods, get_method, register_method
-from sieve.scores import fused, magnitude, sparsegpt, wanda  # noqa: F401  (registration)
+from sieve.scores.base import SCORES, MethodSpec, OneSource, ScoringMethod, get_method
 
-__all__ = ["ScoringMethod", "available_methods", "get_method", "register_method"]
+__all__ = ["SCORES", "MethodSpec", "OneSource", "ScoringMethod", "get_method"]

@@ -1,4 +1,4 @@
-"""The scoring-method interface and registry.
+"""The scoring-method interface and its registry.
 
 Most methods score a weight by its magnitude times a per-input-channel factor,
 ``S_ij = |W_ij| · f_j`` (magnitude: ``f = 1``; Wanda: ``f_j = ‖X_j‖``; fused: see
@@ -6,39 +6,37 @@ Most methods score a weight by its magnitude times a per-input-channel factor,
 which lets the search re-prune a matrix at any level from the dense weight without re-sorting or
 storing a level database. Methods that also update the kept weights (SparseGPT) override
 :meth:`ScoringMethod.prune` and set ``mask_only = False``.
+
+Each method is a pydantic model owning its parameters (``{"name": "wanda", "source": "task"}``);
+:data:`MethodSpec` is the config field type that builds one from a name or a mapping.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from sieve.errors import SieveError
-from sieve.prune.mask import UNSTRUCTURED, Pattern, mask_from_scores
+from sieve.config import Frozen
+from sieve.primitives.mask import UNSTRUCTURED, Pattern, mask_from_scores
+from sieve.registry import Registry
 from sieve.stats import MatrixStats
 
-SOURCES = ("general", "task")
+Source = Literal["general", "task"]
 
 
-class ScoringMethod(ABC):
+class ScoringMethod(Frozen, ABC):
     """Turns a weight and its calibration statistics into importance scores (higher = keep)."""
 
-    name: ClassVar[str]
+    name: str
     needs_hessian: ClassVar[bool] = False
     mask_only: ClassVar[bool] = True
-
-    def __init__(self, source: str = "general") -> None:
-        if source not in SOURCES:
-            raise SieveError(f"calibration source must be one of {SOURCES}, got {source!r}")
-        self.source = source
 
     @property
     def sources(self) -> tuple[str, ...]:
         """Calibration sources this method reads; statistics are collected only for these."""
-        return () if self.name == "magnitude" else (self.source,)
+        return ()
 
     @abstractmethod
     def column_factor(self, cols: int, stats: MatrixStats) -> torch.Tensor:
@@ -56,22 +54,31 @@ class ScoringMethod(ABC):
         return weight * keep
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source}
+        return self.model_dump(mode="json")
 
 
-_METHODS: dict[str, Callable[..., ScoringMethod]] = {}
+class OneSource(ScoringMethod, ABC):
+    """A method reading the statistics of one calibration source (``general`` or ``task``)."""
+
+    source: Source = "general"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,)
 
 
-def register_method(cls: type[ScoringMethod]) -> type[ScoringMethod]:
-    _METHODS[cls.name] = cls
-    return cls
+SCORES: Registry[ScoringMethod] = Registry("scoring method", "sieve.scores")
+MethodSpec = SCORES.field(ScoringMethod)
 
 
-def available_methods() -> list[str]:
-    return sorted(_METHODS)
+def get_method(spec: Any) -> ScoringMethod:
+    """A method from a name or ``{"name": ..., **parameters}``; a bad spec is one error line."""
+    from pydantic import ValidationError
 
+    from sieve.config import one_line
+    from sieve.errors import SieveError
 
-def get_method(name: str, **options: Any) -> ScoringMethod:
-    if name not in _METHODS:
-        raise SieveError(f"unknown scoring method {name!r}; choose from {', '.join(available_methods())}")
-    return _METHODS[name](**options)
+    try:
+        return SCORES.build(spec)
+    except ValueError as exc:
+        raise SieveError(one_line(exc) if isinstance(exc, ValidationError) else str(exc)) from None

@@ -25,12 +25,12 @@ task routes through alive even when general text barely uses them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from sieve.errors import SieveError
-from sieve.scores.base import ScoringMethod, register_method
+from sieve.scores.base import SCORES, ScoringMethod
 from sieve.stats import MatrixStats
 
 _EPS = 1e-12
@@ -50,15 +50,12 @@ def fused_factor(
     return factor.float(), exclusive
 
 
-@register_method
+@SCORES.register
 class Fused(ScoringMethod):
-    name = "fused"
-
-    def __init__(self, source: str = "general", tau: float = 2.0, alpha: float = 0.5, beta: float = 2.0) -> None:
-        super().__init__(source)
-        if tau < 1.0 or not 0.0 <= alpha <= 1.0 or beta < 1.0:
-            raise SieveError(f"fused needs tau >= 1, 0 <= alpha <= 1, beta >= 1 (got {tau}, {alpha}, {beta})")
-        self.tau, self.alpha, self.beta = tau, alpha, beta
+    name: Literal["fused"] = "fused"
+    tau: float = Field(2.0, ge=1.0, description="task-exclusive when t̂/ĝ > tau")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the task in the geometric mean")
+    beta: float = Field(2.0, ge=1.0, description="protection factor of task-exclusive channels")
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -69,6 +66,3 @@ class Fused(ScoringMethod):
             stats.source("general").norm, stats.source("task").norm, tau=self.tau, alpha=self.alpha, beta=self.beta
         )
         return factor
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tau": self.tau, "alpha": self.alpha, "beta": self.beta}

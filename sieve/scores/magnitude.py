@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from sieve.scores.base import ScoringMethod, register_method
+from sieve.scores.base import SCORES, ScoringMethod
 from sieve.stats import MatrixStats
 
 
-@register_method
+@SCORES.register
 class Magnitude(ScoringMethod):
-    name = "magnitude"
+    name: Literal["magnitude"] = "magnitude"
 
     def column_factor(self, cols: int, stats: MatrixStats) -> torch.Tensor:
         return torch.ones(cols)

@@ -12,10 +12,13 @@ weight, so search spaces use magnitude, wanda or fused.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from sieve.prune.mask import UNSTRUCTURED, Pattern, row_prune_count
-from sieve.scores.base import ScoringMethod, register_method
+from sieve.errors import SieveError
+from sieve.primitives.mask import UNSTRUCTURED, Pattern, row_prune_count
+from sieve.scores.base import SCORES, OneSource
 from sieve.stats import MatrixStats
 
 BLOCK = 128
@@ -77,9 +80,9 @@ def sparsegpt_prune(
     return w.to(weight.dtype)
 
 
-@register_method
-class SparseGPT(ScoringMethod):
-    name = "sparsegpt"
+@SCORES.register
+class SparseGPT(OneSource):
+    name: Literal["sparsegpt"] = "sparsegpt"
     needs_hessian = True
     mask_only = False
 
@@ -92,5 +95,5 @@ class SparseGPT(ScoringMethod):
     ) -> torch.Tensor:
         hessian = stats.source(self.source).hessian
         if hessian is None:
-            raise ValueError("sparsegpt needs Hessian statistics (collect with hessian=True)")
+            raise SieveError("sparsegpt needs Hessian statistics (collect with hessian=True)")
         return sparsegpt_prune(weight, hessian, sparsity, pattern)

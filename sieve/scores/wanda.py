@@ -8,15 +8,17 @@ change any row's ranking.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from sieve.scores.base import ScoringMethod, register_method
+from sieve.scores.base import SCORES, OneSource
 from sieve.stats import MatrixStats
 
 
-@register_method
-class Wanda(ScoringMethod):
-    name = "wanda"
+@SCORES.register
+class Wanda(OneSource):
+    name: Literal["wanda"] = "wanda"
 
     def column_factor(self, cols: int, stats: MatrixStats) -> torch.Tensor:
         return stats.source(self.source).norm

@@ -4,14 +4,17 @@ No pickle or dill: a run directory from someone else must not be able to execute
 upgrade must not break resume. The state is what the next generation depends on: the population
 (levels and fitness, in pymoo's order), pymoo's random generator state, the fitness cache and the
 counters. Restoring it into a freshly set-up algorithm reproduces the uninterrupted run bit for bit.
+Reading validates the file against this schema: a damaged checkpoint is one error line.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from sieve.config import Frozen, validate
 from sieve.errors import SieveError
 from sieve.io import read_json, write_json
 
@@ -22,30 +25,33 @@ def cache_key(genome, stage: int) -> str:
     return f"{stage}:" + ",".join(str(int(v)) for v in genome)
 
 
-@dataclass
-class Checkpoint:
-    generation: int
+class Checkpoint(Frozen):
+    format: Literal["sieve.checkpoint/v1"] = FORMAT
+    generation: int = Field(ge=0)
     pop_x: list[list[int]]
     pop_f: list[float]
     rng_state: dict[str, Any]
-    cache: dict[str, list[float]] = field(default_factory=dict)
-    evaluations: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
+    cache: dict[str, tuple[float, int]] = Field(default_factory=dict)
+    evaluations: int = Field(0, ge=0)
+    tokens: int = Field(0, ge=0)
+    seconds: float = Field(0.0, ge=0.0)
     identity: str = ""
+    weights_hash: str = ""
 
-    def save(self, directory: Path) -> Path:
-        return write_json(directory / "state.json", {"format": FORMAT, **asdict(self)})
+    def save(self, path: Path) -> Path:
+        return write_json(path, self.model_dump(mode="json"))
 
     @classmethod
-    def load(cls, directory: Path) -> Checkpoint | None:
-        path = directory / "state.json"
+    def load(cls, path: Path) -> Checkpoint | None:
         if not path.exists():
             return None
         try:
             body = read_json(path)
-        except ValueError:
-            raise SieveError(f"checkpoint {path} is unreadable") from None
-        if body.pop("format", None) != FORMAT:
-            raise SieveError(f"checkpoint {path} is not {FORMAT}")
-        return cls(**body)
+        except (ValueError, UnicodeDecodeError):
+            raise SieveError(f"checkpoint {path} is not valid JSON (damaged?)") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise SieveError(f"checkpoint {path} is not a {FORMAT} file")
+        checkpoint = validate(cls, body, f"checkpoint {path.name}")
+        if len(checkpoint.pop_x) != len(checkpoint.pop_f) or len({len(x) for x in checkpoint.pop_x}) > 1:
+            raise SieveError(f"checkpoint {path}: population levels and fitness values do not match in shape")
+        return checkpoint

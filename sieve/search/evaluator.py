@@ -17,24 +17,31 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from sieve.data.general import token_blocks
+from sieve.metrics.loglik import encode_task
+from sieve.metrics.quality import MAX_LENGTH
 from sieve.prune.pruner import ModelPruner
+from sieve.search.config import SearchConfig
 from sieve.search.fitness import Fitness, FitnessInputs, Measurement
 from sieve.search.space import SearchSpace
+from sieve.stats.calibrate import Statistics
+from sieve.workspace import Workspace
 
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Nested validation subsets: stage ``i`` scores the first ``sizes[i]`` of a seeded permutation."""
+    """Nested validation subsets: stage ``i`` scores the first ``sizes[i]`` of a seeded permutation;
+    the best ``promote[i]`` candidates of stage ``i`` go on to stage ``i + 1``."""
 
     sizes: tuple[int, ...]
-    keep: tuple[int, ...]
+    promote: tuple[int, ...]
     order: tuple[int, ...]
 
     @classmethod
-    def build(cls, n_validation: int, stages: Sequence[int], keep: Sequence[int], seed: int) -> StagePlan:
+    def build(cls, n_validation: int, stages: Sequence[int], promote: Sequence[int], seed: int) -> StagePlan:
         sizes = tuple(min(s, n_validation) for s in stages) + (n_validation,)
         order = tuple(int(i) for i in np.random.default_rng(seed).permutation(n_validation))
-        return cls(sizes, tuple(keep), order)
+        return cls(sizes, tuple(promote), order)
 
     @property
     def final(self) -> int:
@@ -93,6 +100,24 @@ class CandidateEvaluator:
         end = time.perf_counter()
         self.timings.add(Timings(applied - start, end - applied, end - start, 1))
         return result
+
+
+def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics) -> CandidateEvaluator:
+    """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
+    with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
+    pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix)
+    pruner.precompute_levels(space.row_counts())
+    encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
+    fitness = Fitness(config.fitness, config.general_weight)
+    general_blocks = None
+    if fitness.needs_general:
+        general_blocks = token_blocks(
+            ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
+        )
+    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
+    fitness.prepare(ws.model, inputs)
+    plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed)
+    return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
 
 
 class EvaluationBackend(Protocol):

@@ -1,7 +1,7 @@
 """The search loop: pymoo's GA driven by ask/tell, with multi-fidelity selection and checkpoints.
 
 Per generation: ``ask`` the GA for offspring (crossover → budget-neutral mutation → budget repair),
-score all of them on the first validation stage, promote the best ``keep[0]`` to the next stage, and
+score all of them on the first validation stage, promote the best ``promote[0]`` to the next stage, and
 so on until the survivors are scored on the full validation set; ``tell`` the GA the full-fidelity
 fitness of the survivors (eliminated candidates get ``ELIMINATED + their last value``, so they never
 displace a full-fidelity member). The initial population (uniform, OWL and perturbations) is scored
@@ -21,9 +21,10 @@ import numpy as np
 from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.core.evaluator import Evaluator
 from pymoo.core.population import Population
-from pymoo.problems.static import StaticProblem
 from pymoo.core.termination import NoTermination
+from pymoo.problems.static import StaticProblem
 
+from sieve.errors import SieveError
 from sieve.search.checkpoint import Checkpoint, cache_key
 from sieve.search.evaluator import EvaluationBackend, StagePlan
 from sieve.search.operators import BudgetRepair, LevelCrossover, LevelProblem, LevelSwitchMutation, SeededSampling
@@ -73,11 +74,12 @@ class Search:
         offspring: int,
         seed: int,
         identity: str,
+        weights_hash: str,
         save: Callable[[Checkpoint, GenerationRecord], None],
         on_generation: Callable[[GenerationRecord], None] | None = None,
     ) -> None:
         self.space, self.window, self.backend, self.plan = space, window, backend, plan
-        self.seed, self.identity, self.save = seed, identity, save
+        self.seed, self.identity, self.weights_hash, self.save = seed, identity, weights_hash, save
         self.on_generation = on_generation
         self.problem = LevelProblem(space)
         self.algorithm = build_ga(space, window, seeds, population, offspring)
@@ -89,15 +91,22 @@ class Search:
         self.seconds = 0.0
 
     def restore(self, ckpt: Checkpoint) -> None:
+        X = np.array(ckpt.pop_x, dtype=np.int64).reshape(len(ckpt.pop_x), -1)
+        if X.shape[1] != self.space.n_genes or (X < self.space.lower).any() or (X > self.space.upper).any():
+            raise SieveError(f"the checkpoint's population does not fit the search space ({X.shape[1]} genes, "
+                             f"{self.space.n_genes} expected, or levels out of range)")
         algo = self.algorithm
         algo._initialize()
-        pop = Population.new(X=np.array(ckpt.pop_x, dtype=np.int64))
+        pop = Population.new(X=X)
         Evaluator().eval(StaticProblem(self.problem, F=np.array(ckpt.pop_f).reshape(-1, 1)), pop)
         algo.pop = pop
         algo.is_initialized = True
         algo.n_iter = ckpt.generation + 2
         algo._set_optimum()
-        algo.random_state.bit_generator.state = ckpt.rng_state
+        try:
+            algo.random_state.bit_generator.state = ckpt.rng_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SieveError(f"the checkpoint's random generator state is damaged ({exc})") from None
         self.cache = {k: list(v) for k, v in ckpt.cache.items()}
         self.generation = ckpt.generation
         self.evaluations, self.tokens, self.seconds = ckpt.evaluations, ckpt.tokens, ckpt.seconds
@@ -126,9 +135,9 @@ class Search:
                     F[i] = values[i]
                 break
             ranked = sorted(alive, key=lambda i: (values[i], i))
-            for i in ranked[self.plan.keep[stage] :]:
+            for i in ranked[self.plan.promote[stage] :]:
                 F[i] = ELIMINATED + values[i]
-            alive = ranked[: self.plan.keep[stage]]
+            alive = ranked[: self.plan.promote[stage]]
         return F
 
     def step(self) -> GenerationRecord:
@@ -163,11 +172,12 @@ class Search:
             pop_x=pop_x.tolist(),
             pop_f=[float(f) for f in pop_f],
             rng_state=_rng_to_json(self.algorithm.random_state.bit_generator.state),
-            cache=self.cache,
+            cache={k: tuple(v) for k, v in self.cache.items()},
             evaluations=self.evaluations,
             tokens=self.tokens,
             seconds=self.seconds,
             identity=self.identity,
+            weights_hash=self.weights_hash,
         )
         self.save(ckpt, record)
         if self.on_generation:

@@ -4,9 +4,10 @@
 over the budget. Each probe is a full search (same settings, its own resumable run directory
 ``RUN/budget-0.xxx/``), warm-started from the best allocation found at the nearest feasible budget
 (rescaled to the new budget and repaired), and is judged by its test accuracy against the dense
-model's, as the question asks. Every probe is recorded in ``RUN/frontier.json`` (budget, test
-accuracy, NLL, perplexity, feasible), which is the reported frontier; a rerun with the same
-directory resumes finished and unfinished probes.
+model's, as the question asks. The model, the data and the calibration statistics are loaded once
+and shared by every probe. Every probe is recorded in ``RUN/frontier.json`` (budget, test accuracy,
+NLL, perplexity, feasible), which is the reported frontier; a rerun with the same directory resumes
+finished and unfinished probes.
 
 Note: choosing the budget on the test split makes the answer's own test accuracy optimistic;
 compare with a fresh split when the margin is thin.
@@ -14,29 +15,55 @@ compare with a fresh split when the margin is thin.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
-from sieve.config import SearchConfig
-from sieve.io import read_json, write_json
-from sieve.search.run import SearchRun, open_run
+from sieve.io import write_json
+from sieve.search.config import SearchConfig
+from sieve.search.run import SearchRun
+from sieve.search.rundir import RunDir
+from sieve.stats.calibrate import Statistics, ensure_stats
+from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 LOW, HIGH = 0.05, 0.9
 
 
-def _probe(config: SearchConfig, directory: Path, budget: float, warm: dict[str, float] | None) -> dict[str, Any]:
-    sub = directory / f"budget-{budget:.3f}"
-    cfg = dataclasses.replace(config, budget=budget, tolerance=None)
-    resume = (sub / "config.yaml").exists()
-    cfg, sub = open_run(None if resume else cfg, sub, resume=resume)
-    outcome = SearchRun(cfg, sub).execute(extra_seeds=[warm] if warm else None)
+class _Shared:
+    """The workspace and statistics every probe reuses (opened on the first probe that needs them)."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        self.config = config
+        self.workspace: Workspace | None = None
+        self.statistics: Statistics | None = None
+
+    def get(self) -> tuple[Workspace, Statistics]:
+        if self.workspace is None:
+            from sieve.search.space import SearchSpace
+
+            ws = self.config.open_workspace()
+            space = SearchSpace(self.config.space, ws.matrices)
+            self.statistics = ensure_stats(
+                ws.model, ws.tokenizer, space.matrices, self.config.space.method.sources,
+                weights_hash=ws.weights_hash, cfg=self.config.calibration, general=ws.corpus,
+                task_texts=ws.task.calibration_texts(),
+            )
+            self.workspace = ws
+        return self.workspace, self.statistics
+
+
+def _probe(config: SearchConfig, run: RunDir, budget: float, warm: dict[str, float] | None,
+           shared: _Shared) -> dict[str, Any]:
+    sub = run.probe(budget)
+    if RunDir.is_run(sub.path):
+        search = SearchRun(sub, overrides={"generations": config.generations, "workers": config.workers})
+    else:
+        search = SearchRun(sub, config.model_copy(update={"budget": budget, "tolerance": None}))
+    workspace, statistics = shared.get()
+    outcome = search.execute(extra_seeds=[warm] if warm else None, workspace=workspace, statistics=statistics)
     rows = {r["method"]: r for r in outcome["table"]}
     best, dense = rows["sieve-search"], rows["dense"]
-    allocation = read_json(sub / "best_allocation.json")["modules"]
     return {
         "budget": budget,
         "task_acc": best["task_acc"],
@@ -44,36 +71,40 @@ def _probe(config: SearchConfig, directory: Path, budget: float, warm: dict[str,
         "wiki_ppl": best["wiki_ppl"],
         "dense_acc": dense["task_acc"],
         "drop": dense["task_acc"] - best["task_acc"],
-        "run_dir": str(sub),
-        "allocation": allocation,
+        "run_dir": str(sub.path),
+        "allocation": dict(sub.best_allocation().modules),
     }
 
 
-def run_pareto(config: SearchConfig, directory: Path, *, steps: int = 4, console=None) -> dict[str, Any]:
+def run_pareto(config: SearchConfig, run: RunDir, *, steps: int = 4, console=None) -> dict[str, Any]:
     """Bisect the budget in ``[LOW, HIGH]``; return the frontier and the largest feasible budget."""
     tolerance = float(config.tolerance)
     low, high = LOW, HIGH
     frontier: list[dict[str, Any]] = []
     best_feasible: dict[str, Any] | None = None
-    for _ in range(steps):
-        budget = round((low + high) / 2, 3)
-        warm = None
-        if best_feasible is not None:
-            scale = budget / best_feasible["budget"]
-            warm = {k: min(0.95, v * scale) for k, v in best_feasible["allocation"].items()}
-        point = _probe(config, directory, budget, warm)
-        point["feasible"] = point["drop"] <= tolerance
-        frontier.append(point)
-        if console is not None:
-            console.print(
-                f"budget {budget:.3f}: test acc {point['task_acc']:.3f} (dense {point['dense_acc']:.3f}) "
-                f"→ {'within' if point['feasible'] else 'outside'} tolerance {tolerance}"
-            )
-        if point["feasible"]:
-            low, best_feasible = budget, point
-        else:
-            high = budget
-        write_json(directory / "frontier.json", _summary(frontier, best_feasible, tolerance))
+    shared = _Shared(config)
+    with run.lock():
+        if not run.config_path.exists():
+            run.write_config(config)
+        for _ in range(steps):
+            budget = round((low + high) / 2, 3)
+            warm = None
+            if best_feasible is not None:
+                scale = budget / best_feasible["budget"]
+                warm = {k: min(0.95, v * scale) for k, v in best_feasible["allocation"].items()}
+            point = _probe(config, run, budget, warm, shared)
+            point["feasible"] = point["drop"] <= tolerance
+            frontier.append(point)
+            if console is not None:
+                console.print(
+                    f"budget {budget:.3f}: test acc {point['task_acc']:.3f} (dense {point['dense_acc']:.3f}) "
+                    f"→ {'within' if point['feasible'] else 'outside'} tolerance {tolerance}"
+                )
+            if point["feasible"]:
+                low, best_feasible = budget, point
+            else:
+                high = budget
+            write_json(run.frontier_path, _summary(frontier, best_feasible, tolerance))
     return _summary(frontier, best_feasible, tolerance)
 
 

@@ -26,11 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from sieve.config import SearchConfig, from_dict, to_dict
+from sieve.config import to_dict, validate
 from sieve.errors import SieveError
-from sieve.search.evaluator import Timings
+from sieve.search.config import SearchConfig
+from sieve.search.evaluator import Timings, build_evaluator
 from sieve.search.fitness import Measurement
-from sieve.stats import MatrixStats
+from sieve.search.rundir import RunDir
+from sieve.search.space import SearchSpace
+from sieve.stats.calibrate import Statistics
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +44,13 @@ ACTOR_RESTARTS = 4
 class EvaluatorActor:
     """Body of the Ray actor (wrapped with ``ray.remote`` in :func:`_actor_class`)."""
 
-    def __init__(self, config: dict[str, Any], stats: dict[str, MatrixStats], threads: int) -> None:
+    def __init__(self, config: dict[str, Any], stats: Statistics, threads: int) -> None:
         import torch
 
-        from sieve.search.run import build_evaluator, open_workspace
-        from sieve.search.space import SearchSpace, SpaceSpec
-
         torch.set_num_threads(threads)
-        cfg = from_dict(SearchConfig, config)
-        ws = open_workspace(cfg)
-        spec = SpaceSpec.load(cfg.space)
-        space = SearchSpace(spec, ws.matrices)
-        self.evaluator = build_evaluator(cfg, ws, space, spec.method.build(), stats)
+        cfg = validate(SearchConfig, config, "config")
+        ws = cfg.open_workspace()
+        self.evaluator = build_evaluator(cfg, ws, SearchSpace(cfg.space, ws.matrices), stats)
 
     def evaluate(self, genome: list[int], stage: int) -> tuple[float, int, dict[str, float]]:
         before = Timings(**vars(self.evaluator.timings))
@@ -84,7 +82,7 @@ def check_address(address: str) -> None:
         raise SieveError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def _connect(config: SearchConfig, run_dir: Path) -> None:
+def _connect(config: SearchConfig) -> None:
     import ray
 
     if ray.is_initialized():
@@ -112,11 +110,11 @@ def _connect(config: SearchConfig, run_dir: Path) -> None:
 class RayBackend:
     """Dynamic dispatch of candidates over evaluator actors; results in request order."""
 
-    def __init__(self, config: SearchConfig, stats: dict[str, MatrixStats], run_dir: Path) -> None:
+    def __init__(self, config: SearchConfig, stats: Statistics, run: RunDir) -> None:
         import ray
 
-        _connect(config, run_dir)
-        self.run_dir = run_dir
+        _connect(config)
+        self.run = run
         gpus = int(ray.cluster_resources().get("GPU", 0)) if config.device != "cpu" else 0
         workers = config.workers or max(gpus, 1)
         if gpus and workers > gpus:
@@ -179,10 +177,10 @@ class RayBackend:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
-        _copy_logs(self.run_dir)
+        _copy_logs(self.run.ray_logs)
 
 
-def _copy_logs(run_dir: Path) -> None:
+def _copy_logs(target: Path) -> None:
     """Keep Ray's session logs with the run (the dashboard stays off)."""
     try:
         import ray
@@ -193,4 +191,4 @@ def _copy_logs(run_dir: Path) -> None:
         return
     logs = session / "logs"
     if logs.is_dir():
-        shutil.copytree(logs, run_dir / "ray_logs", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+        shutil.copytree(logs, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))

@@ -1,93 +1,41 @@
-"""A search run directory: create or resume ``runs/NAME/`` and execute the search in it.
+"""Run a search in its run directory: prepare once, loop generations, write results.
 
-Layout::
-
-    runs/NAME/
-      config.yaml            fully resolved SearchConfig (``sieve search --config`` reproduces it)
-      stats/                 calibration statistics (safetensors), reused on resume
-      checkpoint/state.json  GA population, RNG state, fitness cache, counters (data only)
-      history.jsonl          one line per generation: best/median fitness, budget, tokens, seconds
-      best_allocation.json   sieve.allocation/v1, rewritten every generation
-      results.json           final table: dense / uniform / OWL / best on the test split
-
-Each generation writes ``best_allocation.json`` and the history line first and the checkpoint last,
-all atomically; on resume, history lines past the checkpoint are dropped, so a kill at any moment
-loses at most the generation in flight.
+:func:`prepare` builds everything a search needs from its config — workspace, space, statistics,
+uniform and OWL seeds, the candidate evaluator — and takes an already-open workspace and already
+computed statistics, so Pareto probes, benchmarks and Ray actors reuse them instead of reloading.
+:class:`SearchRun` is the stateful shell: it holds the run directory's lock for its lifetime, checks
+a resume before writing anything (config identity and input digests in
+:meth:`~sieve.search.rundir.RunDir.resumed_config`, the model's weights hash here), and writes the
+checkpoint, history, best allocation and results through :class:`~sieve.search.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sieve.calibrate import ensure_stats
-from sieve.config import EvalSettings, SearchConfig, digest, from_dict, load_yaml, to_dict
-from sieve.data.general import token_blocks
+from sieve.config import digest
 from sieve.errors import SieveError
-from sieve.evaluate.loglik import encode_task
-from sieve.evaluate.quality import MAX_LENGTH, QualityProbe, QualityReport
-from sieve.io import append_jsonl, read_jsonl, write_json, write_text, write_yaml
-from sieve.prune.allocation import Allocation, weights_hash
+from sieve.metrics.quality import QualityProbe
+from sieve.prune.allocation import Allocation, AllocationFile
 from sieve.prune.owl import owl_allocation
 from sieve.prune.pruner import ModelPruner
-from sieve.search.checkpoint import Checkpoint, cache_key
-from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, StagePlan
-from sieve.search.fitness import Fitness, FitnessInputs
+from sieve.scores.base import ScoringMethod
+from sieve.search.checkpoint import cache_key
+from sieve.search.config import SearchConfig
+from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, build_evaluator
 from sieve.search.loop import GenerationRecord, Search
 from sieve.search.operators import repair_budget
-from sieve.search.space import SearchSpace, SpaceSpec
-from sieve.stats import MatrixStats
+from sieve.search.rundir import RunDir
+from sieve.search.space import SearchSpace
+from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-def default_run_dir(config: SearchConfig, root: Path = Path("runs")) -> Path:
-    model = Path(config.model).name.replace(".", "_")
-    task = Path(config.task).stem
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{model}-{task}-b{config.budget:g}-{stamp}"
-
-
-def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str | None:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: run has {a!r}, now {b!r}"
-    return None
-
-
-def open_run(config: SearchConfig | None, run_dir: Path | None, *, resume: bool, overrides: dict[str, Any] | None = None) -> tuple[SearchConfig, Path]:
-    """Resolve ``(config, run_dir)``; a resume that changes the identity of the run is refused."""
-    if resume:
-        assert run_dir is not None
-        if not (run_dir / "config.yaml").exists():
-            raise SieveError(f"{run_dir} is not a sieve run directory (no config.yaml)")
-        saved = from_dict(SearchConfig, load_yaml(run_dir / "config.yaml"))
-        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        merged = from_dict(SearchConfig, {**to_dict(saved), **overrides})
-        diff = _first_difference(saved.identity(), merged.identity())
-        if diff:
-            raise SieveError(f"cannot resume {run_dir} with a changed configuration ({diff})")
-        write_yaml(run_dir / "config.yaml", to_dict(merged))
-        return merged, run_dir
-    assert config is not None
-    run_dir = run_dir or default_run_dir(config)
-    if (run_dir / "checkpoint" / "state.json").exists():
-        raise SieveError(f"{run_dir} already holds a search; resume it with: sieve search --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", to_dict(config))
-    return config, run_dir
 
 
 @dataclass
@@ -101,150 +49,144 @@ class Prepared:
     owl: Allocation
     seeds: list[np.ndarray]
     evaluator: CandidateEvaluator
-    provenance: dict[str, Any]
-    stats_seconds: dict[str, float]
-    settings: EvalSettings
-    stats: dict[str, MatrixStats]
+    statistics: Statistics
+    config: SearchConfig
 
     @property
     def pruner(self) -> ModelPruner:
         return self.evaluator.pruner
 
+    @property
+    def method(self) -> ScoringMethod:
+        return self.config.space.method
 
-def open_workspace(config: SearchConfig) -> Workspace:
-    return Workspace.open(
-        config.model,
-        task=config.task,
-        general=config.general,
-        dtype=config.dtype,
-        device=config.device,
-        seed=config.seed,
-        max_calibration=config.calibration.task_examples,
-        max_validation=config.validation_examples,
-        max_test=config.evaluation.test_examples,
-    )
-
-
-def build_evaluator(
-    config: SearchConfig, ws: Workspace, space: SearchSpace, method, stats: dict[str, MatrixStats]
-) -> CandidateEvaluator:
-    """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
-    with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
-    pruner = ModelPruner(space.matrices, method, stats)
-    pruner.precompute_levels(space.row_counts())
-    encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
-    fitness = Fitness(config.fitness, config.general_weight)
-    general_blocks = None
-    if fitness.needs_general:
-        general_blocks = token_blocks(
-            ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
+    def allocation_file(self, genome: np.ndarray, **search: Any) -> AllocationFile:
+        """``genome`` as a ``sieve.allocation/v1`` file that reproduces its masks anywhere."""
+        config, ws = self.config, self.workspace
+        return AllocationFile.build(
+            self.space.allocation(genome),
+            model=ws.model_id, weights_hash=ws.weights_hash, dtype=config.dtype, method=self.method.describe(),
+            calibration=config.calibration.model_dump(), task=config.task, general=config.general,
+            split=config.split().model_dump(), workdir=config.workdir, stats=self.statistics.fingerprints,
+            space=config.space.name, budget=config.budget, fitness=config.fitness.name,
+            config_digest=digest(config.identity()), achieved_sparsity=self.space.cost(genome) / self.space.total,
+            **search,
         )
-    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
-    fitness.prepare(ws.model, inputs)
-    plan = StagePlan.build(len(encoded), config.stages, config.keep, config.seed)
-    return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
 
 
-def prepare(config: SearchConfig, run_dir: Path, extra_seeds: Sequence[dict[str, float]] | None = None) -> Prepared:
-    ws = open_workspace(config)
-    spec = SpaceSpec.load(config.space)
-    space = SearchSpace(spec, ws.matrices)
+def prepare(
+    config: SearchConfig,
+    store: StatsStore | None,
+    *,
+    workspace: Workspace | None = None,
+    statistics: Statistics | None = None,
+    extra_seeds: Sequence[dict[str, float]] | None = None,
+    expected_weights: str | None = None,
+) -> Prepared:
+    """Everything a search needs; ``workspace`` / ``statistics`` are reused when given (and the
+    statistics are then copied into ``store``). ``expected_weights``: refuse a model whose weights
+    hash differs (a resume), before any statistics are computed or written."""
+    if config.budget is None:
+        raise SieveError("a search needs a budget")
+    ws = workspace or config.open_workspace()
+    if expected_weights and ws.weights_hash != expected_weights:
+        raise SieveError(f"the model's weights changed since the run started (weights hash {expected_weights} then, "
+                         f"{ws.weights_hash} now); start a new run")
+    space = SearchSpace(config.space, ws.matrices)
     window = space.budget_window(config.budget)
-    method = spec.method.build()
-    provenance = {
-        "model": ws.loaded.model_id,
-        "weights_hash": weights_hash(ws.matrices),
-        "method": method.describe(),
-        "space": spec.name,
-        "budget": config.budget,
-        "task": config.task,
-        "fitness": config.fitness,
-        "config_digest": digest(config),
-    }
-    stats, timings = ensure_stats(
-        ws.model,
-        ws.tokenizer,
-        space.matrices,
-        method.sources,
-        model_id=ws.loaded.model_id,
-        cfg=config.calibration,
-        general=ws.corpus,
-        task_texts=ws.task.calibration_texts(),
-        task_name=config.task,
-        stats_dir=run_dir / "stats",
-    )
-    uniform = Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured else Allocation(
-        {}, space.pattern
-    )
-    owl = owl_allocation(space.matrices, method, stats, config.budget)
+    method = config.space.method
+    if statistics is None:
+        statistics = ensure_stats(
+            ws.model, ws.tokenizer, space.matrices, method.sources, weights_hash=ws.weights_hash,
+            cfg=config.calibration, general=ws.corpus, task_texts=ws.task.calibration_texts(), store=store,
+        )
+    elif store is not None:
+        statistics.save_to(store)
+    uniform = (Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
+               else Allocation({}, space.pattern))
+    owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
     rng = np.random.default_rng(config.seed)
     costs = [g.costs for g in space.genes]
     starts = [uniform.sparsity, owl.sparsity, *(extra_seeds or [])]
     seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
-    evaluator = build_evaluator(config, ws, space, method, stats)
-    return Prepared(ws, space, window, uniform, owl, seeds, evaluator, provenance, timings.seconds,
-                    config.evaluation, stats)
+    evaluator = build_evaluator(config, ws, space, statistics)
+    return Prepared(ws, space, window, uniform, owl, seeds, evaluator, statistics, config)
+
+
+BackendFactory = Callable[[Prepared, RunDir], EvaluationBackend]
+
+
+def default_backend(prepared: Prepared, run: RunDir) -> EvaluationBackend:
+    """In-process unless ``--workers N`` or ``--ray-address`` asks for Ray actors."""
+    config = prepared.config
+    if config.workers == 0 and config.ray_address is None:
+        return InProcessBackend(prepared.evaluator)
+    from sieve.search.ray_backend import RayBackend
+
+    return RayBackend(config, prepared.statistics, run)
 
 
 class SearchRun:
-    """Executes a search in its run directory: checkpoints, history, best allocation, results."""
+    """A search in its run directory: a new one (``config`` given) or a resume (``overrides`` of the saved config)."""
 
-    def __init__(self, config: SearchConfig, run_dir: Path) -> None:
-        self.config, self.run_dir = config, run_dir
-        self.identity = digest(config.identity())
+    def __init__(self, run: RunDir, config: SearchConfig | None = None, overrides: dict[str, Any] | None = None) -> None:
+        self.run, self.new, self.overrides = run, config is not None, overrides or {}
+        self.config = config if config is not None else run.resumed_config(self.overrides)
 
     def execute(
         self,
         *,
-        backend_factory: Callable[[Prepared], EvaluationBackend] | None = None,
+        backend_factory: BackendFactory = default_backend,
         on_generation: Callable[[GenerationRecord], None] | None = None,
         report: bool = True,
         extra_seeds: Sequence[dict[str, float]] | None = None,
+        workspace: Workspace | None = None,
+        statistics: Statistics | None = None,
     ) -> dict[str, Any]:
         """Run (or resume) to ``config.generations``; ``extra_seeds`` (per-matrix sparsity maps)
         join uniform and OWL in the initial population, e.g. a warm start from another budget."""
-        prepared = prepare(self.config, self.run_dir, extra_seeds)
-        if backend_factory is None:
-            backend_factory = default_backend(self.config, self.run_dir)
-        backend = backend_factory(prepared)
-        space = prepared.space
+        with self.run.lock():
+            if self.new:
+                self.config = self.run.create(self.config)
+            else:
+                self.config = self.run.resumed_config(self.overrides)
+            return self._execute(backend_factory, on_generation, report, extra_seeds, workspace, statistics)
 
-        def save(ckpt: Checkpoint, record: GenerationRecord) -> None:
+    def _execute(self, backend_factory, on_generation, report, extra_seeds, workspace, statistics) -> dict[str, Any]:
+        config, run = self.config, self.run
+        identity = digest(config.identity())
+        ckpt = run.checkpoint()
+        if ckpt is None and run.history():
+            raise SieveError(f"{run.path} has history.jsonl but no checkpoint (was checkpoint/state.json deleted?); "
+                             "start a new run")
+        if ckpt is not None and ckpt.identity != identity:
+            raise SieveError(f"the checkpoint in {run.path} belongs to another configuration")
+        prepared = prepare(config, run.stats, workspace=workspace, statistics=statistics, extra_seeds=extra_seeds,
+                           expected_weights=ckpt.weights_hash if ckpt is not None else None)
+        if not self.new:
+            run.write_config(config)  # generations / workers may have changed; identity did not
+        space = prepared.space
+        backend = backend_factory(prepared, run)
+
+        def save(checkpoint, record: GenerationRecord) -> None:
             genome = np.array(record.best_genome)
-            achieved = space.cost(genome) / space.total
-            space.allocation(genome).save(
-                self.run_dir / "best_allocation.json",
-                **prepared.provenance,
-                achieved_sparsity=achieved,
-                fitness_value=record.best,
-                generation=record.generation,
-            )
-            append_jsonl(self.run_dir / "history.jsonl", {**asdict(record), "budget": self.config.budget, "achieved_sparsity": achieved})
-            ckpt.save(self.run_dir / "checkpoint")
+            prepared.allocation_file(genome, fitness_value=record.best, generation=record.generation).write(
+                run.best_allocation_path)
+            run.append_history({**asdict(record), "budget": config.budget,
+                                "achieved_sparsity": space.cost(genome) / space.total})
+            checkpoint.save(run.checkpoint_path)
 
         search = Search(
-            space,
-            prepared.window,
-            prepared.seeds,
-            backend,
-            prepared.evaluator.plan,
-            population=self.config.population,
-            offspring=self.config.offspring,
-            seed=self.config.seed,
-            identity=self.identity,
-            save=save,
-            on_generation=on_generation,
+            space, prepared.window, prepared.seeds, backend, prepared.evaluator.plan,
+            population=config.population, offspring=config.offspring, seed=config.seed, identity=identity,
+            weights_hash=prepared.workspace.weights_hash, save=save, on_generation=on_generation,
         )
-        ckpt = Checkpoint.load(self.run_dir / "checkpoint")
-        if ckpt is not None:
-            if ckpt.identity != self.identity:
-                raise SieveError(f"checkpoint in {self.run_dir} belongs to another configuration")
-            history = [r for r in read_jsonl(self.run_dir / "history.jsonl") if r["generation"] <= ckpt.generation]
-            write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-            search.restore(ckpt)
-            log.info("resumed %s at generation %d", self.run_dir, ckpt.generation)
         try:
-            search.run(self.config.generations)
+            if ckpt is not None:
+                run.truncate_history(ckpt.generation)
+                search.restore(ckpt)
+                log.info("resumed %s at generation %d", run.path, ckpt.generation)
+            search.run(config.generations)
         finally:
             timings = backend.timings().as_dict()
             backend.close()
@@ -256,7 +198,7 @@ class SearchRun:
             "evaluations": search.evaluations,
             "tokens": search.tokens,
             "search_seconds": search.seconds,
-            "stats_seconds": prepared.stats_seconds,
+            "stats_seconds": prepared.statistics.seconds,
             "timings": timings,
             "uniform_fitness": _cached_full(search, prepared.seeds[0]),
             "owl_fitness": _cached_full(search, prepared.seeds[1]),
@@ -264,21 +206,8 @@ class SearchRun:
         if report:
             outcome["table"] = final_table(prepared, best)
             outcome["per_type"] = per_type_table(space.allocation(best), space)
-        write_json(self.run_dir / "results.json", outcome)
+        run.write_results(outcome)
         return outcome
-
-
-def default_backend(config: SearchConfig, run_dir: Path) -> Callable[[Prepared], EvaluationBackend]:
-    """In-process unless ``--workers N`` or ``--ray-address`` asks for Ray actors."""
-    if config.workers == 0 and config.ray_address is None:
-        return lambda prepared: InProcessBackend(prepared.evaluator)
-
-    def ray_backend(prepared: Prepared) -> EvaluationBackend:
-        from sieve.search.ray_backend import RayBackend
-
-        return RayBackend(config, prepared.stats, run_dir)
-
-    return ray_backend
 
 
 def _cached_full(search: Search, genome: np.ndarray) -> float | None:
@@ -289,9 +218,9 @@ def _cached_full(search: Search, genome: np.ndarray) -> float | None:
 def final_table(prepared: Prepared, best: np.ndarray) -> list[dict[str, Any]]:
     """Dense vs uniform vs OWL vs best-found on the held-out test split and general text."""
     ws, pruner, space = prepared.workspace, prepared.pruner, prepared.space
-    probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, prepared.settings)
+    probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, prepared.config.evaluation)
     rows = []
-    method = pruner.method.name
+    method = prepared.method.name
     for label, allocation in (
         ("dense", None),
         (f"uniform-{method}", prepared.uniform),
@@ -302,8 +231,7 @@ def final_table(prepared: Prepared, best: np.ndarray) -> list[dict[str, Any]]:
             pruner.restore()
         else:
             pruner.apply(allocation)
-        report: QualityReport = probe.measure(ws.model, space.matrices)
-        rows.append({"method": label, **report.as_dict()})
+        rows.append({"method": label, **probe.measure(ws.model, space.matrices).as_dict()})
     pruner.restore()
     return rows
 

@@ -2,13 +2,15 @@
 
 A space is a declarative YAML file (``search_spaces/*.yaml``)::
 
-    name: per_matrix
+    description: one gene per prunable matrix
     modules: ["*"]            # globs (or ``re:`` regexes) over full module names
     genes: matrix             # matrix | block | type   (type: one gene per matrix type per block group)
     block_group: 1            # blocks per group for ``genes: type``
     levels: {min: 0.0, max: 0.95, per_smallest_gene: 20}
-    pattern: unstructured     # or N:M; for N:M spaces ``choices`` lists the options per gene
+    primitive: {name: mask, pattern: unstructured}   # N:M: ``choices`` lists the options per gene
     method: {name: fused}     # scoring method (mask-only: magnitude, wanda, fused)
+
+A run embeds the resolved space in its ``config.yaml``, so it never depends on the file again.
 
 **Levels.** One level step removes ``step`` weights, the same for every gene, with ``step`` a
 multiple of every matrix's row count (so for one-matrix genes a level is an exact number of weights
@@ -26,78 +28,85 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from sieve.config import MethodConfig, from_dict, load_yaml
+from sieve.config import Frozen, load_yaml, validate
 from sieve.errors import SieveError
-from sieve.models.arch import Matrix, select_matrices
+from sieve.models.matrix import Matrix, select_matrices
+from sieve.primitives.base import PrimitiveSpec
+from sieve.primitives.mask import UNSTRUCTURED, Mask, Pattern, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.mask import UNSTRUCTURED, Pattern, row_prune_count
-
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-GENE_KINDS = ("matrix", "block", "type")
-
-
-@dataclass(frozen=True)
-class LevelGrid:
-    min: float = 0.0
-    max: float = 0.95
-    per_smallest_gene: int = 20
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min <= self.max < 1.0:
-            raise SieveError(f"levels need 0 <= min <= max < 1, got min={self.min} max={self.max}")
-        if self.per_smallest_gene < 2:
-            raise SieveError("levels.per_smallest_gene must be at least 2")
+from sieve.resources import yaml_file
+from sieve.scores.base import MethodSpec
+from sieve.scores.fused import Fused
 
 
-@dataclass(frozen=True)
-class SpaceSpec:
-    """The parsed YAML of a search space."""
+class LevelGrid(Frozen):
+    min: float = Field(0.0, ge=0.0, lt=1.0)
+    max: float = Field(0.95, ge=0.0, lt=1.0)
+    per_smallest_gene: int = Field(20, ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LevelGrid:
+        if self.min > self.max:
+            raise ValueError(f"levels need min <= max, got min={self.min} max={self.max}")
+        return self
+
+
+class SpaceSpec(Frozen):
+    """A search space as written in ``search_spaces/*.yaml`` (see the module docstring)."""
 
     name: str
-    modules: tuple[str, ...] = ("*",)
-    genes: str = "matrix"
-    block_group: int = 1
-    type_groups: tuple[str, ...] = ()
-    levels: LevelGrid = field(default_factory=LevelGrid)
-    pattern: str = "unstructured"
-    choices: tuple[str, ...] = ()
-    method: MethodConfig = field(default_factory=MethodConfig)
     description: str = ""
+    modules: tuple[str, ...] = ("*",)
+    genes: Literal["matrix", "block", "type"] = "matrix"
+    block_group: int = Field(1, ge=1)
+    type_groups: tuple[str, ...] = ()
+    levels: LevelGrid = Field(default_factory=LevelGrid)
+    primitive: PrimitiveSpec = Field(default_factory=Mask)
+    choices: tuple[str, ...] = ()
+    method: MethodSpec = Field(default_factory=Fused)
 
-    def __post_init__(self) -> None:
-        if self.genes not in GENE_KINDS:
-            raise SieveError(f"search space {self.name}: genes must be one of {GENE_KINDS}, got {self.genes!r}")
-        if self.block_group < 1:
-            raise SieveError(f"search space {self.name}: block_group must be >= 1")
-        Pattern.parse(self.pattern)
-        for choice in self.choices:
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for choice in value:
             if choice != "dense":
-                Pattern.parse(choice)
-        if Pattern.parse(self.pattern).structured and not self.choices:
-            raise SieveError(f"search space {self.name}: an N:M space needs 'choices' (e.g. [dense, '2:4'])")
-        if not self.method.build().mask_only:
-            raise SieveError(
-                f"search space {self.name}: method {self.method.name} updates weights per level; "
-                "search with magnitude, wanda or fused"
-            )
+                try:
+                    Pattern.parse(choice)
+                except SieveError as exc:
+                    raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpaceSpec:
+        if self.pattern.structured and not self.choices:
+            raise ValueError("an N:M space needs 'choices' (e.g. [dense, '2:4'])")
+        if not self.method.mask_only:
+            raise ValueError(f"method {self.method.name} updates weights per level; search with magnitude, wanda or fused")
+        return self
+
+    @property
+    def pattern(self) -> Pattern:
+        return self.primitive.parsed
 
     @classmethod
     def load(cls, spec: str | Path) -> SpaceSpec:
-        path = Path(spec)
-        if not path.suffix:
-            path = SPACES_DIR / f"{spec}.yaml"
-            if not path.exists():
-                known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-                raise SieveError(f"unknown search space {spec!r}; built-in: {known}")
+        """A built-in space by name (``per_matrix``) or a YAML file."""
+        path = yaml_file(spec, "search_spaces", "search space")
         data = load_yaml(path)
         data.setdefault("name", path.stem)
-        return from_dict(cls, data, where=f"{path.name}")
+        return validate(cls, data, path.name)
+
+    @classmethod
+    def resolve(cls, value: Any) -> Any:
+        """Config field input: a name or path is loaded; a mapping (an embedded space) is validated as is."""
+        return cls.load(value).model_dump() if isinstance(value, (str, Path)) else value
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class SearchSpace:
     def __init__(self, spec: SpaceSpec, matrices: Sequence[Matrix]) -> None:
         self.spec = spec
         self.matrices = select_matrices(matrices, spec.modules)
-        self.pattern = Pattern.parse(spec.pattern)
+        self.pattern = spec.pattern
         groups = self._group(self.matrices)
         rows_lcm = math.lcm(*{m.shape[0] for m in self.matrices})
         smallest = min(sum(m.numel for m in g) for g in groups.values())

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from sieve.data.tasks import (
-    TaskExample,
-    TaskSplits,
-    cap_indices,
-    carve,
-    load_task,
-    materialize_rotten_tomatoes,
-    split_rotten_tomatoes,
-)
+from sieve.config import validate
+from sieve.data.rotten_tomatoes import materialize_rotten_tomatoes, split_rotten_tomatoes
+from sieve.data.splits import SplitSpec, TaskExample, TaskSplits, cap_indices, carve, load_task
 from sieve.errors import SieveError
 
 
@@ -106,11 +100,11 @@ def test_builtin_materialisation(builtin: TaskSplits, sieve_cache: Path) -> None
 def test_builtin_is_deterministic_and_seeded(builtin: TaskSplits) -> None:
     again = load_task("rotten_tomatoes")
     assert again == builtin
-    other = load_task("rotten_tomatoes", seed=1)
+    other = load_task("rotten_tomatoes", SplitSpec(seed=1))
     assert other.sizes == builtin.sizes
     assert other.test == builtin.test  # the test subset is the same for every seed
     assert other.validation != builtin.validation  # the validation cap takes another seeded subset
-    small = load_task("rotten_tomatoes", max_calibration=8, max_validation=None, max_test=16)
+    small = load_task("rotten_tomatoes", SplitSpec(max_calibration=8, max_validation=None, max_test=16))
     assert (len(small.calibration), len(small.validation), len(small.test)) == (8, 1000, 16)
 
 
@@ -165,7 +159,7 @@ def lm_eval_requests(yaml_path: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_local_yaml_matches_lm_eval_requests(make_task: Callable[..., Path]) -> None:
     path = make_task({"train": 30, "validation": 12, "test": 20})  # random few-shot sampler
-    splits = load_task(str(path), max_test=None, max_validation=None, max_calibration=None)
+    splits = load_task(str(path), SplitSpec(max_test=None, max_validation=None, max_calibration=None))
     assert splits.name == "local_mc" and splits.carved == ()
     assert (len(splits.validation), len(splits.test)) == (12, 20)
     reference = lm_eval_requests(path)
@@ -181,7 +175,7 @@ def test_local_yaml_matches_lm_eval_requests(make_task: Callable[..., Path]) -> 
         item = int(question(ex).split(":")[0].removeprefix("Item "))
         assert ex.gold == item % 3
     # A capped test split keeps lm-eval's contexts (the sampler stream follows the full split).
-    capped = load_task(str(path), max_test=5)
+    capped = load_task(str(path), SplitSpec(max_test=5))
     assert len(capped.test) == 5
     for ex in capped.test:
         assert (ex.context, ex.continuations) == reference[question(ex)]
@@ -195,9 +189,9 @@ def test_local_yaml_matches_lm_eval_requests(make_task: Callable[..., Path]) -> 
 
 def test_missing_validation_is_carved_from_train_by_seed(make_task: Callable[..., Path]) -> None:
     path = make_task({"train": 40, "test": 10}, fewshot_config={"sampler": "first_n"})
-    a = load_task(str(path), seed=0, max_validation=8)
-    b = load_task(str(path), seed=0, max_validation=8)
-    c = load_task(str(path), seed=1, max_validation=8)
+    a = load_task(str(path), SplitSpec(seed=0, max_validation=8))
+    b = load_task(str(path), SplitSpec(seed=0, max_validation=8))
+    c = load_task(str(path), SplitSpec(seed=1, max_validation=8))
     assert a == b
     assert a.carved == ("validation",)
     assert len(a.validation) == 8
@@ -216,7 +210,7 @@ def test_missing_validation_is_carved_from_train_by_seed(make_task: Callable[...
 
 def test_single_split_task_is_carved_three_ways(make_task: Callable[..., Path]) -> None:
     path = make_task({"test": 30}, num_fewshot=0)
-    s = load_task(str(path), max_calibration=4, max_validation=None)
+    s = load_task(str(path), SplitSpec(max_calibration=4, max_validation=None))
     assert s.carved == ("validation", "calibration")
     # each carved role takes min(cap, 30 // 3); the owner (test) keeps the rest
     assert (len(s.validation), len(s.calibration), len(s.test)) == (10, 4, 16)
@@ -273,8 +267,8 @@ def test_bad_inputs_raise_sieve_error(tmp_path: Path, make_task: Callable[..., P
     tiny = make_task({"test": 2}, name="tiny", num_fewshot=0)
     with pytest.raises(SieveError, match="split is empty"):
         load_task(str(tiny))
-    with pytest.raises(SieveError, match="max_test must be at least 1"):
-        load_task(str(tiny), max_test=0)
+    with pytest.raises(SieveError, match="max_test: Input should be greater than 0"):
+        validate(SplitSpec, {"max_test": 0})
 
 
 def test_unknown_task_name(sieve_cache: Path) -> None:

@@ -9,20 +9,22 @@ import pytest
 from typer.testing import CliRunner
 
 from sieve.cli import app
-from sieve.data.tasks import load_task
+from sieve.config import validate
+from sieve.data.splits import SplitSpec, load_task
+from sieve.data.task_spec import resolve_task
 from sieve.errors import SieveError
-from sieve.evaluate.lm_eval_runner import parse_task_list, resolve_task, run_lm_eval
-from sieve.evaluate.loglik import encode_task, metrics, score_examples
-from sieve.evaluate.quality import MAX_LENGTH
+from sieve.evaluate.config import EvalConfig
+from sieve.evaluate.lm_eval_runner import run_lm_eval
+from sieve.metrics.loglik import encode_task, metrics, score_examples
+from sieve.metrics.quality import MAX_LENGTH
 from sieve.models.loading import load_model
-from sieve.search.run import SearchRun, open_run
 
 runner = CliRunner()
 
 
 def test_lm_eval_accuracy_equals_fast_path_on_the_same_docs(tiny_model_dir, tiny_task):
     loaded = load_model(str(tiny_model_dir))
-    splits = load_task(str(tiny_task), max_test=None)
+    splits = load_task(str(tiny_task), SplitSpec(max_test=None))
     ours = metrics(score_examples(loaded.model, encode_task(splits.test, loaded.tokenizer, MAX_LENGTH)))
     results = run_lm_eval(loaded.model, loaded.tokenizer, [str(tiny_task)], batch_size=8)
     theirs = results["tiny_sentiment"]
@@ -34,13 +36,13 @@ def test_lm_eval_accuracy_equals_fast_path_on_the_same_docs(tiny_model_dir, tiny
     assert limited["n"] == 5 and limited["acc"] == pytest.approx(first5["acc"], abs=1e-12)
 
 
-def test_task_resolution(tiny_task, tmp_path):
-    assert resolve_task(str(tiny_task)).name == "tiny_sentiment"
-    assert resolve_task(str(tiny_task)).include_path == tiny_task.parent.resolve()
-    assert resolve_task("hellaswag").include_path is None
-    assert parse_task_list("a, b") == ["a", "b"]
+def test_task_resolution_is_one_resolver(tiny_task, tmp_path):
+    ref = resolve_task(str(tiny_task))
+    assert ref.name == "tiny_sentiment" and ref.target == str(tiny_task.resolve()) and not ref.registered
+    assert resolve_task("hellaswag").registered and resolve_task("hellaswag").target == "hellaswag"
+    assert validate(EvalConfig, {"lm_eval_tasks": "a, b"}).lm_eval_tasks == ("a", "b")
     with pytest.raises(SieveError, match="comma-separated"):
-        parse_task_list("a,,b")
+        validate(EvalConfig, {"lm_eval_tasks": "a,,b"})
     with pytest.raises(SieveError, match="task YAML not found"):
         resolve_task(str(tmp_path / "missing.yaml"))
     (tmp_path / "x.yaml").write_text("dataset_path: json\n")
@@ -49,11 +51,10 @@ def test_task_resolution(tiny_task, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_run(search_config, tmp_path_factory) -> Path:
-    cfg = search_config(generations=1)
-    cfg, run_dir = open_run(cfg, tmp_path_factory.mktemp("runs") / "r", resume=False)
-    SearchRun(cfg, run_dir).execute(report=False)
-    return run_dir
+def small_run(search_config, run_search, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "r"
+    run_search(search_config(generations=1), path, report=False)
+    return path
 
 
 def test_eval_cli_run_dir_with_lm_eval_and_dense_baseline(small_run, tiny_task, tmp_path):

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from sieve.cli import app
 from sieve.errors import SieveError
 from sieve.export import export_allocation
+from sieve.export.hf import apply_masks
 from sieve.export.llmcompressor import build_recipe
 from sieve.export.masks import read_masks
-from sieve.models.arch import find_matrices
+from sieve.models.adapters import find_matrices
+from sieve.primitives.mask import Pattern, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.api import apply_masks
-from sieve.prune.mask import Pattern, row_prune_count
 
 runner = CliRunner()
 
@@ -102,7 +102,8 @@ def test_masks_reapply_to_a_perturbed_copy(tiny_run, tmp_path):
     untouched = [n for n, _ in again.named_parameters() if not any(n.startswith(m) for m in masks)]
     assert untouched and all(torch.equal(again.get_parameter(n), tuned.get_parameter(n)) for n in untouched)
     written = json.loads((out / "allocation.json").read_text())
-    assert written["modules"] == pytest.approx(modules) and written["masks_weights_hash"] == meta["weights_hash"]
+    assert written["modules"] == pytest.approx(modules)
+    assert json.loads((out / "prune.json").read_text())["masks_weights_hash"] == meta["weights_hash"]
 
 
 def test_masks_refuse_mismatched_models(tiny_run, tmp_path, llama, gpt2):
@@ -245,9 +246,11 @@ def test_mismatched_allocations_are_refused_with_the_difference_named(tiny_run, 
         text = " ".join(result.output.split())
         assert f"weights hash {body['weights_hash']}" in text and "hashes to" in text, text
         assert not out.exists()
-    result = _invoke("prune", "--model", other, "--allocation", tiny_run / "best_allocation.json", "--method", "magnitude",
+    result = _invoke("prune", "--model", other, "--allocation", tiny_run / "best_allocation.json",
                      "--out", tmp_path / "p", "--device", "cpu")
     assert result.exit_code == 2 and body["weights_hash"] in result.output
+    result = _invoke("prune", "--allocation", tiny_run, "--method", "magnitude", "--out", tmp_path / "p", "--device", "cpu")
+    assert result.exit_code == 2 and "--method magnitude conflicts with the allocation's method" in result.output
 
     for args, needle in (
         (["--to", "onnx"], "unknown export format 'onnx'"),

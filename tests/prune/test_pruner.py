@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from sieve.models.arch import find_matrices
+from sieve.models.adapters import find_matrices
+from sieve.primitives.mask import Pattern, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.mask import Pattern, mask_from_scores, row_prune_count
 from sieve.prune.pruner import ModelPruner, achieved_sparsity
 from sieve.scores import get_method
-from sieve.stats import collect_stats, MatrixStats
+from sieve.stats import MatrixStats, collect_stats
 
 
 def _pruner(model, method="wanda"):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sieve.errors import SieveError
-from sieve.prune.mask import Pattern, mask_from_scores
-from sieve.scores import available_methods, get_method
+from sieve.primitives.mask import Pattern, mask_from_scores
+from sieve.scores import SCORES, get_method
 from sieve.scores.fused import fused_factor
 from sieve.scores.sparsegpt import sparsegpt_prune
 from sieve.stats import ChannelStats, MatrixStats
@@ -15,10 +15,19 @@ def _stats(sq, n=4, hessian=None):
     return ChannelStats(torch.tensor(sq, dtype=torch.float64), n, hessian)
 
 
-def test_registry():
-    assert available_methods() == ["fused", "magnitude", "sparsegpt", "wanda"]
+def test_registry_and_parameters_validate_themselves():
+    assert SCORES.names() == ["fused", "magnitude", "sparsegpt", "wanda"]
     with pytest.raises(SieveError, match="unknown scoring method 'obs'"):
         get_method("obs")
+    with pytest.raises(SieveError, match="fused.alpha: Input should be less than or equal to 1"):
+        get_method({"name": "fused", "alpha": 1.5})
+    with pytest.raises(SieveError, match="magnitude.source: unknown key"):
+        get_method({"name": "magnitude", "source": "task"})
+    with pytest.raises(SieveError, match="wanda.source: Input should be 'general' or 'task'"):
+        get_method({"name": "wanda", "source": "web"})
+    assert get_method({"name": "fused", "tau": 3}).describe() == {"name": "fused", "tau": 3.0, "alpha": 0.5, "beta": 2.0}
+    with pytest.raises(ValueError, match="registered twice"):
+        SCORES.register(type("Other", (SCORES.get("wanda"),), {}))
 
 
 def test_wanda_hand_computed():
@@ -26,7 +35,7 @@ def test_wanda_hand_computed():
     stats = MatrixStats(general=_stats([4.0, 16.0], n=4))  # rms = [1, 2]
     scores = get_method("wanda").scores(w, stats)
     assert torch.allclose(scores, torch.tensor([[1.0, 4.0], [3.0, 1.0]]))
-    task_scores = get_method("wanda", source="task").scores(w, MatrixStats(task=_stats([36.0, 4.0], n=4)))
+    task_scores = get_method({"name": "wanda", "source": "task"}).scores(w, MatrixStats(task=_stats([36.0, 4.0], n=4)))
     assert torch.allclose(task_scores, torch.tensor([[3.0, 2.0], [9.0, 0.5]]))
 
 

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 from pymoo.core.population import Population
 
-from sieve.models.arch import find_matrices
-from sieve.search.operators import (BudgetRepair, LevelCrossover, LevelProblem, LevelSwitchMutation, SeededSampling,
-                                    repair_budget, switch_levels, total_cost)
+from sieve.models.adapters import find_matrices
+from sieve.search.operators import (
+    BudgetRepair,
+    LevelCrossover,
+    LevelProblem,
+    LevelSwitchMutation,
+    SeededSampling,
+    repair_budget,
+    switch_levels,
+    total_cost,
+)
 from sieve.search.space import SearchSpace, SpaceSpec
 
 

@@ -1,11 +1,12 @@
 import json
 
 from sieve.search.pareto import run_pareto
+from sieve.search.rundir import RunDir
 
 
 def test_bisection_frontier_and_resume(search_config, tmp_path):
-    cfg = search_config(generations=1, tolerance=0.3)
-    result = run_pareto(cfg, tmp_path / "pareto", steps=2)
+    cfg = search_config(generations=1, tolerance=0.3, budget=None)
+    result = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)
     frontier = result["frontier"]
     assert len(frontier) == 2
     first = 0.475  # midpoint of [0.05, 0.9]
@@ -20,5 +21,5 @@ def test_bisection_frontier_and_resume(search_config, tmp_path):
     assert result["largest_budget"] == (max(feasible) if feasible else None)
     saved = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
     assert saved["frontier"] == result["frontier"]
-    again = run_pareto(cfg, tmp_path / "pareto", steps=2)  # finished probes resume, same answer
+    again = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)  # finished probes resume, same answer
     assert again == result

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from sieve.search.run import SearchRun, open_run
+from sieve.search.run import SearchRun, default_backend
+from sieve.search.rundir import RunDir
 
 ray = pytest.importorskip("ray")
 
@@ -19,16 +20,12 @@ def ray_instance():
 
 
 def _execute(cfg, run_dir, on_backend=None):
-    cfg, run_dir = open_run(cfg, run_dir, resume=False)
-    run = SearchRun(cfg, run_dir)
+    run = SearchRun(RunDir(run_dir), cfg)
     if on_backend is None:
         return run.execute(report=False)
-    from sieve.search.run import default_backend
 
-    factory = default_backend(cfg, run_dir)
-
-    def wrapped(prepared):
-        backend = factory(prepared)
+    def wrapped(prepared, rundir):
+        backend = default_backend(prepared, rundir)
         on_backend(backend)
         return backend
 
@@ -76,7 +73,6 @@ def test_unreachable_ray_address_is_one_line(search_config, tmp_path):
 def test_resume_with_ray_matches_in_process(ray_instance, search_config, tmp_path):
     full = _execute(search_config(generations=2), tmp_path / "full")
     _execute(search_config(generations=1, workers=2), tmp_path / "part")
-    cfg, run_dir = open_run(None, tmp_path / "part", resume=True, overrides={"generations": 2, "workers": 2})
-    resumed = SearchRun(cfg, run_dir).execute(report=False)
+    resumed = SearchRun(RunDir(tmp_path / "part"), overrides={"generations": 2, "workers": 2}).execute(report=False)
     assert resumed["best_genome"] == full["best_genome"] and resumed["best_fitness"] == full["best_fitness"]
     assert (tmp_path / "part" / "ray_logs").is_dir()

@@ -13,25 +13,35 @@ import yaml
 from sieve.config import to_dict
 from sieve.errors import SieveError
 from sieve.search.checkpoint import Checkpoint
-from sieve.search.run import SearchRun, open_run
+from sieve.search.run import SearchRun
+from sieve.search.rundir import RunDir
 
 
-def _run(cfg, run_dir: Path, resume: bool = False):
-    cfg, run_dir = open_run(None if resume else cfg, run_dir, resume=resume, overrides=to_dict(cfg) if resume else None)
-    return SearchRun(cfg, run_dir).execute(report=False)
+@pytest.fixture
+def _run(run_search):
+    def run(cfg, run_dir: Path, resume: bool = False):
+        if resume:
+            return run_search(None, run_dir, overrides={"generations": cfg.generations}, report=False)
+        return run_search(cfg, run_dir, report=False)
+
+    return run
+
+
+def _checkpoint(run_dir: Path) -> Checkpoint:
+    return Checkpoint.load(run_dir / "checkpoint" / "state.json")
 
 
 def _modules(run_dir: Path) -> dict:
     return json.loads((run_dir / "best_allocation.json").read_text())["modules"]
 
 
-def test_seed_determinism_seeding_and_cache(search_config, tmp_path):
+def test_seed_determinism_seeding_and_cache(search_config, tmp_path, _run):
     cfg = search_config()
     a = _run(cfg, tmp_path / "a")
     b = _run(cfg, tmp_path / "b")
     assert a["best_genome"] == b["best_genome"] and a["best_fitness"] == b["best_fitness"]
     assert _modules(tmp_path / "a") == _modules(tmp_path / "b")
-    ckpt = Checkpoint.load(tmp_path / "a" / "checkpoint")
+    ckpt = _checkpoint(tmp_path / "a")
     assert ckpt.generation == 3
     # every cached (genome, stage) pair was evaluated exactly once
     assert ckpt.evaluations == len(ckpt.cache)
@@ -46,25 +56,25 @@ def test_seed_determinism_seeding_and_cache(search_config, tmp_path):
     assert c["best_genome"] != a["best_genome"] or c["best_fitness"] != a["best_fitness"]
 
 
-def test_resume_in_process_is_bit_identical(search_config, tmp_path):
+def test_resume_in_process_is_bit_identical(search_config, tmp_path, _run):
     full = _run(search_config(generations=4), tmp_path / "full")
     _run(search_config(generations=1), tmp_path / "part")
     resumed = _run(search_config(generations=4), tmp_path / "part", resume=True)
     assert resumed["best_genome"] == full["best_genome"]
     assert _modules(tmp_path / "part") == _modules(tmp_path / "full")
-    a = Checkpoint.load(tmp_path / "full" / "checkpoint")
-    b = Checkpoint.load(tmp_path / "part" / "checkpoint")
+    a = _checkpoint(tmp_path / "full")
+    b = _checkpoint(tmp_path / "part")
     assert a.pop_x == b.pop_x and a.pop_f == b.pop_f and a.cache == b.cache and a.rng_state == b.rng_state
 
 
-def test_resume_refuses_changed_config(search_config, tmp_path):
+def test_resume_refuses_changed_config(search_config, tmp_path, _run):
     _run(search_config(generations=1), tmp_path / "r")
-    with pytest.raises(SieveError, match="budget: run has 0.5, now 0.4"):
-        open_run(None, tmp_path / "r", resume=True, overrides={"budget": 0.4})
+    with pytest.raises(SieveError, match="budget: run has 0.5, now 0.4; seed: run has 0, now 3"):
+        RunDir(tmp_path / "r").resumed_config({"budget": 0.4, "seed": 3})
     with pytest.raises(SieveError, match="already holds a search"):
-        open_run(search_config(), tmp_path / "r", resume=False)
+        SearchRun(RunDir(tmp_path / "r"), search_config()).execute()
     with pytest.raises(SieveError, match="not a sieve run directory"):
-        open_run(None, tmp_path / "nothing", resume=True)
+        RunDir.existing(tmp_path / "nothing")
 
 
 def _cli(args, **kw):
@@ -94,15 +104,14 @@ def test_sigkill_at_random_point_then_resume_matches(search_config, tmp_path):
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out.decode()[-2000:]
     assert _modules(killed) == _modules(tmp_path / "ref")
-    a = Checkpoint.load(tmp_path / "ref" / "checkpoint")
-    b = Checkpoint.load(killed / "checkpoint")
+    a = _checkpoint(tmp_path / "ref")
+    b = _checkpoint(killed)
     assert a.pop_x == b.pop_x and a.pop_f == b.pop_f
 
 
-def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path, _run):
     import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     folder = tmp_path / "gpt2"
@@ -115,7 +124,7 @@ def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("space", ["per_block", "per_type", "nm", "evopress"])
-def test_every_shipped_space_searches(space, search_config, tmp_path):
+def test_every_shipped_space_searches(space, search_config, tmp_path, _run):
     budget = 0.3 if space == "nm" else 0.5
     fitness = "general_kl" if space == "evopress" else "task_nll"
     out = _run(search_config(space=space, budget=budget, generations=1, fitness=fitness, general_fitness_blocks=2), tmp_path / space)

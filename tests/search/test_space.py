@@ -4,19 +4,20 @@ import numpy as np
 import pytest
 
 from sieve.errors import SieveError
-from sieve.models.arch import find_matrices
+from sieve.models.adapters import find_matrices
+from sieve.primitives.mask import row_prune_count
+from sieve.resources import builtin_names
 from sieve.search.operators import repair_budget, switch_levels, total_cost, uniform_crossover
-from sieve.prune.mask import row_prune_count
-from sieve.search.space import SPACES_DIR, SearchSpace, SpaceSpec
+from sieve.search.space import SearchSpace, SpaceSpec
 
-SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+SHIPPED = builtin_names("search_spaces")
 
 
 def test_shipped_spaces_exist():
-    assert {p.stem for p in SHIPPED} >= {"per_matrix", "per_block", "per_type", "nm"}
+    assert set(SHIPPED) >= {"per_matrix", "per_block", "per_type", "nm"}
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SHIPPED)
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request):
     model = request.getfixturevalue(arch)
@@ -68,10 +69,12 @@ def test_bad_space_files(tmp_path, llama):
     mats = find_matrices(llama)
     with pytest.raises(SieveError, match="'\\*attention\\*'"):
         SearchSpace(SpaceSpec.load(_write(tmp_path, "modules: ['*attention*']\n")), mats)
-    with pytest.raises(SieveError, match="unknown config key space.yaml.level"):
+    with pytest.raises(SieveError, match="space.yaml.level: unknown key"):
         SpaceSpec.load(_write(tmp_path, "level: {max: 0.9}\n"))
-    with pytest.raises(SieveError, match="genes must be one of"):
+    with pytest.raises(SieveError, match="space.yaml.genes: Input should be 'matrix', 'block' or 'type'"):
         SpaceSpec.load(_write(tmp_path, "genes: head\n"))
+    with pytest.raises(SieveError, match="space.yaml.levels.min: Input should be a valid number"):
+        SpaceSpec.load(_write(tmp_path, "levels: {min: zero}\n"))
     with pytest.raises(SieveError, match="sparsegpt updates weights"):
         SpaceSpec.load(_write(tmp_path, "method: {name: sparsegpt}\n"))
     with pytest.raises(SieveError, match="not valid YAML"):

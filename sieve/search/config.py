@@ -1,0 +1,84 @@
+"""``sieve search``'s configuration: everything that determines a search's result.
+
+Built once from ``--config`` YAML and flags (flags win), validated, frozen, and written to the run
+directory's ``config.yaml`` — with the search space embedded (a run never re-reads its space file),
+paths absolute, and the digest of every local file the task and the general corpus read, so the
+run resumes from any directory and refuses to when a file changed. Defaults fit the 2-core CPU demo
+(``make demo``); GPU runs use ``--config gpu`` (the settings behind the README's results).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from sieve.config import to_dict
+from sieve.data.splits import SplitSpec
+from sieve.metrics.quality import EvalSettings
+from sieve.search.fitness import FitnessSpec
+from sieve.search.fitness.task_nll import TaskNLL
+from sieve.search.space import SpaceSpec
+from sieve.stats.calibrate import CalibrationConfig
+from sieve.workspace import InputsConfig, Workspace
+
+#: fields a resume may change: they do not shape the result
+VOLATILE = ("generations", "workers", "ray_address", "device", "digests")
+
+
+class SearchConfig(InputsConfig):
+    """``stages``: validation examples scored at each multi-fidelity stage before the full
+    validation set; ``promote``: candidates promoted after each of those stages."""
+
+    space: Annotated[SpaceSpec, BeforeValidator(SpaceSpec.resolve)] = Field(
+        default_factory=lambda: SpaceSpec.load("per_matrix"))
+    budget: float | None = Field(None, gt=0.0, lt=1.0)
+    generations: int = Field(10, gt=0)
+    offspring: int = Field(8, gt=0)
+    population: int = Field(6, gt=0)
+    seed: int = 0
+    fitness: FitnessSpec = Field(default_factory=TaskNLL)
+    general_weight: float = Field(0.0, ge=0.0)
+    general_fitness_blocks: int = Field(8, gt=0)
+    tolerance: float | None = Field(None, gt=0.0, lt=1.0)
+    validation_examples: int = Field(64, gt=0)
+    stages: tuple[int, ...] = (16,)
+    promote: tuple[int, ...] = (2,)
+    batch_size: int = Field(16, gt=0)
+    workers: int = Field(0, ge=0)
+    ray_address: str | None = None
+    calibration: CalibrationConfig = Field(
+        default_factory=lambda: CalibrationConfig(general_blocks=32, task_examples=64))
+    evaluation: EvalSettings = Field(default_factory=lambda: EvalSettings(test_examples=200, ppl_blocks=16))
+    digests: dict[str, str] = Field(default_factory=dict, description="local input files → content digest")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        if self.budget is None and self.tolerance is None:
+            raise ValueError("--budget is required (a fraction in (0, 1)), or --tolerance X, or --resume DIR")
+        if len(self.stages) != len(self.promote):
+            raise ValueError("stages and promote need one entry per early stage")
+        sizes = list(self.stages) + [self.validation_examples]
+        if any(a >= b for a, b in zip(sizes, sizes[1:])) or any(s <= 0 for s in sizes):
+            raise ValueError(f"stage sizes must increase up to validation_examples: {sizes}")
+        counts = [self.offspring, *self.promote]
+        if any(a < b for a, b in zip(counts, counts[1:])) or any(k <= 0 for k in counts):
+            raise ValueError(f"promote must be positive and non-increasing from offspring: {counts}")
+        return self
+
+    def split(self) -> SplitSpec:
+        """How the task is split: calibration, validation and test caps from this config."""
+        return SplitSpec(seed=self.seed, max_calibration=self.calibration.task_examples,
+                         max_validation=self.validation_examples, max_test=self.evaluation.test_examples)
+
+    def open_workspace(self) -> Workspace:
+        return Workspace.open(self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device,
+                              split=self.split(), base_dir=Path(self.workdir))
+
+    def identity(self) -> dict[str, Any]:
+        """Fields a resume must not change (model, data, budget and everything that shapes results)."""
+        data = to_dict(self)
+        for volatile in VOLATILE:
+            data.pop(volatile)
+        return data

@@ -1,0 +1,146 @@
+"""Search fitness: what a candidate is judged by (lower is better), one registry.
+
+* ``task_nll`` (default) — mean choice-normalised NLL of the gold continuation on the task's
+  validation examples, ``−log softmax_j(log p(cont_j | ctx))[gold]``; for single-continuation tasks
+  the plain NLL of the continuation. A continuous signal: accuracy alone is too coarse to rank
+  candidates on a few hundred examples.
+* ``task_acc`` — ``1 − accuracy`` on the same examples.
+* ``kl`` — mean per-token ``KL(dense ‖ pruned)`` of next-token distributions over the task inputs
+  (context + gold continuation).
+* ``general_kl`` — the same KL on general text only (EvoPress's fitness; task-agnostic baseline).
+
+``--general-weight λ`` adds ``λ · KL(dense ‖ pruned)`` on general text to any of them, to protect
+fluency. Dense references keep only the top-``k`` log-probabilities per position (memory bounded):
+KL is taken over the ``k`` top tokens plus one bucket for the remaining mass,
+``Σ_{i∈K} p_i log(p_i/q_i) + p_rest log(p_rest/q_rest)``, a lower bound that is exact in the limit
+``k → vocab``.
+
+A new fitness is one module in this package: a subclass of :class:`TaskFitness` (a pydantic model
+owning its parameters) decorated with ``@FITNESS.register``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from sieve.config import Frozen
+from sieve.errors import SieveError
+from sieve.metrics.loglik import EncodedTask
+from sieve.registry import Registry
+
+
+@dataclass
+class FitnessInputs:
+    """The data a fitness reads: encoded validation examples and general-text blocks."""
+
+    task: EncodedTask
+    general_blocks: torch.Tensor | None = None
+    batch_size: int = 16
+
+
+@dataclass
+class Measurement:
+    value: float
+    tokens: int
+
+
+class TaskFitness(Frozen, ABC):
+    """What a candidate is judged by on validation example ``indices`` (lower is better).
+
+    Parameters are pydantic fields; state computed from the dense model in :meth:`prepare` lives
+    in private attributes."""
+
+    name: str
+    needs_general: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
+        """Compute whatever the dense model must provide (called once, on the dense model)."""
+
+    @abstractmethod
+    def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int]) -> Measurement:
+        ...
+
+
+FITNESS: Registry[TaskFitness] = Registry("fitness", "sieve.search.fitness")
+FitnessSpec = FITNESS.field(TaskFitness)
+
+
+@dataclass
+class TopKReference:
+    """Dense top-k log-probabilities per position of a fixed set of padded sequences."""
+
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    logp: list[torch.Tensor]
+    index: list[torch.Tensor]
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> TopKReference:
+        device = next(model.parameters()).device
+        logps, idxs = [], []
+        for ids, mask in batches:
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            top = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
+            logps.append(top.values)
+            idxs.append(top.indices)
+        return cls(batches, logps, idxs)
+
+    @torch.inference_mode()
+    def kl(self, model: nn.Module, which: Sequence[int]) -> Measurement:
+        device = next(model.parameters()).device
+        total, count, tokens = 0.0, 0, 0
+        for b in which:
+            ids, mask = self.batches[b]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logq_all = torch.log_softmax(logits.float(), -1)
+            logp = self.logp[b]
+            logq = logq_all.gather(-1, self.index[b])
+            p = logp.exp()
+            p_rest = (1 - p.sum(-1)).clamp_min(1e-12)
+            q_rest = (1 - logq.exp().sum(-1)).clamp_min(1e-12)
+            kl = (p * (logp - logq)).sum(-1) + p_rest * (p_rest.log() - q_rest.log())
+            valid = mask.to(device).bool()
+            total += float(kl[valid].sum())
+            count += int(valid.sum())
+            tokens += int(valid.sum())
+        return Measurement(total / max(count, 1), tokens)
+
+
+def general_batches(inputs: FitnessInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if inputs.general_blocks is None:
+        raise SieveError("this fitness needs general text blocks")
+    blocks, size = inputs.general_blocks, inputs.batch_size
+    return [(blocks[i : i + size], torch.ones_like(blocks[i : i + size])) for i in range(0, len(blocks), size)]
+
+
+class Fitness:
+    """A task fitness plus ``λ`` × general-text KL: ``F = task + λ · KL_general``."""
+
+    def __init__(self, task: TaskFitness, general_weight: float = 0.0, top_k: int = 32) -> None:
+        if general_weight < 0:
+            raise SieveError(f"--general-weight must be >= 0, got {general_weight}")
+        self.task = task.model_copy()  # private state per evaluator
+        self.needs_general = general_weight > 0 or self.task.needs_general
+        self.general_weight = general_weight
+        self.top_k = top_k
+        self.general: TopKReference | None = None
+
+    def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
+        self.task.prepare(model, inputs)
+        if self.general_weight > 0:
+            self.general = TopKReference.build(model, general_batches(inputs), self.top_k)
+
+    def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float) -> Measurement:
+        result = self.task.measure(model, inputs, indices)
+        if self.general is not None:
+            n = max(1, int(np.ceil(fraction * len(self.general.batches))))
+            general = self.general.kl(model, range(n))
+            result = Measurement(result.value + self.general_weight * general.value, result.tokens + general.tokens)
+        return result

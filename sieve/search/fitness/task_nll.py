@@ -1,0 +1,20 @@
+"""``task_nll`` (default): mean choice-normalised NLL of the gold continuation on the validation
+examples, ``−log softmax_j(log p(cont_j | ctx))[gold]``; the plain NLL for single-continuation
+tasks. A continuous signal: accuracy alone is too coarse to rank candidates on a few hundred examples."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sieve.metrics.loglik import metrics, score_examples
+from sieve.metrics.quality import task_loss
+from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
+
+
+@FITNESS.register
+class TaskNLL(TaskFitness):
+    name: Literal["task_nll"] = "task_nll"
+
+    def measure(self, model, inputs, indices):
+        scores = score_examples(model, inputs.task, indices=indices, batch_size=inputs.batch_size)
+        return Measurement(task_loss(metrics(scores)), scores.n_tokens)
