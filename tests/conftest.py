@@ -167,3 +167,23 @@ def run_search():
         return runner.execute(**options)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def finished_run(search_config, run_search, tmp_path_factory) -> Path:
+    """A finished two-generation per_matrix search (fused scores, final report) on the tiny Llama.
+    Read it, or copy it before changing anything (``copy_run``)."""
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    run_search(search_config(generations=2), path, report=True)
+    return path
+
+
+@pytest.fixture
+def copy_run(finished_run, tmp_path):
+    """``copy_run()``: a private copy of the finished run."""
+    import shutil
+
+    def copy(name: str = "run") -> Path:
+        return Path(shutil.copytree(finished_run, tmp_path / name))
+
+    return copy

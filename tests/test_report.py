@@ -15,13 +15,6 @@ from sieve.report import parse_module, sparsity_grid, write_report
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def finished_run(search_config, run_search, tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    run_search(search_config(generations=2), path, report=True)
-    return path
-
-
 def test_report_writes_three_pngs_and_markdown(finished_run):
     result = CliRunner().invoke(app, ["report", str(finished_run)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -160,8 +160,9 @@ class AllocationFile(Frozen):
         """Refuse a file made for another model: module names (closest name given) or both weight hashes."""
         self.allocation.check_against(matrices, f"allocation {where}", f"model {model_id!r}")
         if self.weights_hash is None:
-            log.warning("allocation %s records no weights_hash: it cannot be checked against %s's weights", where, model_id)
-        elif self.weights_hash != weights_hash:
+            raise SieveError(f"allocation {where} records no weights_hash, so it cannot be checked against the model's "
+                             f"weights; if it was made for {model_id!r}, add \"weights_hash\": \"{weights_hash}\"")
+        if self.weights_hash != weights_hash:
             raise SieveError(
                 f"allocation {where} was made for model {self.model!r} with weights hash {self.weights_hash}, "
                 f"but {model_id!r} hashes to {weights_hash}"

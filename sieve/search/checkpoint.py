@@ -36,6 +36,7 @@ class Checkpoint(Frozen):
     tokens: int = Field(0, ge=0)
     seconds: float = Field(0.0, ge=0.0)
     identity: str = ""
+    config_identity: dict[str, Any] = Field(default_factory=dict)
     weights_hash: str = ""
 
     def save(self, path: Path) -> Path:

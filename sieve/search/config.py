@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from sieve.config import to_dict
 from sieve.data.splits import SplitSpec
@@ -52,6 +52,16 @@ class SearchConfig(InputsConfig):
         default_factory=lambda: CalibrationConfig(general_blocks=32, task_examples=64))
     evaluation: EvalSettings = Field(default_factory=lambda: EvalSettings(test_examples=200, ppl_blocks=16))
     digests: dict[str, str] = Field(default_factory=dict, description="local input files → content digest")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or value.startswith("ray://"):
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"must be 'auto', ray://... or HOST:PORT, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pymoo.algorithms.soo.nonconvex.ga import GA
@@ -24,6 +25,7 @@ from pymoo.core.population import Population
 from pymoo.core.termination import NoTermination
 from pymoo.problems.static import StaticProblem
 
+from sieve.config import digest
 from sieve.errors import SieveError
 from sieve.search.checkpoint import Checkpoint, cache_key
 from sieve.search.evaluator import EvaluationBackend, StagePlan
@@ -73,13 +75,14 @@ class Search:
         population: int,
         offspring: int,
         seed: int,
-        identity: str,
+        identity: dict[str, Any],
         weights_hash: str,
         save: Callable[[Checkpoint, GenerationRecord], None],
         on_generation: Callable[[GenerationRecord], None] | None = None,
     ) -> None:
         self.space, self.window, self.backend, self.plan = space, window, backend, plan
         self.seed, self.identity, self.weights_hash, self.save = seed, identity, weights_hash, save
+        self.identity_digest = digest(identity)
         self.on_generation = on_generation
         self.problem = LevelProblem(space)
         self.algorithm = build_ga(space, window, seeds, population, offspring)
@@ -176,7 +179,8 @@ class Search:
             evaluations=self.evaluations,
             tokens=self.tokens,
             seconds=self.seconds,
-            identity=self.identity,
+            identity=self.identity_digest,
+            config_identity=self.identity,
             weights_hash=self.weights_hash,
         )
         self.save(ckpt, record)

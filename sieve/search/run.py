@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from sieve.config import digest
+from sieve.config import differences, digest
+from sieve.data.task_spec import resolve_task
 from sieve.errors import SieveError
 from sieve.metrics.quality import QualityProbe
+from sieve.models.loading import resolve_model_path
 from sieve.prune.allocation import Allocation, AllocationFile
 from sieve.prune.owl import owl_allocation
 from sieve.prune.pruner import ModelPruner
 from sieve.scores.base import ScoringMethod
-from sieve.search.checkpoint import cache_key
+from sieve.search.checkpoint import Checkpoint, cache_key
 from sieve.search.config import SearchConfig
 from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, build_evaluator
 from sieve.search.loop import GenerationRecord, Search
@@ -33,7 +35,7 @@ from sieve.search.operators import repair_budget
 from sieve.search.rundir import RunDir
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
-from sieve.workspace import Workspace
+from sieve.workspace import Workspace, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,31 @@ class SearchRun:
     def __init__(self, run: RunDir, config: SearchConfig | None = None, overrides: dict[str, Any] | None = None) -> None:
         self.run, self.new, self.overrides = run, config is not None, overrides or {}
         self.config = config if config is not None else run.resumed_config(self.overrides)
+        self._preflight()  # every cheap check now, before a directory is created or anything slow loads
+
+    def _preflight(self) -> Checkpoint | None:
+        """Checks that need nothing loaded: the device, the model and task specs, the Ray address,
+        and for a resume the checkpoint (validated, written by this configuration)."""
+        config, run = self.config, self.run
+        resolve_device(config.device)
+        resolve_model_path(config.model)
+        resolve_task(config.task)
+        if config.workers or config.ray_address:
+            from sieve.search.ray_backend import check_address
+
+            check_address(config.ray_address or "auto")
+        if self.new:
+            return None
+        ckpt = run.checkpoint()
+        if ckpt is None and run.history():
+            raise SieveError(f"{run.path} has history.jsonl but no checkpoint (was checkpoint/state.json deleted?); "
+                             "start a new run")
+        identity = config.identity()
+        if ckpt is not None and ckpt.identity != digest(identity):
+            changed = differences(ckpt.config_identity, identity) or ["the checkpoint records no configuration"]
+            raise SieveError(f"the checkpoint in {run.path} was written by another configuration "
+                             f"({'; '.join(changed)}); was config.yaml edited?")
+        return ckpt
 
     def execute(
         self,
@@ -145,22 +172,17 @@ class SearchRun:
     ) -> dict[str, Any]:
         """Run (or resume) to ``config.generations``; ``extra_seeds`` (per-matrix sparsity maps)
         join uniform and OWL in the initial population, e.g. a warm start from another budget."""
-        with self.run.lock():
+        with self.run.lock():  # the checks again, now that no other process can change the run
             if self.new:
                 self.config = self.run.create(self.config)
             else:
                 self.config = self.run.resumed_config(self.overrides)
-            return self._execute(backend_factory, on_generation, report, extra_seeds, workspace, statistics)
+            ckpt = self._preflight()
+            return self._execute(ckpt, backend_factory, on_generation, report, extra_seeds, workspace, statistics)
 
-    def _execute(self, backend_factory, on_generation, report, extra_seeds, workspace, statistics) -> dict[str, Any]:
+    def _execute(self, ckpt, backend_factory, on_generation, report, extra_seeds, workspace, statistics) -> dict[str, Any]:
         config, run = self.config, self.run
-        identity = digest(config.identity())
-        ckpt = run.checkpoint()
-        if ckpt is None and run.history():
-            raise SieveError(f"{run.path} has history.jsonl but no checkpoint (was checkpoint/state.json deleted?); "
-                             "start a new run")
-        if ckpt is not None and ckpt.identity != identity:
-            raise SieveError(f"the checkpoint in {run.path} belongs to another configuration")
+        identity = config.identity()
         prepared = prepare(config, run.stats, workspace=workspace, statistics=statistics, extra_seeds=extra_seeds,
                            expected_weights=ckpt.weights_hash if ckpt is not None else None)
         if not self.new:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -50,23 +49,16 @@ def test_task_resolution_is_one_resolver(tiny_task, tmp_path):
         resolve_task(str(tmp_path / "x.yaml"))
 
 
-@pytest.fixture(scope="module")
-def small_run(search_config, run_search, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("runs") / "r"
-    run_search(search_config(generations=1), path, report=False)
-    return path
-
-
-def test_eval_cli_run_dir_with_lm_eval_and_dense_baseline(small_run, tiny_task, tmp_path):
-    result = runner.invoke(app, ["eval", str(small_run), "--tasks", str(tiny_task), "--baseline", "dense", "--device", "cpu"],
+def test_eval_cli_run_dir_with_lm_eval_and_dense_baseline(finished_run, tiny_task, tmp_path):
+    result = runner.invoke(app, ["eval", str(finished_run), "--tasks", str(tiny_task), "--baseline", "dense", "--device", "cpu"],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    report = json.loads((small_run / "eval.json").read_text())
+    report = json.loads((finished_run / "eval.json").read_text())
     rows = report["rows"]
     assert [r["method"] for r in rows] == ["dense", "sieve-search"]
     assert report["config"]["task"] == str(tiny_task)  # the run's task by default
     assert rows[0]["sparsity"] == 0.0
-    best = json.loads((small_run / "best_allocation.json").read_text())
+    best = json.loads((finished_run / "best_allocation.json").read_text())
     assert rows[1]["sparsity"] == pytest.approx(best["achieved_sparsity"], abs=1e-9)
     for row in rows:  # same 24 test docs on both paths, same model state
         assert row["n_test"] == 24
@@ -74,7 +66,7 @@ def test_eval_cli_run_dir_with_lm_eval_and_dense_baseline(small_run, tiny_task, 
 
     # The same allocation as a file, applied in memory (statistics recomputed, cached).
     alloc = tmp_path / "alloc.json"
-    alloc.write_text((small_run / "best_allocation.json").read_text())
+    alloc.write_text((finished_run / "best_allocation.json").read_text())
     result = runner.invoke(app, ["eval", str(alloc), "--task", str(tiny_task), "--general", report["config"]["general"],
                                  "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -36,14 +36,14 @@ def _allocation(run: Path) -> dict[str, float]:
     return json.loads((run / "best_allocation.json").read_text())["modules"]
 
 
-def test_hf_export_loads_with_from_pretrained_at_the_allocated_sparsity(tiny_run, tmp_path):
+def test_hf_export_loads_with_from_pretrained_at_the_allocated_sparsity(finished_run, tmp_path):
     out = tmp_path / "hf"
-    result = _invoke("export", tiny_run, "--to", "hf", "--out", out, "--device", "cpu")
+    result = _invoke("export", finished_run, "--to", "hf", "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert not out.with_name("hf.partial").exists()
     model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, nothing from sieve
-    dense = AutoModelForCausalLM.from_pretrained(yaml.safe_load((tiny_run / "config.yaml").read_text())["model"])
-    modules = _allocation(tiny_run)
+    dense = AutoModelForCausalLM.from_pretrained(yaml.safe_load((finished_run / "config.yaml").read_text())["model"])
+    modules = _allocation(finished_run)
     assert len(modules) == 14
     for name, s in modules.items():
         w = model.get_submodule(name).weight
@@ -54,17 +54,17 @@ def test_hf_export_loads_with_from_pretrained_at_the_allocated_sparsity(tiny_run
         assert torch.equal(w[kept], dense.get_submodule(name).weight[kept])  # fused is mask-only: kept weights untouched
     beside = json.loads((out / "allocation.json").read_text())
     assert beside["modules"] == modules and beside["format"] == "sieve.allocation/v1"
-    assert beside["generation"] == json.loads((tiny_run / "best_allocation.json").read_text())["generation"]
+    assert beside["generation"] == json.loads((finished_run / "best_allocation.json").read_text())["generation"]
     assert beside["achieved_sparsity"] == pytest.approx(0.5)
     # embeddings and lm_head are never pruned
     assert torch.equal(model.lm_head.weight, dense.lm_head.weight)
 
 
-def test_masks_reapply_to_a_perturbed_copy(tiny_run, tmp_path):
+def test_masks_reapply_to_a_perturbed_copy(finished_run, tmp_path):
     masks_file = tmp_path / "masks.safetensors"
-    assert _invoke("export", tiny_run, "--to", "masks", "--out", masks_file, "--device", "cpu").exit_code == 0
+    assert _invoke("export", finished_run, "--to", "masks", "--out", masks_file, "--device", "cpu").exit_code == 0
     masks, meta = read_masks(masks_file)
-    modules = _allocation(tiny_run)
+    modules = _allocation(finished_run)
     assert set(masks) == set(modules)
     for name, mask in masks.items():
         assert mask.dtype == torch.bool
@@ -75,13 +75,13 @@ def test_masks_reapply_to_a_perturbed_copy(tiny_run, tmp_path):
 
     # The masks are the hf export's zeros.
     hf = tmp_path / "hf"
-    assert _invoke("export", tiny_run, "--to", "hf", "--out", hf, "--device", "cpu").exit_code == 0
+    assert _invoke("export", finished_run, "--to", "hf", "--out", hf, "--device", "cpu").exit_code == 0
     pruned = AutoModelForCausalLM.from_pretrained(hf)
     for name, mask in masks.items():
         assert torch.equal(pruned.get_submodule(name).weight != 0, mask)
 
     # A "fine-tuned" variant: every weight moved.
-    base = yaml.safe_load((tiny_run / "config.yaml").read_text())["model"]
+    base = yaml.safe_load((finished_run / "config.yaml").read_text())["model"]
     tuned = AutoModelForCausalLM.from_pretrained(base)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -106,9 +106,9 @@ def test_masks_reapply_to_a_perturbed_copy(tiny_run, tmp_path):
     assert json.loads((out / "prune.json").read_text())["masks_weights_hash"] == meta["weights_hash"]
 
 
-def test_masks_refuse_mismatched_models(tiny_run, tmp_path, llama, gpt2):
+def test_masks_refuse_mismatched_models(finished_run, tmp_path, llama, gpt2):
     masks_file = tmp_path / "masks.safetensors"
-    export_allocation(tiny_run, "masks", masks_file, device="cpu")
+    export_allocation(finished_run, "masks", masks_file, device="cpu")
     masks, _ = read_masks(masks_file)
     matrices = find_matrices(llama)
     name = "model.layers.0.mlp.up_proj"
@@ -156,9 +156,9 @@ def _matched(model: torch.nn.Module, targets: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("modifier", ["sparsegpt", "wanda"])
-def test_llmcompressor_recipe_matches_schema_and_named_modules_order(tiny_run, tmp_path, modifier):
+def test_llmcompressor_recipe_matches_schema_and_named_modules_order(finished_run, tmp_path, modifier):
     out = tmp_path / "recipe.yaml"
-    result = _invoke("export", tiny_run, "--to", "llmcompressor", "--modifier", modifier, "--out", out, "--device", "cpu")
+    result = _invoke("export", finished_run, "--to", "llmcompressor", "--modifier", modifier, "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert 'mask_structure: "0:0"' in text
@@ -166,9 +166,9 @@ def test_llmcompressor_recipe_matches_schema_and_named_modules_order(tiny_run, t
     assert cls == {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}[modifier]
     assert set(args) <= MODIFIER_FIELDS[cls]
     assert re.fullmatch(r"\d+:\d+", args["mask_structure"])
-    model = AutoModelForCausalLM.from_pretrained(yaml.safe_load((tiny_run / "config.yaml").read_text())["model"])
+    model = AutoModelForCausalLM.from_pretrained(yaml.safe_load((finished_run / "config.yaml").read_text())["model"])
     order = [name for name, _ in model.named_modules()]
-    modules = _allocation(tiny_run)
+    modules = _allocation(finished_run)
     assert args["targets"] == [n for n in order if modules.get(n, 0) > 0]
     assert _matched(model, args["targets"]) == args["targets"]
     assert len(args["sparsity"]) == len(args["targets"])
@@ -204,9 +204,9 @@ def test_recipe_groups_patterns_and_skips_dense_modules(llama, gpt2):
 # ------------------------------------------------------------------ tables
 
 
-def test_csv_and_markdown_tables(tiny_run, tmp_path):
-    modules = _allocation(tiny_run)
-    export_allocation(tiny_run, "csv", tmp_path / "t.csv", device="cpu")
+def test_csv_and_markdown_tables(finished_run, tmp_path):
+    modules = _allocation(finished_run)
+    export_allocation(finished_run, "csv", tmp_path / "t.csv", device="cpu")
     rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
     assert [r["module"] for r in rows] == list(modules)
     assert list(rows[0]) == ["module", "block", "kind", "rows", "cols", "sparsity", "pruned_weights"]
@@ -217,7 +217,7 @@ def test_csv_and_markdown_tables(tiny_run, tmp_path):
         assert int(r["pruned_weights"]) == int(r["rows"]) * row_prune_count(int(r["cols"]), modules[r["module"]])
     total = sum(int(r["rows"]) * int(r["cols"]) for r in rows)
     assert sum(int(r["pruned_weights"]) for r in rows) / total == pytest.approx(0.5)
-    export_allocation(tiny_run, "markdown", tmp_path / "t.md", device="cpu")
+    export_allocation(finished_run, "markdown", tmp_path / "t.md", device="cpu")
     md = (tmp_path / "t.md").read_text()
     assert md.count("| `model.layers.") == 14
     assert f"| **all 14 matrices** ({total:,} weights) | | | | | 0.5000 |" in md
@@ -226,8 +226,8 @@ def test_csv_and_markdown_tables(tiny_run, tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
-def test_mismatched_allocations_are_refused_with_the_difference_named(tiny_run, tmp_path, tiny_model_dir):
-    body = json.loads((tiny_run / "best_allocation.json").read_text())
+def test_mismatched_allocations_are_refused_with_the_difference_named(finished_run, tmp_path, tiny_model_dir):
+    body = json.loads((finished_run / "best_allocation.json").read_text())
     renamed = dict(body, modules={k.replace("layers.1.mlp.up_proj", "layers.1.mlp.upper_proj"): v for k, v in body["modules"].items()})
     path = tmp_path / "renamed.json"
     path.write_text(json.dumps(renamed))
@@ -241,22 +241,22 @@ def test_mismatched_allocations_are_refused_with_the_difference_named(tiny_run, 
         model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
     model.save_pretrained(other)
     for fmt, out in (("csv", tmp_path / "x.csv"), ("hf", tmp_path / "x-hf")):
-        result = _invoke("export", tiny_run, "--to", fmt, "--out", out, "--model", other, "--device", "cpu")
+        result = _invoke("export", finished_run, "--to", fmt, "--out", out, "--model", other, "--device", "cpu")
         assert result.exit_code == 2 and "Traceback" not in result.output
         text = " ".join(result.output.split())
         assert f"weights hash {body['weights_hash']}" in text and "hashes to" in text, text
         assert not out.exists()
-    result = _invoke("prune", "--model", other, "--allocation", tiny_run / "best_allocation.json",
+    result = _invoke("prune", "--model", other, "--allocation", finished_run / "best_allocation.json",
                      "--out", tmp_path / "p", "--device", "cpu")
     assert result.exit_code == 2 and body["weights_hash"] in result.output
-    result = _invoke("prune", "--allocation", tiny_run, "--method", "magnitude", "--out", tmp_path / "p", "--device", "cpu")
+    result = _invoke("prune", "--allocation", finished_run, "--method", "magnitude", "--out", tmp_path / "p", "--device", "cpu")
     assert result.exit_code == 2 and "--method magnitude conflicts with the allocation's method" in result.output
 
     for args, needle in (
         (["--to", "onnx"], "unknown export format 'onnx'"),
         (["--to", "csv", "--modifier", "wanda"], "option --modifier does not apply to --to csv"),
     ):
-        result = _invoke("export", tiny_run, *args, "--out", tmp_path / "y", "--device", "cpu")
+        result = _invoke("export", finished_run, *args, "--out", tmp_path / "y", "--device", "cpu")
         assert result.exit_code == 2 and needle in result.output, result.output
     result = _invoke("export", tmp_path, "--to", "csv", "--out", tmp_path / "y")
     assert result.exit_code == 2 and "not a sieve run directory" in result.output
