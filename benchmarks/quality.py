@@ -4,9 +4,12 @@
                                  [--seeds 0,1,2] [--search-config FILE] [--tag PART] [--smoke]
 
 Rows (method names as in the results JSON): ``dense``, ``uniform-{magnitude,wanda,sparsegpt,fused}``,
-``owl-{wanda,fused}``, ``search-general`` (EvoPress's recipe in sieve: per-matrix levels on
-general-text Wanda scores, KL to dense on general text, multi-step selection) and ``search-task``
-(sieve's default: fused scores, task NLL). All rows share the calibration data, the splits and the
+``owl-{wanda,fused}``, ``uniform-lowrank-{general,task,fused}`` (every matrix the same fraction of
+parameters really removed by data-aware factors), ``search-general`` (EvoPress's recipe in sieve:
+per-matrix levels on general-text Wanda scores, KL to dense on general text, multi-step selection),
+``search-task`` (sieve's default: fused scores, task NLL), ``search-lowrank`` (rank per matrix) and
+``search-mixed`` (zeros or factors per matrix). ``reduction`` is the fraction of prunable parameters
+really removed (factors), ``sparsity`` the zeros. All rows share the calibration data, the splits and the
 evaluation. Each invocation writes ``benchmarks/results/quality-<date>-<device>[-TAG].json``;
 ``benchmarks/report.py`` merges the parts into markdown. ``--smoke`` runs everything on a tiny
 random model in seconds (it is part of ``make test``).
@@ -28,6 +31,7 @@ from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
 
 from sieve.config import load_yaml, to_dict, validate  # noqa: E402
 from sieve.metrics.quality import QualityProbe  # noqa: E402
+from sieve.primitives.lowrank import LowRank  # noqa: E402
 from sieve.primitives.mask import Pattern  # noqa: E402
 from sieve.prune.allocation import Allocation  # noqa: E402
 from sieve.prune.owl import owl_allocation  # noqa: E402
@@ -46,7 +50,10 @@ OWL = ("wanda", "fused")
 SEARCHES = {
     "search-general": {"space": "evopress", "fitness": "general_kl"},
     "search-task": {"space": "per_matrix", "fitness": "task_nll"},
+    "search-lowrank": {"space": "lowrank", "fitness": "task_nll"},
+    "search-mixed": {"space": "mixed", "fitness": "task_nll"},
 }
+COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))
 SMOKE_SEARCH = {
     "validation_examples": 12, "stages": [4], "promote": [2], "offspring": 4, "population": 3, "generations": 2,
@@ -83,15 +90,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stats_seconds": stats_seconds, "stats_tokens": statistics.tokens, "rows": rows}
     tag = args.tag or ("smoke" if args.smoke else "")
 
-    def record(method: str, budget: str, pattern: Pattern, seed: int | None, report, seconds: float, tokens: int) -> None:
+    def record(method: str, budget: str, pattern: Pattern, seed: int | None, report, seconds: float, tokens: int,
+               reduction: float = 0.0) -> None:
         row = {"method": method, "budget": budget, "pattern": str(pattern), "seed": seed, "task_acc": report.task_acc,
                "task_nll": report.task_nll, "wiki_ppl": report.wiki_ppl, "sparsity": report.sparsity,
-               "seconds": seconds, "tokens": tokens}
+               "reduction": reduction, "seconds": seconds, "tokens": tokens}
         rows.append(row)
         write_result("quality", body, args.out_dir, tag)  # after every row: a cut-off run keeps what it measured
         log.warning("%-18s %-5s seed=%s acc=%.3f nll=%.3f ppl=%.2f sparsity=%.4f %.1fs", method, budget, seed,
                     report.task_acc, report.task_nll, report.wiki_ppl, report.sparsity, seconds)
 
+    lowrank_pruners: dict[str, ModelPruner] = {}  # factors are computed once per covariance, for every budget
     if "dense" in groups:
         record("dense", "0", Pattern(), None, probe.measure(ws.model, ws.matrices), 0.0, 0)
     for budget_text in args.budgets.split(","):
@@ -104,6 +113,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pruner.apply(Allocation.uniform(ws.matrices, sparsity, pattern))
                 record(f"uniform-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
                        time.perf_counter() - t0, 0)
+                pruner.restore()
+        if "uniform-lowrank" in groups and not pattern.structured:
+            for cov in COVARIANCES:
+                pruner = lowrank_pruners.setdefault(cov, ModelPruner(ws.matrices, None, stats, LowRank(covariance=cov)))
+                t0 = time.perf_counter()
+                allocation = Allocation.uniform_rank(ws.matrices, sparsity)
+                pruner.apply(allocation)
+                record(f"uniform-lowrank-{cov}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
+                       time.perf_counter() - t0, 0, allocation.reduction(ws.matrices))
                 pruner.restore()
         if "owl" in groups and not pattern.structured:
             for name in OWL:
@@ -125,7 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:  # another seed carves other validation / calibration documents: its own workspace
                     outcome = SearchRun(run, cfg).execute(report=True)
                 best = next(r for r in outcome["table"] if r["method"] == "sieve-search")
-                record(label, budget_text, pattern, seed, _Row(best), outcome["search_seconds"], outcome["tokens"])
+                record(label, budget_text, pattern, seed, _Row(best), outcome["search_seconds"], outcome["tokens"],
+                       best["reduction"])
     return body
 
 

@@ -1,14 +1,26 @@
-"""Throughput benchmark: what one candidate evaluation costs, and how it scales over actors.
+"""Throughput benchmark: what one candidate evaluation costs, what the search loop achieves, and how
+it scales over actors.
 
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
-                                    [--candidates 12] [--ray-actors 1,2] [--smoke]
+                                    [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
+                                    [--ray-actors 1,2] [--smoke]
 
-Per model: the per-candidate time split into mask apply / forward / overhead against a dense
-forward on the same tokens, candidates per second, peak GPU memory relative to the model's weight
-bytes, and the forward's achieved TFLOP/s (``2 · params · tokens / t``) against this device's
-measured bf16 matmul peak. Candidates are random budget-feasible genomes of the default
-``per_matrix`` space at budget 0.5 (every matrix changes between candidates: the worst case for
-mask application). ``--ray-actors`` measures candidates/s of the real search path
+**Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
+forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
+memory relative to the model's weight bytes, and the forward's achieved TFLOP/s against this
+device's measured bf16 matmul peak. Candidates are random budget-feasible genomes of the default
+``per_matrix`` space at budget 0.5 (every matrix changes between candidates: the worst case).
+``in_place`` writes the pruned weights once per candidate from a dense copy; ``on_the_fly`` keeps
+only the dense weights and computes each pruned weight inside every forward (so its "apply" is ~0
+and its forward carries the masking).
+
+**Search-loop rows** (``--search-loop``): the real candidate-evaluation path of a search
+(:func:`~sieve.search.evaluator.build_evaluator`: the built-in task's validation examples scored
+with the task-NLL fitness, shared few-shot prefix, the ``gpu`` preset's batch size) on random
+genomes at the first and at the final stage, as forward tokens per second, next to the same
+model's dense forward tokens per second on full 64 × 512 batches.
+
+``--ray-actors`` measures candidates/s of the real search path
 (:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task) with 1 vs N actors.
 ``--smoke`` runs a tiny random model on the CPU in seconds (part of ``make test``).
 """
@@ -46,9 +58,9 @@ RANDOM_LLAMAS = {
     "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=256),
 }
-COLUMNS = ["model", "dtype", "params", "tokens", "dense_forward_s", "apply_s", "forward_s", "overhead_s", "candidate_s",
-           "candidate_over_dense", "candidates_per_s", "precompute_s", "peak_mem_gb", "weights_gb", "mem_over_model",
-           "tflops", "peak_tflops"]
+COLUMNS = ["model", "mode", "dtype", "params", "tokens", "dense_forward_s", "apply_s", "forward_s", "overhead_s",
+           "candidate_s", "candidate_over_dense", "candidates_per_s", "precompute_s", "peak_mem_gb", "weights_gb",
+           "mem_over_model", "tflops", "peak_tflops"]
 
 
 def sync(device: torch.device) -> None:
@@ -71,41 +83,34 @@ def matmul_peak(device: torch.device) -> float | None:
     return 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
 
 
+def dtype_for(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def build_model(name: str, device: torch.device):
+    """``(model, tokenizer or None, vocab)``: a random Llama of a named size, or a built-in model."""
     if name in RANDOM_LLAMAS:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
         cfg = LlamaConfig(**RANDOM_LLAMAS[name], max_position_embeddings=4096)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         with torch.device(device):
-            model = LlamaForCausalLM(cfg).to(dtype)
-        return model.eval(), str(dtype).replace("torch.", ""), cfg.vocab_size
+            model = LlamaForCausalLM(cfg).to(dtype_for(device))
+        return model.eval(), None, cfg.vocab_size
     from sieve.models.loading import load_model
 
-    loaded = load_model(name, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
-    return loaded.model, "bfloat16" if device.type == "cuda" else "float32", loaded.model.config.vocab_size
+    loaded = load_model(name, dtype=str(dtype_for(device)).removeprefix("torch."), device=device)
+    return loaded.model, loaded.tokenizer, loaded.model.config.vocab_size
 
 
-def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: int, seq_len: int) -> dict[str, Any]:
-    model, dtype, vocab = build_model(name, device)
-    mats = find_matrices(model)
-    spec = SpaceSpec(name="throughput", method={"name": "magnitude"})
-    space = SearchSpace(spec, mats)
-    window = space.budget_window(0.5)
-    sync(device)
-    t0 = time.perf_counter()
-    pruner = ModelPruner(space.matrices, spec.method, {})
-    pruner.precompute_levels(space.row_counts())
-    sync(device)
-    precompute_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
+def random_genomes(space: SearchSpace, window: tuple[int, int], n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
     costs = [g.costs for g in space.genes]
-    genomes = [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, window, rng)
-               for _ in range(n_candidates)]
-    batch = max(1, n_tokens // seq_len)
-    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, window, rng)
+            for _ in range(n)]
 
+
+def forward_timer(model, ids: torch.Tensor, device: torch.device):
     def forward() -> float:
         sync(device)
         start = time.perf_counter()
@@ -114,12 +119,34 @@ def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: 
         sync(device)
         return time.perf_counter() - start
 
+    return forward
+
+
+def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: int, n_candidates: int,
+                  seq_len: int, vocab: int) -> dict[str, Any]:
+    mats = find_matrices(model)
+    spec = SpaceSpec(name="throughput", method={"name": "magnitude"})
+    space = SearchSpace(spec, mats)
+    window = space.budget_window(0.5)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    pruner = ModelPruner(space.matrices, spec.method, {}, mode=mode)
+    pruner.precompute_levels(space.row_counts())
+    sync(device)
+    precompute_s = time.perf_counter() - t0
+    genomes = random_genomes(space, window, n_candidates, 0)
+    batch = max(1, n_tokens // seq_len)
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    forward = forward_timer(model, ids, device)
     forward()
     dense = statistics.median(forward() for _ in range(3))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    pruner.apply(space.allocation(genomes[0]))  # warm-up: compiles the fused mask kernel once per shape
+    forward()
     apply_t, fwd_t, total_t = [], [], []
-    for genome in genomes:
+    for genome in genomes[1:]:
         sync(device)
         start = time.perf_counter()
         allocation = space.allocation(genome)
@@ -131,14 +158,16 @@ def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: 
         total_t.append(time.perf_counter() - start)
         apply_t.append(a1 - a0)
         fwd_t.append(f)
-    pruner.restore()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
+    pruner.release()
+    del pruner
     candidate = statistics.mean(total_t)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
     forward_s = statistics.mean(fwd_t)
     row = {
-        "model": name, "dtype": dtype, "params": params, "tokens": batch * seq_len, "dense_forward_s": dense,
+        "model": name, "mode": mode, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "params": params, "tokens": batch * seq_len, "dense_forward_s": dense,
         "apply_s": statistics.mean(apply_t), "forward_s": forward_s,
         "overhead_s": candidate - statistics.mean(apply_t) - forward_s, "candidate_s": candidate,
         "candidate_over_dense": candidate / dense, "candidates_per_s": 1 / candidate, "precompute_s": precompute_s,
@@ -146,6 +175,51 @@ def measure_model(name: str, device: torch.device, n_tokens: int, n_candidates: 
         "tflops": 2 * params * batch * seq_len / forward_s / 1e12,
     }
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
+                        inputs: dict[str, str], n_candidates: int) -> dict[str, Any]:
+    """Forward tokens/s of the real candidate-evaluation path vs the dense forward's tokens/s."""
+    from sieve.config import validate
+    from sieve.models.loading import LoadedModel
+    from sieve.search.config import SearchConfig
+    from sieve.search.evaluator import build_evaluator
+    from sieve.stats.calibrate import Statistics
+    from sieve.workspace import Workspace
+
+    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "space": {"name": "throughput",
+                                                                              "method": {"name": "magnitude"}}})
+    task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
+                             split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
+    ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
+    space = SearchSpace(cfg.space, ws.matrices)
+    window = space.budget_window(0.5)
+    evaluator = build_evaluator(cfg, ws, space, Statistics({}))
+    genomes = random_genomes(space, window, n_candidates + 1, 1)
+    evaluator.evaluate(genomes[0], evaluator.plan.final)  # warm-up
+    rows = {}
+    for stage in (0, evaluator.plan.final):
+        sync(device)
+        start, tokens = time.perf_counter(), 0
+        for genome in genomes[1:]:
+            tokens += evaluator.evaluate(genome, stage).tokens
+        sync(device)
+        seconds = time.perf_counter() - start
+        rows[stage] = (tokens / seconds, len(genomes[1:]) / seconds, evaluator.plan.sizes[stage])
+    evaluator.pruner.release()
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
+    forward = forward_timer(model, ids, device)
+    forward()
+    dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
+    out = {"model": name, "mode": evaluator.pruner.mode, "batch_size": cfg.batch_size,
+           "dense_tokens_per_s": round(dense_tokens_s)}
+    for stage, (tok_s, cand_s, examples) in rows.items():
+        key = "first" if stage == 0 else "final"
+        out.update({f"{key}_stage_examples": examples, f"{key}_stage_tokens_per_s": round(tok_s),
+                    f"{key}_stage_candidates_per_s": round(cand_s, 3),
+                    f"{key}_stage_over_dense": round(tok_s / dense_tokens_s, 4)})
+    return out
 
 
 def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> list[dict[str, Any]]:
@@ -162,11 +236,7 @@ def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> l
     run = RunDir(tempfile.mkdtemp(prefix="sieve-throughput-"))
     cfg = validate(SearchConfig, base)
     prepared = prepare(cfg, run.stats)
-    space = prepared.space
-    rng = np.random.default_rng(1)
-    costs = [g.costs for g in space.genes]
-    genomes = [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
-                             prepared.window, rng) for _ in range(n_candidates)]
+    genomes = random_genomes(prepared.space, prepared.window, n_candidates, 1)
     final = prepared.evaluator.plan.final
     for n in actors:
         backend = RayBackend(validate(SearchConfig, {**base, "workers": n}), prepared.statistics, run)
@@ -185,13 +255,21 @@ def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> l
     return rows
 
 
+SMOKE_SEARCH = {"validation_examples": 12, "stages": [4], "promote": [2], "batch_size": 8, "device": "cpu",
+                "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
+                "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}}
+
+
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="smollm2-135m,llama-1b,llama-8b")
+    p.add_argument("--modes", default="in_place,on_the_fly")
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--candidates", type=int, default=12)
+    p.add_argument("--search-loop", action="store_true")
+    p.add_argument("--search-candidates", type=int, default=8)
     p.add_argument("--ray-actors", default="")
     p.add_argument("--ray-candidates", type=int, default=24)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -201,27 +279,43 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     models = ["llama-tiny"] if args.smoke else [m for m in args.models.split(",") if m and m != "none"]
     tokens, seq_len = (256, 32) if args.smoke else (args.tokens, args.seq_len)
-    body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "ray": []}
+    tag = args.tag or ("smoke" if args.smoke else "")
+    body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "search_loop": [],
+            "ray": []}
+    smoke = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else None
+    if args.smoke:
+        search, inputs = SMOKE_SEARCH, smoke
+    else:
+        from sieve.config import load_yaml
+        from sieve.resources import builtin_file
+
+        search, inputs = load_yaml(builtin_file("configs", "gpu")), {"model": "smollm2-135m", "task": "rotten_tomatoes"}
     for name in models:
-        row = measure_model(name, device, tokens, 3 if args.smoke else args.candidates, seq_len)
+        model, tokenizer, vocab = build_model(name, device)
+        for mode in args.modes.split(","):
+            row = measure_model(model, name, device, mode, tokens, 3 if args.smoke else args.candidates, seq_len, vocab)
+            row["peak_tflops"] = body["peak_tflops"]
+            body["rows"].append(row)
+            log.warning("%s", row)
+            write_result("throughput", body, args.out_dir, tag)
+        if args.search_loop:
+            loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
+                                       2 if args.smoke else args.search_candidates)
+            body["search_loop"].append(loop)
+            log.warning("%s", loop)
+            write_result("throughput", body, args.out_dir, tag)
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        row["peak_tflops"] = body["peak_tflops"]
-        body["rows"].append(row)
-        log.warning("%s", row)
-        write_result("throughput", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
     if args.ray_actors:
         if args.smoke:
-            inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-")))
-            base = {**inputs, "budget": 0.5, "device": "cpu", "validation_examples": 12, "stages": [4], "promote": [2],
-                    "batch_size": 8, "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4},
-                    "evaluation": {"test_examples": 8, "ppl_blocks": 2, "block_len": 32}}
+            base = {**smoke, **SMOKE_SEARCH, "budget": 0.5}
         else:
             base = {"model": "smollm2-135m", "budget": 0.5, "validation_examples": 256, "batch_size": 64,
                     "stages": [32, 96], "promote": [6, 2]}
         body["ray"] = measure_ray([int(n) for n in args.ray_actors.split(",")], base,
                                   4 if args.smoke else args.ray_candidates)
-    path = write_result("throughput", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
+    path = write_result("throughput", body, args.out_dir, tag)
     print(path)
     return path
 

@@ -17,8 +17,11 @@ sparsity
     Always a fraction in ``[0, 1)``: the share of a matrix's (or the model's prunable) weights
     that are zero. Never a percentage.
 allocation
-    A mapping matrix name → sparsity (:class:`sieve.prune.allocation.Allocation`). The one object
-    passed between prune, search and export.
+    A mapping matrix name → sparsity, or rank for factorised matrices
+    (:class:`sieve.prune.allocation.Allocation`). The one object passed between prune, search and export.
+rank
+    The number of components a factorised matrix keeps: ``W ≈ A B`` with ``A`` out × r, ``B`` r × in
+    (:mod:`sieve.primitives.lowrank`); it really removes ``out·in − r·(out+in)`` parameters.
 budget
     The global sparsity target: the parameter-weighted fraction of all prunable weights removed.
 level
@@ -31,3 +34,13 @@ generation
 """
 
 __version__ = "0.1.0"
+
+
+def load_pretrained(path, **kwargs):
+    """Load a folder written by ``sieve export --to hf`` (or ``sieve prune``): a plain transformers
+    model, or — for a low-rank / mixed allocation — one whose factorised matrices are
+    :class:`~sieve.models.factorized.FactorizedLinear` modules (really smaller and faster). Works
+    with ``generate``, lm-eval's ``HFLM`` and peft (``target_modules="all-linear"``)."""
+    from sieve.models.factorized import load_pretrained as load
+
+    return load(path, **kwargs)

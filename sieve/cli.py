@@ -96,7 +96,7 @@ def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
 Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m), HF folder, .gguf file or hub name.")]
 Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes, a YAML path (a task YAML is code) or a registered name.")]
 General = Annotated[Optional[str], typer.Option(help="General corpus: wikipedia, a .txt/.jsonl/.json file or a hub dataset.")]
-Dtype = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")]
+Dtype = Annotated[Optional[str], typer.Option(help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
@@ -110,6 +110,7 @@ def prune(
     method: Annotated[Optional[str], typer.Option(help="magnitude, wanda, sparsegpt or fused.")] = None,
     sparsity: Annotated[Optional[float], typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = None,
     pattern: Annotated[Optional[str], typer.Option(help="unstructured or N:M (2:4, 4:8).")] = None,
+    lowrank: Annotated[Optional[str], typer.Option(help="Factorise instead of zeroing: the covariance of the low-rank projection, general, task or fused; --sparsity is then the fraction of parameters really removed.")] = None,
     allocation: Annotated[Optional[Path], typer.Option(help="sieve.allocation/v1 JSON (or a run dir) instead of uniform.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks from `sieve export --to masks`: apply W ⊙ M, no scoring.")] = None,
     task: Task = None,
@@ -138,13 +139,17 @@ def prune(
                     device=device)
     if method is not None or calibration is not None:
         fields["method"] = {"name": method or "fused", **_given(source=calibration)}
+    if pattern is not None and lowrank is not None:
+        raise SieveError("give --pattern (zeros) or --lowrank (factors), not both")
     if pattern is not None:
         fields["primitive"] = {"name": "mask", "pattern": pattern}
+    if lowrank is not None:
+        fields["primitive"] = {"name": "lowrank", "covariance": lowrank}
     summary = prune_model(validate(PruneConfig, fields, FLAGS), out, force=force)
-    console.print(
-        f"pruned {summary['model']} with {summary['method']['name']} to sparsity {summary['achieved_sparsity']:.4f} "
-        f"({summary['pattern']}) in {summary['seconds']:.1f}s → {out}"
-    )
+    how = (f"low-rank factors ({summary['lowrank']['covariance']} covariance), {summary['reduction']:.4f} of the "
+           "parameters removed" if summary["lowrank"] else
+           f"{summary['method']['name']} to sparsity {summary['achieved_sparsity']:.4f} ({summary['pattern']})")
+    console.print(f"pruned {summary['model']} with {how} in {summary['seconds']:.1f}s → {out}")
 
 
 @app.command("eval")
@@ -218,6 +223,8 @@ def search(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (from any working directory).")] = None,
     dtype: Dtype = None,
     device: Device = None,
+    max_gpu_memory: Annotated[Optional[float], typer.Option(help="GiB of GPU memory for the weights; the other decoder blocks are streamed from host memory.")] = None,
+    pruner_mode: Annotated[Optional[str], typer.Option(help="auto, in_place or on_the_fly (weights computed at every forward: ~1× the model's memory).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed, resumable)."""
@@ -231,7 +238,7 @@ def search(
     flags = _given(budget=budget, model=model, task=task, general=general, space=space, generations=generations,
                    offspring=offspring, population=population, seed=seed, fitness=fitness,
                    general_weight=general_weight, tolerance=tolerance, workers=workers, ray_address=ray_address,
-                   dtype=dtype, device=device)
+                   dtype=dtype, device=device, max_gpu_memory=max_gpu_memory, pruner_mode=pruner_mode)
     if resume is not None:
         if config is not None or run_dir is not None:
             raise SieveError("--resume takes the run's own config; drop --config / --run-dir")
@@ -300,7 +307,7 @@ def _sparsity_table(per_type: dict[str, dict[str, float]]) -> Table:
 @clean_errors
 def export(
     source: Annotated[Path, typer.Argument(help="Search run directory or sieve.allocation/v1 JSON.")],
-    to: Annotated[str, typer.Option("--to", help="hf, llmcompressor, masks, csv or markdown.")],
+    to: Annotated[str, typer.Option("--to", help="hf, hf-merged, llmcompressor, masks, csv or markdown.")],
     out: Annotated[Path, typer.Option(help="Output folder (hf) or file.")],
     model: Annotated[Optional[str], typer.Option(help="Where the allocation's model is now (default: the recorded one; checked by weights hash).")] = None,
     modifier: Annotated[Optional[str], typer.Option(help="llmcompressor: sparsegpt (default) or wanda.")] = None,

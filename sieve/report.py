@@ -58,16 +58,21 @@ def parse_module(name: str) -> tuple[int, str] | None:
 
 @dataclass(frozen=True)
 class SparsityGrid:
-    """Sparsity per (kind, block); ``NaN`` where the allocation names no such matrix."""
+    """Fraction of parameters given up per (kind, block) — zeros or factors; ``NaN`` where the
+    allocation names no such matrix (or only its rank is known); ``ranks`` for factorised cells."""
 
     kinds: list[str]
     blocks: list[int]
     values: np.ndarray  # (len(kinds), len(blocks))
+    ranks: dict[tuple[int, int], int] | None = None  # (kind index, block index) → rank
 
 
-def sparsity_grid(modules: Mapping[str, float]) -> SparsityGrid:
+def sparsity_grid(modules: Mapping[str, float], ranks: Mapping[str, int] | None = None) -> SparsityGrid:
     cells: dict[tuple[int, str], float] = {}
     kinds: list[str] = []
+    ranks = dict(ranks or {})
+    for name in ranks:
+        modules = {**modules, name: modules.get(name, float("nan"))}
     for name, s in modules.items():
         parsed = parse_module(name)
         if parsed is None:
@@ -83,7 +88,12 @@ def sparsity_grid(modules: Mapping[str, float]) -> SparsityGrid:
     values = np.full((len(kinds), len(blocks)), np.nan)
     for (block, kind), s in cells.items():
         values[kinds.index(kind), blocks.index(block)] = s
-    return SparsityGrid(kinds, blocks, values)
+    at = {}
+    for name, rank in ranks.items():
+        parsed = parse_module(name)
+        if parsed is not None:
+            at[(kinds.index(parsed[1]), blocks.index(parsed[0]))] = int(rank)
+    return SparsityGrid(kinds, blocks, values, at)
 
 
 def _family(method: str) -> str:
@@ -147,15 +157,18 @@ def plot_allocation(grid: SparsityGrid, budget: float | None, achieved: float | 
         parts.append(f"budget {budget:g}")
     if achieved is not None:
         parts.append(f"achieved {achieved:.3f}")
-    ax.set_title("Best allocation: sparsity per matrix" + (f" ({', '.join(parts)})" if parts else ""))
-    if n_blocks * n_kinds <= 120:
+    ax.set_title("Best allocation: parameters given up per matrix" + (f" ({', '.join(parts)})" if parts else ""))
+    ranks = grid.ranks or {}
+    if n_blocks * n_kinds <= 120 or ranks:
         for i in range(n_kinds):
             for j in range(n_blocks):
                 v = grid.values[i, j]
-                if not math.isnan(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+                text = f"r{ranks[(i, j)]}" if (i, j) in ranks else (f"{v:.2f}" if not math.isnan(v) else "")
+                if text and (n_blocks * n_kinds <= 120 or (i, j) in ranks):
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6 if ranks else 7,
+                            color="white" if math.isnan(v) or v < 0.6 else "black")
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label("sparsity (fraction of weights pruned)")
+    bar.set_label("fraction of parameters given up (r: factorised, rank r)")
     return _save(fig, path)
 
 
@@ -254,7 +267,12 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     out = run.report_dir
     written: dict[str, Path] = {}
     written["fitness"] = plot_fitness(history, results, config, out / "fitness.png")
-    grid = sparsity_grid(allocation.modules)
+    per_module = results.get("per_module")
+    if per_module:  # a finished run: every matrix's removed fraction, zeros or factors alike
+        grid = sparsity_grid({n: v["removed"] for n, v in per_module.items()},
+                             {n: v["rank"] for n, v in per_module.items() if v.get("rank") is not None})
+    else:
+        grid = sparsity_grid(allocation.modules, allocation.module_ranks)
     written["allocation"] = plot_allocation(grid, allocation.budget, allocation.achieved_sparsity, out / "allocation.png")
     if results.get("table"):
         written["quality"] = plot_quality(results["table"], out / "quality.png")

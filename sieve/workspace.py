@@ -47,6 +47,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` → ``bfloat16`` on a GPU (the throughput of a search), ``float32`` on the CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if resolve_device(device).startswith("cuda") else "float32"
+
+
 def absolute_if_path(spec: str) -> str:
     """An existing file or folder as its absolute, resolved path; names (built-in, hub) unchanged."""
     path = Path(spec).expanduser()
@@ -63,8 +70,11 @@ class InputsConfig(Frozen):
     model: str = "smollm2-135m"
     task: str = "rotten_tomatoes"
     general: str = "wikipedia"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
+    max_gpu_memory: float | None = Field(
+        None, gt=0, description="GiB of GPU memory for the model's weights; decoder blocks beyond it are streamed "
+        "from host memory (default: all of them on the GPU, streaming only when they do not fit)")
     workdir: str = Field(default_factory=lambda: str(Path.cwd()))
 
     @field_validator("model", "task", "general")
@@ -80,6 +90,28 @@ class InputsConfig(Frozen):
         return value
 
 
+def place_on_gpu(loaded: LoadedModel, device: str, max_gpu_memory: float | None) -> None:
+    """Move the model to ``device``; decoder blocks beyond ``max_gpu_memory`` GiB (or beyond 90 % of
+    the free GPU memory, with a warning) stay in host memory and are streamed (:mod:`sieve.models.offload`)."""
+    from sieve.models.adapters import adapter_for
+    from sieve.models.offload import BlockStreamer, resident_blocks
+
+    model = loaded.model
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    budget = int(max_gpu_memory * 2**30) if max_gpu_memory is not None else int(0.9 * free)
+    if weights <= budget:
+        model.to(device)
+        return
+    _, blocks = adapter_for(model).blocks(model)
+    resident = resident_blocks(model, blocks, budget)
+    if max_gpu_memory is None:
+        log.warning("the model's weights (%.1f GiB) exceed 90%% of the free GPU memory (%.1f GiB): %d of %d decoder "
+                    "blocks are streamed from host memory (slower; set --max-gpu-memory to choose)",
+                    weights / 2**30, free / 2**30, len(blocks) - resident, len(blocks))
+    loaded.streamer = BlockStreamer(model, blocks, device, resident)
+
+
 @dataclass
 class Workspace:
     loaded: LoadedModel
@@ -93,17 +125,22 @@ class Workspace:
         *,
         task: str | None,
         general: str | None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "auto",
         split: SplitSpec = SplitSpec(),
         base_dir: Path | None = None,
+        max_gpu_memory: float | None = None,
     ) -> Workspace:
         # Cheap validation first, so a typo fails before anything slow happens.
+        dtype = resolve_dtype(dtype, device)
         device = resolve_device(device)
         resolve_model_path(model)
         corpus = GeneralCorpus.load(general) if general else None
         splits = load_task(task, split, base_dir=base_dir) if task else None
-        loaded = load_model(model, dtype=dtype, device=device)
+        if not device.startswith("cuda"):
+            return cls(load_model(model, dtype=dtype, device=device), splits, corpus)
+        loaded = load_model(model, dtype=dtype, device="cpu")
+        place_on_gpu(loaded, device, max_gpu_memory)
         return cls(loaded, splits, corpus)
 
     @property
@@ -117,6 +154,17 @@ class Workspace:
     @property
     def model_id(self) -> str:
         return self.loaded.model_id
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model was loaded in (``float32``, ``bfloat16``, ...)."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (the GPU also when some blocks live in host memory)."""
+        streamer = self.loaded.streamer
+        return streamer.device if streamer is not None else next(self.model.parameters()).device
 
     @cached_property
     def matrices(self) -> list[Matrix]:

@@ -34,11 +34,14 @@ def test_quality_smoke(tmp_path):
 def test_throughput_smoke(tmp_path):
     import throughput
 
-    path = throughput.main(["--smoke", "--out-dir", str(tmp_path), "--ray-actors", "1,2"])
+    path = throughput.main(["--smoke", "--out-dir", str(tmp_path), "--ray-actors", "1,2", "--search-loop"])
     body = json.loads(Path(path).read_text())
-    (row,) = body["rows"]
-    assert row["model"] == "llama-tiny" and row["candidate_s"] > 0
-    assert row["candidate_s"] == pytest.approx(row["apply_s"] + row["forward_s"] + row["overhead_s"], abs=3e-4)
+    assert [(r["model"], r["mode"]) for r in body["rows"]] == [("llama-tiny", "in_place"), ("llama-tiny", "on_the_fly")]
+    for row in body["rows"]:
+        assert row["candidate_s"] > 0
+        assert row["candidate_s"] == pytest.approx(row["apply_s"] + row["forward_s"] + row["overhead_s"], abs=3e-4)
+    (loop,) = body["search_loop"]
+    assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
     assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
 
 
@@ -50,3 +53,20 @@ def test_report_merges_parts(tmp_path):
          "wiki_ppl": 40.0, "sparsity": 0.5, "seconds": 1.0, "tokens": 10} for s, a in ((0, 0.7), (1, 0.8))]}
     text = report.quality_markdown([part])
     assert "| search-task (3 gen) | 0,1 | 0.750 ± 0.071 |" in text
+
+
+@pytest.mark.slow
+def test_lowrank_payoff_smoke(search_config, run_search, tmp_path):
+    import lowrank_payoff
+
+    run = tmp_path / "run"
+    run_search(search_config(space="lowrank", budget=0.3, generations=1), run, report=False)
+    path = lowrank_payoff.main(["--smoke", "--allocation", str(run), "--out-dir", str(tmp_path)])
+    rows = {(r["model"].split(" ")[0], r["variant"]): r for r in json.loads(Path(path).read_text())["rows"]}
+    assert len(rows) == 4
+    for model in {m for m, _ in rows}:
+        dense, small = rows[(model, "dense")], rows[(model, "lowrank")]
+        assert small["parameters"] < dense["parameters"] and small["tensor_bytes"] < dense["tensor_bytes"]
+        assert small["prefill_tokens_per_s"] > 0 and small["decode_b2_tokens_per_s"] > 0
+    allocation_rows = [r for (m, _), r in rows.items() if not m.startswith("llama")]
+    assert all(r["checkpoint_bytes"] > 0 for r in allocation_rows)

@@ -29,7 +29,6 @@ from sieve.config import Frozen
 from sieve.errors import SieveError
 from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
 from sieve.models.matrix import Matrix
-from sieve.primitives.mask import row_prune_count
 from sieve.prune.allocation import Allocation
 from sieve.prune.realise import PrunedModel
 from sieve.registry import Registry
@@ -153,28 +152,18 @@ def named_order(ws: Workspace) -> list[Matrix]:
     return sorted(ws.matrices, key=lambda m: index[m.name])
 
 
-def pruned_weights(m: Matrix, allocation: Allocation) -> int:
-    """Weights the pruner removes from ``m``: ``rows · int(cols · s)``, or ``rows · cols/M · N`` for N:M."""
-    sparsity = allocation.sparsity.get(m.name, 0.0)
-    rows, cols = m.shape
-    pattern = allocation.pattern_of(m.name)
-    if sparsity <= 0:
-        return 0
-    if pattern.structured:
-        return rows * (cols // pattern.m) * round(sparsity * pattern.m)
-    return rows * row_prune_count(cols, sparsity)
-
-
-TABLE_COLUMNS = ("module", "block", "kind", "rows", "cols", "sparsity", "pruned_weights")
+TABLE_COLUMNS = ("module", "block", "kind", "rows", "cols", "sparsity", "rank", "pruned_weights")
 
 
 def module_rows(matrices: Sequence[Matrix], allocation: Allocation) -> list[dict[str, Any]]:
-    """One row per prunable matrix (allocated sparsity; 0 for matrices the allocation leaves dense)."""
+    """One row per prunable matrix: allocated sparsity (0 when dense or factorised), rank (empty
+    unless factorised) and the parameters it gives up (zeros, or the factors' saving)."""
     rows = []
     for m in matrices:
         r, c = m.shape
         rows.append({
             "module": m.name, "block": m.block, "kind": m.kind, "rows": r, "cols": c,
-            "sparsity": float(allocation.sparsity.get(m.name, 0.0)), "pruned_weights": pruned_weights(m, allocation),
+            "sparsity": float(allocation.sparsity.get(m.name, 0.0)), "rank": allocation.ranks.get(m.name, ""),
+            "pruned_weights": allocation.removed(m),
         })
     return rows

@@ -1,10 +1,15 @@
-"""``hf``: a pruned Hugging Face folder that plain ``AutoModelForCausalLM.from_pretrained`` loads.
+"""``hf`` / ``hf-merged``: pruned Hugging Face folders.
 
-The folder's per-module sparsity equals the allocation: each row of a matrix at sparsity ``s``
-holds exactly ``int(cols · s)`` zeros (N:M: ``N`` of every ``M``). ``allocation.json`` beside the
-weights is the complete ``sieve.allocation/v1`` file (it reproduces the masks), ``prune.json`` a
-summary. The same writer serves ``sieve prune`` (a uniform allocation built from the flags, or an
-allocation file) and ``sieve prune --masks`` (exported masks re-applied to, e.g., a fine-tune).
+``hf``: the folder's per-module sparsity equals the allocation — each row of a matrix at sparsity
+``s`` holds exactly ``int(cols · s)`` zeros (N:M: ``N`` of every ``M``) — and factorised matrices
+are stored as their factors (:class:`~sieve.models.factorized.FactorizedLinear`, ``r·(out+in)``
+values: a really smaller, faster model). A folder without factors loads with plain
+``AutoModelForCausalLM.from_pretrained``; one with factors with :func:`sieve.load_pretrained`.
+``hf-merged`` multiplies the factors back (``W = A_r B_r``) for tools that need the standard layout:
+same quality, *no* size or speed gain. ``allocation.json`` beside the weights is the complete
+``sieve.allocation/v1`` file (it reproduces the masks and factors), ``prune.json`` a summary. The
+same writer serves ``sieve prune`` (a uniform allocation built from the flags, or an allocation
+file) and ``sieve prune --masks`` (exported masks re-applied to, e.g., a fine-tune).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from sieve.errors import SieveError
 from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
 from sieve.export.base import EXPORTERS, Exporter, ExportRequest, check_output, replace_path
 from sieve.io import write_json
+from sieve.models.factorized import factorise
 from sieve.models.matrix import Matrix
+from sieve.primitives.lowrank import LowRank
 from sieve.primitives.mask import UNSTRUCTURED
 from sieve.prune.allocation import Allocation, AllocationFile
 from sieve.prune.config import PruneConfig
@@ -52,7 +59,9 @@ def write_folder(ws: Workspace, file: AllocationFile, out: Path, summary: Mappin
 def _summary(pruned: PrunedModel, start: float, **extra: Any) -> dict[str, Any]:
     return {
         "model": pruned.ws.model_id,
-        "method": pruned.method.describe(),
+        "method": pruned.method.describe() if pruned.method is not None else None,
+        "lowrank": pruned.file.lowrank.model_dump() if pruned.file.lowrank is not None else None,
+        "reduction": pruned.file.allocation.reduction(pruned.pruner.matrices),
         "pattern": pruned.file.pattern,
         "achieved_sparsity": achieved_sparsity(pruned.ws.matrices),
         "calibration_seconds": pruned.statistics.seconds,
@@ -63,9 +72,37 @@ def _summary(pruned: PrunedModel, start: float, **extra: Any) -> dict[str, Any]:
     }
 
 
+def factorise_pruned(pruned: PrunedModel) -> int:
+    """Swap every factorised matrix of the pruned model for its factors; returns the parameters saved."""
+    ranks = pruned.file.module_ranks
+    if not ranks:
+        return 0
+    factors = {name: (f.a, f.b) for name, f in
+               ((name, pruned.pruner.factors_of(name).truncated(rank)) for name, rank in ranks.items())}
+    factorise(pruned.ws.model, factors)
+    return sum(pruned.file.allocation.removed(pruned.pruner.by_name[name]) for name in ranks)
+
+
 @EXPORTERS.register
 class HFExporter(Exporter):
     name: Literal["hf"] = "hf"
+    writes = "folder"
+
+    def export(self, request: ExportRequest) -> dict[str, Any]:
+        start = time.perf_counter()
+        pruned = request.pruned()
+        summary = _summary(pruned, start, allocation=str(request.target.path))
+        summary["parameters_removed"] = factorise_pruned(pruned)
+        write_folder(pruned.ws, pruned.file, request.out, summary, force=request.force)
+        return {"out": str(request.out), "model": summary["model"], "achieved_sparsity": summary["achieved_sparsity"],
+                "parameters_removed": summary["parameters_removed"]}
+
+
+@EXPORTERS.register
+class HFMergedExporter(Exporter):
+    """Factors multiplied back: the standard layout for tools that need it, with no size or speed gain."""
+
+    name: Literal["hf-merged"] = "hf-merged"
     writes = "folder"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
@@ -82,8 +119,9 @@ def _conflicts(config: PruneConfig, target: AllocationTarget) -> None:
     if "method" in given and file.method is not None and config.method != file.method:
         raise SieveError(f"--method {config.method.name} conflicts with the allocation's method {file.method.describe()}; "
                          "omit --method (the allocation reproduces its own masks)")
-    if "primitive" in given and config.primitive.pattern != file.pattern:
-        raise SieveError(f"--pattern {config.primitive.pattern} conflicts with the allocation's pattern {file.pattern}")
+    if "primitive" in given and getattr(config.primitive, "pattern", None) != file.pattern:
+        raise SieveError(f"--pattern / --lowrank conflict with the allocation (pattern {file.pattern}; its factors "
+                         "are recorded in the file)")
     if "sparsity" in given:
         raise SieveError("--sparsity does not apply with --allocation (the allocation records its own)")
     for name in ("task", "general"):
@@ -109,29 +147,38 @@ def prune_model(config: PruneConfig, out: Path, *, force: bool = False) -> dict[
         check_output(out, writes="folder", force=force)
         pruned = _prune_uniform(config)
     summary = _summary(pruned, start, config=to_dict(config))
+    summary["parameters_removed"] = factorise_pruned(pruned)
     write_folder(pruned.ws, pruned.file, out, summary, force=force)
     return summary
 
 
 def _prune_uniform(config: PruneConfig) -> PrunedModel:
-    method, pattern = config.method, config.primitive.parsed
-    ws = Workspace.open(config.model, task=config.task if "task" in method.sources else None,
-                        general=config.general if "general" in method.sources else None, dtype=config.dtype,
+    method, lowrank = config.method, config.primitive if isinstance(config.primitive, LowRank) else None
+    sources = lowrank.sources if lowrank is not None else method.sources
+    hessian = lowrank is not None or method.needs_hessian
+    ws = Workspace.open(config.model, task=config.task if "task" in sources else None,
+                        general=config.general if "general" in sources else None, dtype=config.dtype,
                         device=config.device, split=config.split, base_dir=Path(config.workdir))
-    for m in ws.matrices:
-        pattern.check(m.name, m.shape[1])
-    allocation = Allocation.uniform(ws.matrices, config.sparsity, pattern)
+    if lowrank is not None:
+        allocation = Allocation.uniform_rank(ws.matrices, config.sparsity)
+    else:
+        pattern = config.primitive.parsed
+        for m in ws.matrices:
+            pattern.check(m.name, m.shape[1])
+        allocation = Allocation.uniform(ws.matrices, config.sparsity, pattern)
     statistics = ensure_stats(
-        ws.model, ws.tokenizer, ws.matrices, method.sources, weights_hash=ws.weights_hash, cfg=config.calibration,
+        ws.model, ws.tokenizer, ws.matrices, sources, weights_hash=ws.weights_hash, cfg=config.calibration,
         general=ws.corpus, task_texts=ws.task.calibration_texts() if ws.task is not None else None,
-        hessian=method.needs_hessian, store=CacheStore.for_model(ws.model_id),
+        hessian=hessian, store=CacheStore.for_model(ws.model_id),
     )
     file = AllocationFile.build(
-        allocation, model=ws.model_id, weights_hash=ws.weights_hash, dtype=config.dtype, method=method.describe(),
-        calibration=config.calibration.model_dump(), task=config.task if "task" in method.sources else None,
-        general=config.general if "general" in method.sources else None, split=config.split.model_dump(),
-        workdir=config.workdir, stats=statistics.fingerprints, budget=config.sparsity,
-        config_digest=digest(config), achieved_sparsity=allocation.weighted_sparsity(ws.matrices),
+        allocation, model=ws.model_id, weights_hash=ws.weights_hash, dtype=ws.dtype,
+        method=method.describe() if lowrank is None else None, lowrank=lowrank.model_dump() if lowrank else None,
+        calibration=config.calibration.model_dump(), task=config.task if "task" in sources else None,
+        general=config.general if "general" in sources else None, split=config.split.model_dump(),
+        workdir=config.workdir, stats=statistics.fingerprints, stats_hessian=hessian, budget=config.sparsity,
+        config_digest=digest(config), achieved_sparsity=sum(allocation.removed(m) for m in ws.matrices)
+        / sum(m.numel for m in ws.matrices),
     )
     return realise(ws, file, store=None, where="the uniform allocation", statistics=statistics)
 
@@ -148,13 +195,13 @@ def apply_masks(matrices: Sequence[Matrix], masks: Mapping[str, torch.Tensor]) -
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f"; closest module there: {close[0]!r}" if close else ""
             raise SieveError(f"masks name module {name!r} that the model lacks{hint}")
-        shape = tuple(by_name[name].module.weight.shape)
+        shape = tuple(by_name[name].stored.shape)
         if tuple(mask.shape) != shape:
             raise SieveError(f"mask of {name} has shape {tuple(mask.shape)}, the model's weight {shape}")
     sparsity = {}
     with torch.no_grad():
         for name, mask in masks.items():
-            w = by_name[name].module.weight
+            w = by_name[name].stored
             keep = mask.to(device=w.device, dtype=torch.bool)
             w.copy_(torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device)))
             sparsity[name] = 1.0 - float(keep.sum()) / keep.numel()
@@ -173,7 +220,7 @@ def prune_with_masks(model: str, masks_path: Path, out: Path, *, dtype: str, dev
     dense_hash = ws.weights_hash
     allocation = apply_masks(ws.matrices, masks)
     achieved = achieved_sparsity(ws.matrices)
-    file = AllocationFile.build(allocation, model=ws.model_id, weights_hash=dense_hash, dtype=dtype,
+    file = AllocationFile.build(allocation, model=ws.model_id, weights_hash=dense_hash, dtype=ws.dtype,
                                 budget=allocation.weighted_sparsity(ws.matrices), achieved_sparsity=achieved)
     summary = {"model": ws.model_id, "masks": str(masks_path), "masks_model": meta.get("model"),
                "masks_weights_hash": meta.get("weights_hash"), "achieved_sparsity": achieved,

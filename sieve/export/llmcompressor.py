@@ -107,9 +107,12 @@ class LLMCompressorExporter(Exporter):
     modifier: Literal["sparsegpt", "wanda"] = "sparsegpt"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
+        file = request.target.file
+        if file.module_ranks:
+            raise SieveError(f"the allocation factorises {len(file.module_ranks)} matrices; llm-compressor recipes "
+                             "express sparsity only — export --to hf")
         ws = request.checked_workspace()
         matrices = named_order(ws)
-        file = request.target.file
         allocation = file.allocation
         recipe = build_recipe(matrices, allocation, self.modifier)
         header = {

@@ -11,14 +11,16 @@ from sieve.export.base import EXPORTERS, Exporter, ExportRequest, module_rows, n
 def table_markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> str:
     lines = ["# Allocation", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items() if v is not None]
-    lines += ["", "| module | block | kind | rows | cols | sparsity | pruned weights |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines += ["", "| module | block | kind | rows | cols | sparsity | rank | pruned weights |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| `{r['module']}` | {r['block']} | {r['kind']} | {r['rows']} | {r['cols']} | {r['sparsity']:.4f} | {r['pruned_weights']:,} |"
+            f"| `{r['module']}` | {r['block']} | {r['kind']} | {r['rows']} | {r['cols']} | {r['sparsity']:.4f} | {r['rank']} | "
+            f"{r['pruned_weights']:,} |"
         )
     total = sum(r["rows"] * r["cols"] for r in rows)
     pruned = sum(r["pruned_weights"] for r in rows)
-    lines.append(f"| **all {len(rows)} matrices** ({total:,} weights) | | | | | {pruned / max(total, 1):.4f} | {pruned:,} |")
+    lines.append(f"| **all {len(rows)} matrices** ({total:,} weights) | | | | | {pruned / max(total, 1):.4f} | | {pruned:,} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,8 +2,9 @@
 
 File format (``sieve.masks/v1``, safetensors): one ``uint8`` tensor per pruned matrix, keyed by its
 full module name, holding ``numpy.packbits(M.reshape(-1))`` (row-major, big bit order, ``1`` =
-keep) of the mask ``M`` in the module's own weight layout (``module.weight.shape``: ``(out, in)``
-for Linear, ``(in, out)`` for GPT-2 Conv1D), so ``W ⊙ M`` needs no knowledge of the architecture.
+keep) of the mask ``M`` in the module's own weight layout (``(out, in)`` for Linear and for one
+expert's slice of a 3-D expert tensor, ``(in, out)`` for GPT-2 Conv1D), so ``W ⊙ M`` needs no
+knowledge of the architecture.
 The metadata holds ``format``, ``shapes`` (JSON name → shape), ``bitorder``, the source ``model``,
 its ``weights_hash``, ``method``, ``pattern`` and per-module ``sparsity``. A mask costs one bit per
 weight (1/32 of a float32 matrix).
@@ -109,6 +110,9 @@ class MasksExporter(Exporter):
     name: Literal["masks"] = "masks"
 
     def export(self, request: ExportRequest) -> dict[str, Any]:
+        if request.target.file.module_ranks:
+            raise SieveError(f"the allocation factorises {len(request.target.file.module_ranks)} matrices; masks "
+                             "describe zeros only — export --to hf (factors) or hf-merged")
         pruned = request.pruned()
         masks = keep_masks(pruned)
         sparsity = {name: 1.0 - float(mask.sum()) / mask.numel() for name, mask in masks.items()}

@@ -344,21 +344,49 @@ def _score_batch(
         if keep_logits:
             kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
-    offset = width - logits.shape[1]  # columns dropped by logits_to_keep
-    for row, job in enumerate(batch):
-        stop = ends[row] - offset
-        span = max(len(t[2]) for t in job.targets)
-        lp = logits[row, stop - span:stop].float().log_softmax(-1)  # once per sequence
-        best = lp.argmax(-1)
-        for slot, choice, cont in job.targets:
-            target = torch.tensor(cont, dtype=torch.long, device=lp.device)
-            picked = lp[span - len(cont):].gather(-1, target[:, None])[:, 0]
-            logprobs[slot][choice] = float(picked.double().sum())
-            greedy[slot][choice] = bool((best[span - len(cont):] == target).all())
+    _read_targets(logits, batch, [end - (width - logits.shape[1]) for end in ends], logprobs, greedy)
     return prefix + int(mask.sum())
 
 
 MIN_SHARED_PREFIX = 16
+
+
+def _read_targets(logits: torch.Tensor, batch: Sequence[_Job], stops: Sequence[int], logprobs: list[np.ndarray],
+                  greedy: list[np.ndarray]) -> None:
+    """Every target's log-likelihood and greedy flag from one batch's logits, with one gather and
+    one device→host transfer per batch (never one per example).
+
+    A target's continuation of ``n`` tokens is predicted by the ``n`` positions before its row's
+    ``stop``; positions shared by several targets (all choices of a single-token example) are
+    normalised once. log-softmax in float32, the sum over a continuation's tokens in float64.
+    """
+    rows, cols, tokens, owners, spans = [], [], [], [], []
+    position_of: dict[tuple[int, int], int] = {}
+    for row, job in enumerate(batch):
+        for slot, choice, cont in job.targets:
+            first = stops[row] - len(cont)
+            for offset, token in enumerate(cont):
+                key = (row, first + offset)
+                if key not in position_of:
+                    position_of[key] = len(position_of)
+                    rows.append(key[0])
+                    cols.append(key[1])
+                owners.append(position_of[key])
+                tokens.append(token)
+            spans.append((slot, choice, len(cont)))
+    device = logits.device
+    lsm = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float().log_softmax(-1)
+    owner = torch.tensor(owners, device=device)
+    token = torch.tensor(tokens, device=device)
+    picked = lsm[owner, token].double().cpu()
+    hit = (lsm.argmax(-1)[owner] == token).cpu()
+    at = 0
+    for slot, choice, n in spans:
+        logprobs[slot][choice] = float(picked[at:at + n].sum())
+        greedy[slot][choice] = bool(hit[at:at + n].all())
+        at += n
+
+
 
 
 def _common_prefix(batch: Sequence[_Job], keep: int) -> int:

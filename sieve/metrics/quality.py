@@ -2,7 +2,8 @@
 
 ``task_acc`` / ``task_nll`` / ``choice_nll`` come from sieve's batched scorer on the task's test
 split (the same requests lm-eval builds), ``wiki_ppl`` from held-out general text never used for
-statistics, and ``sparsity`` is measured by counting zeros in the prunable matrices.
+statistics, ``sparsity`` is measured by counting zeros in the prunable matrices and ``parameters``
+by counting the model's parameters (smaller for a factorised model, equal for a merged one).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class QualityReport:
     choice_nll: float
     wiki_ppl: float
     sparsity: float
+    parameters: int
     n_test: int
     tokens: int
     seconds: float
@@ -84,6 +86,7 @@ class QualityProbe:
             choice_nll=task["choice_nll"],
             wiki_ppl=ppl,
             sparsity=achieved_sparsity(matrices),
+            parameters=sum(p.numel() for p in model.parameters()),
             n_test=int(task["n"]),
             tokens=tokens,
             seconds=time.perf_counter() - start,

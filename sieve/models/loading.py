@@ -44,6 +44,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: object
     model_id: str
+    streamer: object | None = None  # a BlockStreamer when decoder blocks are streamed from host memory
 
 
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -99,16 +100,27 @@ def resolve_model_path(spec: str) -> tuple[str, str | None]:
     return spec, spec
 
 
+def _from_hub(name: str, dtype: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
+
+
 def load_model(spec: str, *, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer by built-in name, folder, ``.gguf`` path or hub name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM and its tokenizer by built-in name, folder (factorised folders included),
+    ``.gguf`` path or hub name."""
+    from transformers import AutoTokenizer
+
+    from sieve.models.factorized import load_pretrained
 
     if dtype not in DTYPES:
         raise SieveError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     path, model_id = resolve_model_path(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        model = load_pretrained(path, dtype=DTYPES[dtype]) if Path(path).is_dir() else _from_hub(path, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except SieveError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all are the user's input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SieveError(f"cannot load model {spec!r}: {type(exc).__name__}: {first}") from None

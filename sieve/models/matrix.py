@@ -1,7 +1,9 @@
-"""A prunable matrix: the 2-D weight of a ``Linear`` (or GPT-2 ``Conv1D``) inside a decoder block.
+"""A prunable matrix: the 2-D weight of a ``Linear`` (or GPT-2 ``Conv1D``) inside a decoder block,
+or one expert's slice of a 3-D expert tensor (Mixture-of-Experts).
 
 Adapters (:mod:`sieve.models.adapters`) find them; everything downstream sees only
-:class:`Matrix`, always as ``(out_features, in_features)``, named by its full module name.
+:class:`Matrix`, always as ``(out_features, in_features)``, named by its full module name (an
+expert's: ``<experts module>.<expert>.<tensor>``, e.g. ``model.layers.0.mlp.experts.3.down_proj``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Matrix:
     block: int
     kind: str
     module: nn.Module = field(repr=False)
+    param: str = "weight"  # the module's tensor holding the matrix
+    expert: int | None = None  # the index into a 3-D expert tensor, or None for a plain 2-D weight
 
     @property
     def transposed(self) -> bool:
@@ -41,17 +45,31 @@ class Matrix:
     @property
     def weight(self) -> torch.Tensor:
         """A view of the weight as ``(out, in)``; in-place writes reach the module."""
+        if self.expert is not None:
+            return getattr(self.module, self.param).data[self.expert]
         w = self.module.weight.data
         return w.t() if self.transposed else w
 
     @property
+    def stored(self) -> torch.Tensor:
+        """The matrix as the module stores it: its dense original when a pruner computes the
+        weight at every forward (a parametrisation), so reading a shape never triggers that
+        computation; an expert's slice of its 3-D tensor."""
+        if self.expert is not None:
+            return getattr(self.module, self.param).data[self.expert]
+        parametrizations = getattr(self.module, "parametrizations", None)
+        if parametrizations is not None and "weight" in parametrizations:
+            return parametrizations.weight.original
+        return self.module.weight
+
+    @property
     def shape(self) -> tuple[int, int]:
-        rows, cols = self.weight.shape
-        return int(rows), int(cols)
+        rows, cols = self.stored.shape
+        return (int(cols), int(rows)) if self.transposed else (int(rows), int(cols))
 
     @property
     def numel(self) -> int:
-        return self.module.weight.numel()
+        return self.stored.numel()
 
 
 def select_matrices(matrices: Sequence[Matrix], patterns: Sequence[str]) -> list[Matrix]:
@@ -81,7 +99,7 @@ def weights_hash(matrices: Sequence[Matrix]) -> str:
     """sha256 over the matrices' names, shapes, dtypes and dense bytes (order-sensitive)."""
     digest = hashlib.sha256()
     for m in matrices:
-        w = m.module.weight.detach()
+        w = m.stored.detach()
         digest.update(f"{m.name}:{tuple(w.shape)}:{w.dtype}".encode())
         digest.update(w.contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

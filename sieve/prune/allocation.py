@@ -1,4 +1,5 @@
-"""Allocation: matrix name → sparsity, the one object passed between prune, search and export.
+"""Allocation: what happens to each matrix — zeros (sparsity, pattern) or low-rank factors (rank) —
+the one object passed between prune, search and export.
 
 On disk an allocation is a ``sieve.allocation/v1`` JSON file (:class:`AllocationFile`, see the
 README): the per-module sparsities plus everything needed to reproduce its masks exactly — the
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, field_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
 from sieve import __version__
 from sieve.config import Frozen, validate
@@ -25,7 +27,8 @@ from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
 from sieve.io import read_json, write_json
 from sieve.models.matrix import Matrix
-from sieve.primitives.mask import UNSTRUCTURED, Pattern, check_sparsity
+from sieve.primitives.lowrank import LowRank, rank_for_removal, removed_params
+from sieve.primitives.mask import UNSTRUCTURED, Pattern, check_sparsity, row_prune_count
 from sieve.scores.base import MethodSpec, ScoringMethod
 from sieve.stats.calibrate import CalibrationConfig
 
@@ -36,15 +39,55 @@ FORMAT = "sieve.allocation/v1"
 
 @dataclass(frozen=True)
 class Allocation:
-    """Per-matrix sparsity (fractions) and pattern; matrices not listed stay dense."""
+    """Per-matrix sparsity (fractions) and pattern, or rank (factorised matrices, ``ranks``);
+    matrices listed in neither stay dense."""
 
     sparsity: Mapping[str, float]
     pattern: Pattern = UNSTRUCTURED
     patterns: Mapping[str, Pattern] = field(default_factory=dict)
+    ranks: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, s in self.sparsity.items():
             check_sparsity(s, f"sparsity of {name}")
+        for name, rank in self.ranks.items():
+            if rank < 0:
+                raise SieveError(f"rank of {name} must be >= 0, got {rank}")
+            if self.sparsity.get(name, 0.0) > 0:
+                raise SieveError(f"{name} is both sparsified and factorised; an allocation gives each matrix one")
+
+    @classmethod
+    def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float) -> Allocation:
+        """Every matrix keeps the largest rank that removes at least ``fraction`` of its parameters."""
+        check_sparsity(fraction, "fraction of parameters removed")
+        ranks = {}
+        for m in matrices:
+            rows, cols = m.shape
+            if fraction > 0:
+                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols))
+        return cls({}, UNSTRUCTURED, {}, ranks)
+
+    def removed(self, m: Matrix) -> int:
+        """Parameters ``m`` gives up: zeros (masks) or the factors' saving (ranks)."""
+        rows, cols = m.shape
+        if m.name in self.ranks:
+            return removed_params(rows, cols, self.ranks[m.name])
+        sparsity = self.sparsity.get(m.name, 0.0)
+        if sparsity <= 0:
+            return 0
+        pattern = self.pattern_of(m.name)
+        if pattern.structured:
+            return rows * (cols // pattern.m) * round(sparsity * pattern.m)
+        return rows * row_prune_count(cols, sparsity)
+
+    def removed_fractions(self, matrices: Sequence[Matrix]) -> dict[str, float]:
+        """Per matrix, the fraction of its parameters given up (the common scale of masks and ranks)."""
+        return {m.name: self.removed(m) / m.numel for m in matrices}
+
+    def reduction(self, matrices: Sequence[Matrix]) -> float:
+        """Fraction of the matrices' parameters *really* removed (factorisation; zeros do not count)."""
+        total = sum(m.numel for m in matrices)
+        return sum(self.removed(m) for m in matrices if m.name in self.ranks) / total
 
     @classmethod
     def uniform(cls, matrices: Iterable[Matrix], sparsity: float, pattern: Pattern = UNSTRUCTURED) -> Allocation:
@@ -60,7 +103,7 @@ class Allocation:
         """Refuse names the model lacks (naming the closest one) and patterns that do not divide a matrix."""
         names = [m.name for m in matrices]
         known = set(names)
-        unknown = [n for n in self.sparsity if n not in known]
+        unknown = [n for n in [*self.sparsity, *self.ranks] if n not in known]
         if unknown:
             close = difflib.get_close_matches(unknown[0], names, n=1)
             hint = f"; closest module there: {close[0]!r}" if close else ""
@@ -88,17 +131,20 @@ class AllocationFile(Frozen):
     pattern: str = "unstructured"
     modules: dict[str, Sparsity]
     module_patterns: dict[str, str] = {}
+    module_ranks: dict[str, Annotated[int, Strict(), Field(ge=0)]] = {}
     # what reproduces them
     model: str | None = None
     weights_hash: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     method: MethodSpec | None = None
+    lowrank: LowRank | None = None
     calibration: CalibrationConfig | None = None
     task: str | None = None
     general: str | None = None
     split: SplitSpec | None = None
     workdir: str | None = None
     stats: dict[str, str] = {}
+    stats_hessian: bool = False
     # where it came from (search provenance; informative)
     space: str | None = None
     budget: float | None = None
@@ -118,10 +164,24 @@ class AllocationFile(Frozen):
     def _patterns(cls, value: dict[str, str]) -> dict[str, str]:
         return {name: str(_parse_pattern(p)) for name, p in value.items()}
 
+    @model_validator(mode="after")
+    def _consistent(self) -> AllocationFile:
+        if self.module_ranks and self.lowrank is None:
+            raise ValueError("module_ranks needs the 'lowrank' primitive that made the factors")
+        both = set(self.module_ranks) & {n for n, s in self.modules.items() if s > 0}
+        if both:
+            raise ValueError(f"{sorted(both)[0]} is both sparsified and factorised")
+        return self
+
     @property
     def allocation(self) -> Allocation:
         patterns = {n: Pattern.parse(p) for n, p in self.module_patterns.items()}
-        return Allocation(dict(self.modules), Pattern.parse(self.pattern), patterns)
+        return Allocation(dict(self.modules), Pattern.parse(self.pattern), patterns, dict(self.module_ranks))
+
+    @property
+    def names(self) -> set[str]:
+        """Every matrix the file covers (its statistics were computed for exactly these)."""
+        return set(self.modules) | set(self.module_ranks)
 
     @classmethod
     def build(cls, allocation: Allocation, **provenance: Any) -> AllocationFile:
@@ -129,7 +189,25 @@ class AllocationFile(Frozen):
                 "modules": {n: float(s) for n, s in allocation.sparsity.items()}, **provenance}
         if allocation.patterns:
             body["module_patterns"] = {n: str(p) for n, p in allocation.patterns.items()}
+        if allocation.ranks:
+            body["module_ranks"] = {n: int(r) for n, r in allocation.ranks.items()}
         return validate(cls, body, "allocation")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Calibration sources the statistics came from: those recorded, else what the masks
+        (method) and the factors (low-rank covariance) read."""
+        found = set(self.stats)
+        if not found:
+            found = set(self.method.sources) if self.method is not None else set()
+            if self.lowrank is not None and self.module_ranks:
+                found |= set(self.lowrank.sources)
+        return tuple(s for s in ("general", "task") if s in found)
+
+    @property
+    def needs_hessian(self) -> bool:
+        """Whether the statistics hold ``XᵀX`` (recorded, or needed by the factors or the method)."""
+        return self.stats_hessian or bool(self.module_ranks) or (self.method is not None and self.method.needs_hessian)
 
     @classmethod
     def read(cls, path: str | Path) -> AllocationFile:

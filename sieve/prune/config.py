@@ -17,7 +17,9 @@ from sieve.workspace import InputsConfig
 
 class PruneConfig(InputsConfig):
     """Prune uniformly at ``sparsity`` with ``method`` and ``primitive`` (``allocation`` unset), or
-    reproduce an allocation file / run directory (then method and primitive come from the file)."""
+    reproduce an allocation file / run directory (then method and primitive come from the file).
+    With the ``lowrank`` primitive, ``sparsity`` is the fraction of every matrix's parameters really
+    removed (a uniform rank cut; ``method`` is unused)."""
 
     method: MethodSpec = Field(default_factory=Fused)
     primitive: PrimitiveSpec = Field(default_factory=Mask)
@@ -29,6 +31,8 @@ class PruneConfig(InputsConfig):
     @model_validator(mode="after")
     def _pattern_sparsity(self) -> PruneConfig:
         """An N:M pattern fixes the sparsity at N/M: the default follows it, a different explicit value is an error."""
+        if not isinstance(self.primitive, Mask):
+            return self
         pattern = self.primitive.parsed
         if pattern.structured and self.allocation is None and self.sparsity not in (0.0, pattern.sparsity):
             if "sparsity" in self.model_fields_set:

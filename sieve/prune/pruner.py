@@ -15,6 +15,11 @@ one elementwise pass over the matrix,
 
 with no int64 keys materialised: no level database, and memory is the model, its dense copy and
 ``rows × levels`` thresholds.
+
+Factorised matrices (``allocation.ranks``, the :mod:`~sieve.primitives.lowrank` primitive) keep
+their data-aware factors up to the break-even rank — one SVD per matrix, computed once — and a rank
+is a slice: ``W = A[:, :r] @ B[:r]``, written in place at the matrix's own shape (so candidates
+run through the unchanged model; the real size and speed come with the factorised export).
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
+from torch.nn.utils import parametrize
 
+from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
-from sieve.primitives.mask import UNSTRUCTURED, Pattern, mask_from_scores, row_prune_count
+from sieve.primitives.lowrank import Factors, LowRank, break_even_rank, factorize
+from sieve.primitives.mask import UNSTRUCTURED, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
 from sieve.scores.base import ScoringMethod
 from sieve.stats import MatrixStats
 
 log = logging.getLogger(__name__)
+
+DENSE = (0, UNSTRUCTURED)
 
 
 def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -41,33 +51,104 @@ def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return bits * cols + torch.arange(cols, device=scores.device)
 
 
-class ModelPruner:
-    """Prunes ``matrices`` of a live model in place according to allocations."""
+def threshold_mask(dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor, t_col: torch.Tensor,
+                   columns: torch.Tensor) -> torch.Tensor:
+    """``W ⊙ keep`` with ``keep_ij = S_ij > s*_i or (S_ij = s*_i and j > c*_i)``, ``S = |W|·f`` in float32.
 
-    def __init__(self, matrices: Sequence[Matrix], method: ScoringMethod, stats: Mapping[str, MatrixStats]) -> None:
+    One elementwise pass; on CUDA it runs as a single fused kernel (``torch.compile``), whose result
+    is bit-identical to the eager one (the same float32 products and comparisons; tested)."""
+    scores = dense.float().abs() * factor
+    keep = (scores > t_score) | ((scores == t_score) & (columns > t_col))
+    return dense * keep
+
+
+_FUSED: dict[str, object] = {}
+
+
+def _fused_threshold_mask(device: torch.device):
+    """The compiled :func:`threshold_mask` for ``device`` (CUDA), or the eager one with one warning."""
+    if device.type != "cuda":
+        return threshold_mask
+    if "cuda" not in _FUSED:
+        try:
+            _FUSED["cuda"] = torch.compile(threshold_mask, dynamic=True)
+        except Exception as exc:  # noqa: BLE001 - no compiler: the same result, unfused
+            log.warning("torch.compile is unavailable (%s); masks are applied unfused (slower, same result)", exc)
+            _FUSED["cuda"] = threshold_mask
+    return _FUSED["cuda"]
+
+
+class _LiveWeight(torch.nn.Module):
+    """Parametrisation for ``on_the_fly`` mode: the module's weight is computed from its dense
+    original at every access (every forward), for the pruner's current level of that matrix."""
+
+    def __init__(self, pruner: ModelPruner, name: str, transposed: bool) -> None:
+        super().__init__()
+        self.pruner, self.name, self.transposed = pruner, name, transposed
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        weight = self.pruner.weight_at(self.name, original.t() if self.transposed else original)
+        return weight.t() if self.transposed else weight
+
+
+class ModelPruner:
+    """Prunes ``matrices`` of a live model according to allocations.
+
+    ``mode="in_place"``: each apply writes the pruned weights into the model (a dense copy is kept
+    to restore from: memory ≈ 2× the matrices). ``mode="on_the_fly"``: the model keeps its dense
+    weights and each matrix's weight is computed from them at every forward
+    (``torch.nn.utils.parametrize``) for the current level — no second copy (memory ≈ 1×), one
+    fused elementwise pass per matrix per forward; :meth:`release` removes the parametrisations.
+    Both give the same weights bit for bit (tested). An expert's slice of a 3-D MoE tensor is
+    always pruned in place.
+    """
+
+    def __init__(self, matrices: Sequence[Matrix], method: ScoringMethod | None, stats: Mapping[str, MatrixStats],
+                 lowrank: LowRank | None = None, mode: str = "in_place", device: torch.device | None = None) -> None:
+        if mode not in ("in_place", "on_the_fly"):
+            raise ValueError(f"mode must be in_place or on_the_fly, got {mode!r}")
         self.matrices = list(matrices)
+        self.by_name = {m.name: m for m in self.matrices}
         self.method = method
+        self.lowrank = lowrank
         self.stats = stats
-        self.dense = {m.name: m.weight.detach().clone() for m in self.matrices}
+        self.mode = mode
+        # where a matrix's pruned weight is computed: its own device, or ``device`` for every matrix
+        # (a model whose blocks are streamed from host memory computes on the GPU)
+        self.exec_device = {m.name: torch.device(device) if device is not None else m.stored.device
+                            for m in self.matrices}
+        self.factors: dict[str, Factors] = {}
         self.factor: dict[str, torch.Tensor] = {}
-        if method.mask_only:
+        if method is not None and method.mask_only:
             for m in self.matrices:
                 self.factor[m.name] = method.column_factor(m.shape[1], stats.get(m.name, MatrixStats())).to(
-                    m.weight.device
+                    self.exec_device[m.name]
                 )
         self.thresholds: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.current: dict[str, tuple[int, Pattern]] = {m.name: (0, UNSTRUCTURED) for m in self.matrices}
+        self.current: dict[str, tuple] = {m.name: DENSE for m in self.matrices}
+        self._sparsity: dict[str, float] = {}  # the nominal sparsity behind a (count, pattern) state
         self._columns: dict[tuple[int, str], torch.Tensor] = {}
+        # on_the_fly parametrises a module's 2-D weight; an expert's slice of a 3-D tensor is pruned in place
+        self.live = {m.name for m in self.matrices if mode == "on_the_fly" and m.expert is None}
+        self.dense = {}
+        for m in self.matrices:
+            if m.name not in self.live:
+                self.dense[m.name] = m.weight.detach().clone()
+                continue
+            parametrize.register_parametrization(m.module, "weight", _LiveWeight(self, m.name, m.transposed), unsafe=True)
+            original = m.module.parametrizations.weight.original.detach()
+            self.dense[m.name] = original.t() if m.transposed else original
+        self._released = False
 
     def precompute_levels(self, row_counts: Mapping[str, Iterable[int]]) -> None:
         """Precompute thresholds for the given per-row prune counts of each matrix (mask-only)."""
-        if not self.method.mask_only:
+        if self.method is None or not self.method.mask_only:
             return
         for name, counts in row_counts.items():
             counts = sorted({int(k) for k in counts if k > 0})
             if not counts:
                 continue
-            keys = score_keys(self.dense[name], self.factor[name])
+            keys = score_keys(self.dense[name].to(self.exec_device[name]), self.factor[name])
             cols = keys.shape[1]
             kth = torch.sort(keys, dim=1).values[:, [k - 1 for k in counts]]
             score = (kth // cols).to(torch.int32).view(torch.float32)
@@ -78,34 +159,58 @@ class ModelPruner:
             }
             del keys, kth
 
+    def factors_of(self, name: str) -> Factors:
+        """The data-aware factors of a matrix up to its break-even rank (computed once)."""
+        if name not in self.factors:
+            if self.lowrank is None:
+                raise SieveError(f"{name} is factorised, but no low-rank primitive was given")
+            m, stats = self.by_name[name], self.stats.get(name, MatrixStats())
+            cov = self.lowrank.covariance_of(stats.general.hessian if stats.general is not None else None,
+                                             stats.task.hessian if stats.task is not None else None)
+            keep = break_even_rank(*m.shape)
+            found = factorize(self.dense[name].to(self.exec_device[name]), cov, self.lowrank.damp, keep)
+            self.factors[name] = Factors(found.a.float(), found.b.float(), found.sigma)
+        return self.factors[name]
+
     def apply(self, allocation: Allocation) -> None:
-        """Prune every matrix to its allocated sparsity (unlisted matrices are restored dense)."""
+        """Prune every matrix to its allocated sparsity or rank (unlisted matrices are restored dense)."""
         for m in self.matrices:
+            if m.name in allocation.ranks and allocation.ranks[m.name] < break_even_rank(*m.shape):
+                self._set(m, ("rank", allocation.ranks[m.name]), 0.0)
+                continue
             sparsity = allocation.sparsity.get(m.name, 0.0)
             pattern = allocation.pattern_of(m.name)
             k = round(sparsity * pattern.m) if pattern.structured else row_prune_count(m.shape[1], sparsity)
-            self._apply_one(m, k, pattern if k else UNSTRUCTURED, sparsity)
+            self._set(m, (k, pattern if k else UNSTRUCTURED), sparsity)
 
-    def _apply_one(self, m: Matrix, k: int, pattern: Pattern, sparsity: float) -> None:
-        if self.current[m.name] == (k, pattern):
+    def _set(self, m: Matrix, state: tuple, sparsity: float) -> None:
+        if self.current[m.name] == state:
             return
-        dense = self.dense[m.name]
-        w = m.weight
-        if k == 0:
-            w.copy_(dense)
-        elif not self.method.mask_only:
-            w.copy_(self.method.prune(dense, self.stats.get(m.name, MatrixStats()), sparsity, pattern))
-        elif not pattern.structured and k in self.thresholds.get(m.name, {}):
-            t_score, t_col = self.thresholds[m.name][k]
-            scores = dense.float().abs_() if dense.dtype != torch.float32 else dense.abs()
-            scores.mul_(self.factor[m.name])
-            keep = scores > t_score
-            keep |= (scores == t_score) & (self._column_index(m.shape[1], dense.device) > t_col)
-            torch.mul(dense, keep, out=w) if w.is_contiguous() else w.copy_(dense * keep)
-        else:
-            scores = dense.float().abs() * self.factor[m.name]
-            w.copy_(dense * mask_from_scores(scores, sparsity, pattern))
-        self.current[m.name] = (k, pattern)
+        if state[0] != "rank" and state[0] and self.method is None:
+            raise SieveError(f"{m.name} is sparsified, but no scoring method was given")
+        self.current[m.name] = state
+        self._sparsity[m.name] = sparsity
+        if m.name not in self.live:
+            m.weight.copy_(self.weight_at(m.name))
+
+    def weight_at(self, name: str, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight of matrix ``name`` (as ``(out, in)``) at its current level, from the dense
+        weight (``dense``: where it is right now, for a parametrised weight)."""
+        state = self.current[name]
+        dense = self.dense[name] if dense is None else dense
+        if state == DENSE:
+            return dense
+        if state[0] == "rank":
+            return self.factors_of(name).weight(state[1], dense.dtype)
+        k, pattern = state
+        if not self.method.mask_only:
+            return self.method.prune(dense, self.stats.get(name, MatrixStats()), self._sparsity[name], pattern)
+        if not pattern.structured and k in self.thresholds.get(name, {}):
+            t_score, t_col = self.thresholds[name][k]
+            columns = self._column_index(dense.shape[1], dense.device)
+            return _fused_threshold_mask(dense.device)(dense, self.factor[name], t_score, t_col, columns)
+        scores = dense.float().abs() * self.factor[name]
+        return dense * mask_from_scores(scores, self._sparsity[name], pattern)
 
     def _column_index(self, cols: int, device: torch.device) -> torch.Tensor:
         key = (cols, str(device))
@@ -114,11 +219,21 @@ class ModelPruner:
         return self._columns[key]
 
     def restore(self) -> None:
-        """Bit-identical dense weights back in place."""
+        """Bit-identical dense weights back."""
         for m in self.matrices:
-            if self.current[m.name][0]:
-                m.weight.copy_(self.dense[m.name])
-                self.current[m.name] = (0, UNSTRUCTURED)
+            if self.current[m.name] != DENSE:
+                self.current[m.name] = DENSE
+                if m.name not in self.live:
+                    m.weight.copy_(self.dense[m.name])
+
+    def release(self) -> None:
+        """Dense weights back and, for ``on_the_fly``, the model's plain modules (no parametrisation)."""
+        self.restore()
+        if not self._released:
+            for m in self.matrices:
+                if m.name in self.live:
+                    parametrize.remove_parametrizations(m.module, "weight", leave_parametrized=False)
+            self._released = True
 
 
 def achieved_sparsity(matrices: Sequence[Matrix]) -> float:

@@ -40,7 +40,7 @@ class PrunedModel:
 
     ws: Workspace
     file: AllocationFile
-    method: ScoringMethod
+    method: ScoringMethod | None
     pruner: ModelPruner
     statistics: Statistics
     prune_seconds: float
@@ -48,13 +48,13 @@ class PrunedModel:
 
 def file_matrices(file: AllocationFile, matrices: Sequence[Matrix]) -> list[Matrix]:
     """The matrices an allocation file covers (its statistics were computed for exactly these)."""
-    return [m for m in matrices if m.name in file.modules]
+    names = file.names
+    return [m for m in matrices if m.name in names]
 
 
 def sources_to_compute(file: AllocationFile, store: StatsStore | None) -> set[str]:
     """Calibration sources whose recorded statistics the store lacks (data must be loaded for them)."""
-    method = file.scoring_method()
-    return {s for s in method.sources if s not in file.stats or store is None
+    return {s for s in file.sources if s not in file.stats or store is None
             or not store.path(s, file.stats[s]).exists()}
 
 
@@ -62,11 +62,10 @@ def statistics_for(ws: Workspace, file: AllocationFile, store: StatsStore | None
                    task_texts: Sequence[str] | None = None) -> Statistics:
     """The statistics the file's masks were computed from (see module docstring, step 2);
     ``task_texts``: the calibration texts when ``ws.task`` was split differently (evaluation)."""
-    method = file.scoring_method()
     matrices = file_matrices(file, ws.matrices)
     missing = sources_to_compute(file, store)
-    recorded = {s: file.stats[s] for s in method.sources if s not in missing}
-    result = read_stored(store, recorded, matrices, method.needs_hessian) if recorded else None
+    recorded = {s: file.stats[s] for s in file.sources if s not in missing}
+    result = read_stored(store, recorded, matrices, file.needs_hessian) if recorded else None
     result = result or Statistics({m.name: MatrixStats() for m in matrices})
     if not missing:
         return result
@@ -75,10 +74,10 @@ def statistics_for(ws: Workspace, file: AllocationFile, store: StatsStore | None
     if task_texts is None and ws.task is not None:
         task_texts = ws.task.calibration_texts()
     if "task" in missing and task_texts is None:
-        raise SieveError(f"method {method.name} needs task statistics but no task was loaded")
+        raise SieveError("the allocation needs task statistics but no task was loaded")
     computed = ensure_stats(
         ws.model, ws.tokenizer, matrices, sorted(missing), weights_hash=ws.weights_hash, cfg=file.calibration,
-        general=ws.corpus, task_texts=task_texts, hessian=method.needs_hessian, store=store,
+        general=ws.corpus, task_texts=task_texts, hessian=file.needs_hessian, store=store,
     )
     for source in sorted(missing):
         expected = file.stats.get(source)
@@ -98,12 +97,13 @@ def statistics_for(ws: Workspace, file: AllocationFile, store: StatsStore | None
 
 def realise(ws: Workspace, file: AllocationFile, *, store: StatsStore | None, where: str | Path,
             statistics: Statistics | None = None, task_texts: Sequence[str] | None = None) -> PrunedModel:
-    """Prune ``ws.model`` in place by ``file`` (checked against the model) with its own method and statistics."""
-    method = file.scoring_method()
+    """Prune ``ws.model`` in place by ``file`` (checked against the model) with its own method,
+    low-rank primitive and statistics."""
+    method = file.scoring_method() if any(s > 0 for s in file.modules.values()) else file.method
     file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(where))
     if statistics is None:
         statistics = statistics_for(ws, file, store, task_texts)
-    pruner = ModelPruner(file_matrices(file, ws.matrices), method, statistics.per_matrix)
+    pruner = ModelPruner(file_matrices(file, ws.matrices), method, statistics.per_matrix, file.lowrank)
     start = time.perf_counter()
     pruner.apply(file.allocation)
     return PrunedModel(ws, file, method, pruner, statistics, time.perf_counter() - start)

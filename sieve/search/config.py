@@ -10,7 +10,7 @@ run resumes from any directory and refuses to when a file changed. Defaults fit 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
@@ -23,8 +23,8 @@ from sieve.search.space import SpaceSpec
 from sieve.stats.calibrate import CalibrationConfig
 from sieve.workspace import InputsConfig, Workspace
 
-#: fields a resume may change: they do not shape the result
-VOLATILE = ("generations", "workers", "ray_address", "device", "digests")
+#: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits)
+VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory")
 
 
 class SearchConfig(InputsConfig):
@@ -46,6 +46,9 @@ class SearchConfig(InputsConfig):
     stages: tuple[int, ...] = (16,)
     promote: tuple[int, ...] = (2,)
     batch_size: int = Field(16, gt=0)
+    pruner_mode: Literal["auto", "in_place", "on_the_fly"] = Field(
+        "auto", description="on_the_fly: weights computed at every forward from the dense ones (memory ≈ 1× the "
+        "model instead of 2×); auto: on_the_fly on a GPU, in_place on the CPU")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(
@@ -82,8 +85,14 @@ class SearchConfig(InputsConfig):
         return SplitSpec(seed=self.seed, max_calibration=self.calibration.task_examples,
                          max_validation=self.validation_examples, max_test=self.evaluation.test_examples)
 
+    def resolved_pruner_mode(self, device: str) -> str:
+        if self.pruner_mode != "auto":
+            return self.pruner_mode
+        return "on_the_fly" if device.startswith("cuda") else "in_place"
+
     def open_workspace(self) -> Workspace:
         return Workspace.open(self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device,
+                              max_gpu_memory=self.max_gpu_memory,
                               split=self.split(), base_dir=Path(self.workdir))
 
     def identity(self) -> dict[str, Any]:

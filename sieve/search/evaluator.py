@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sieve.data.general import token_blocks
+from sieve.errors import SieveError
 from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
 from sieve.prune.pruner import ModelPruner
@@ -105,8 +106,14 @@ class CandidateEvaluator:
 def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics) -> CandidateEvaluator:
     """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
     with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
-    pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix)
+    mode = config.resolved_pruner_mode(str(ws.device))
+    if ws.loaded.streamer is not None and mode != "on_the_fly":
+        raise SieveError("decoder blocks streamed from host memory need --pruner-mode on_the_fly (or auto)")
+    pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
+                         device=ws.device if ws.loaded.streamer is not None else None)
     pruner.precompute_levels(space.row_counts())
+    for name in space.factorisable():  # one SVD per matrix, up front: every rank afterwards is a slice
+        pruner.factors_of(name)
     encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
     fitness = Fitness(config.fitness, config.general_weight)
     general_blocks = None

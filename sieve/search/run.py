@@ -49,6 +49,7 @@ class Prepared:
     window: tuple[int, int]
     uniform: Allocation
     owl: Allocation
+    uniform_rank: Allocation | None
     seeds: list[np.ndarray]
     evaluator: CandidateEvaluator
     statistics: Statistics
@@ -67,9 +68,11 @@ class Prepared:
         config, ws = self.config, self.workspace
         return AllocationFile.build(
             self.space.allocation(genome),
-            model=ws.model_id, weights_hash=ws.weights_hash, dtype=config.dtype, method=self.method.describe(),
+            model=ws.model_id, weights_hash=ws.weights_hash, dtype=ws.dtype, method=self.method.describe(),
+            lowrank=config.space.lowrank.model_dump() if config.space.lowrank else None,
             calibration=config.calibration.model_dump(), task=config.task, general=config.general,
             split=config.split().model_dump(), workdir=config.workdir, stats=self.statistics.fingerprints,
+            stats_hessian=any(s.has_hessian for s in self.statistics.by_source.values()),
             space=config.space.name, budget=config.budget, fitness=config.fitness.name,
             config_digest=digest(config.identity()), achieved_sparsity=self.space.cost(genome) / self.space.total,
             **search,
@@ -99,20 +102,28 @@ def prepare(
     method = config.space.method
     if statistics is None:
         statistics = ensure_stats(
-            ws.model, ws.tokenizer, space.matrices, method.sources, weights_hash=ws.weights_hash,
-            cfg=config.calibration, general=ws.corpus, task_texts=ws.task.calibration_texts(), store=store,
+            ws.model, ws.tokenizer, space.matrices, config.space.sources, weights_hash=ws.weights_hash,
+            cfg=config.calibration, general=ws.corpus, task_texts=ws.task.calibration_texts(),
+            hessian=config.space.lowrank is not None, store=store,
         )
     elif store is not None:
         statistics.save_to(store)
-    uniform = (Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
+    lowrank_only = config.space.mask is None
+    uniform = (Allocation.uniform_rank(space.matrices, config.budget) if lowrank_only
+               else Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
                else Allocation({}, space.pattern))
     owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
+    uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget)
+                    if config.space.lowrank is not None and not lowrank_only else None)
     rng = np.random.default_rng(config.seed)
     costs = [g.costs for g in space.genes]
-    starts = [uniform.sparsity, owl.sparsity, *(extra_seeds or [])]
+    starts = [uniform.removed_fractions(space.matrices) if lowrank_only else uniform.sparsity, owl.sparsity,
+              *(extra_seeds or [])]
+    if uniform_rank is not None:
+        starts.insert(2, uniform_rank.removed_fractions(space.matrices))
     seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
     evaluator = build_evaluator(config, ws, space, statistics)
-    return Prepared(ws, space, window, uniform, owl, seeds, evaluator, statistics, config)
+    return Prepared(ws, space, window, uniform, owl, uniform_rank, seeds, evaluator, statistics, config)
 
 
 BackendFactory = Callable[[Prepared, RunDir], EvaluationBackend]
@@ -224,10 +235,16 @@ class SearchRun:
             "timings": timings,
             "uniform_fitness": _cached_full(search, prepared.seeds[0]),
             "owl_fitness": _cached_full(search, prepared.seeds[1]),
+            "unrouted_experts": sorted(
+                m.name for m in space.matrices if m.expert is not None
+                and any(s.n_tokens == 0 for s in (prepared.statistics.per_matrix[m.name].general,
+                                                  prepared.statistics.per_matrix[m.name].task) if s is not None)),
         }
         if report:
             outcome["table"] = final_table(prepared, best)
             outcome["per_type"] = per_type_table(space.allocation(best), space)
+            outcome["per_module"] = per_module(space.allocation(best), space)
+        prepared.pruner.release()  # the model's own modules and dense weights again
         run.write_results(outcome)
         return outcome
 
@@ -238,29 +255,37 @@ def _cached_full(search: Search, genome: np.ndarray) -> float | None:
 
 
 def final_table(prepared: Prepared, best: np.ndarray) -> list[dict[str, Any]]:
-    """Dense vs uniform vs OWL vs best-found on the held-out test split and general text."""
-    ws, pruner, space = prepared.workspace, prepared.pruner, prepared.space
+    """Dense vs uniform vs OWL vs best-found on the held-out test split and general text; ``reduction``
+    is the fraction of the space's parameters really removed (factorisation), ``sparsity`` the zeros."""
+    ws, pruner, space, spec = prepared.workspace, prepared.pruner, prepared.space, prepared.config.space
     probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, prepared.config.evaluation)
-    rows = []
     method = prepared.method.name
-    for label, allocation in (
-        ("dense", None),
-        (f"uniform-{method}", prepared.uniform),
-        (f"owl-{method}", prepared.owl),
-        ("sieve-search", space.allocation(best)),
-    ):
+    uniform_label = f"uniform-lowrank-{spec.lowrank.covariance}" if spec.mask is None else f"uniform-{method}"
+    candidates = [("dense", None), (uniform_label, prepared.uniform), (f"owl-{method}", prepared.owl)]
+    if prepared.uniform_rank is not None:
+        candidates.append((f"uniform-lowrank-{spec.lowrank.covariance}", prepared.uniform_rank))
+    candidates.append(("sieve-search", space.allocation(best)))
+    rows = []
+    for label, allocation in candidates:
         if allocation is None:
             pruner.restore()
         else:
             pruner.apply(allocation)
-        rows.append({"method": label, **probe.measure(ws.model, space.matrices).as_dict()})
+        reduction = allocation.reduction(space.matrices) if allocation is not None else 0.0
+        rows.append({"method": label, **probe.measure(ws.model, space.matrices).as_dict(), "reduction": reduction})
     pruner.restore()
     return rows
 
 
 def per_type_table(allocation: Allocation, space: SearchSpace) -> dict[str, dict[str, float]]:
-    """Per block × matrix type sparsity of an allocation (compact view for the report)."""
+    """Per block × matrix type, the fraction of parameters given up (zeros or factors): the compact view."""
     table: dict[str, dict[str, float]] = {}
     for m in space.matrices:
-        table.setdefault(str(m.block), {})[m.kind] = round(allocation.sparsity.get(m.name, 0.0), 4)
+        table.setdefault(str(m.block), {})[m.kind] = round(allocation.removed(m) / m.numel, 4)
     return table
+
+
+def per_module(allocation: Allocation, space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """Per matrix: the fraction of its parameters given up and, when factorised, its rank."""
+    return {m.name: {"removed": allocation.removed(m) / m.numel, "rank": allocation.ranks.get(m.name)}
+            for m in space.matrices}

@@ -19,13 +19,38 @@ from sieve.stats.channel import CalibrationStats, ChannelStats
 log = logging.getLogger(__name__)
 
 
+def expert_forward(experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                   top_k_weights: torch.Tensor, tap) -> torch.Tensor:
+    """The eager forward of a 3-D experts module (``gate_up_proj``: E × 2I × H, concatenated
+    [gate; up]; ``down_proj``: E × H × I) — Mixtral's, Qwen2-MoE's and Qwen3-MoE's — calling
+    ``tap(expert, tensor name, inputs, token indices)`` with each expert's inputs (the tokens
+    routed to it), which no module hook can see."""
+    final = torch.zeros_like(hidden_states)
+    n = experts.num_experts
+    expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=n + 1).permute(2, 1, 0)
+    for expert in torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()[:, 0].tolist():
+        if expert == n:
+            continue
+        top_k_pos, token_idx = torch.where(expert_mask[expert])
+        state = hidden_states[token_idx]
+        tap(expert, "gate_up_proj", state, token_idx)
+        gate, up = torch.nn.functional.linear(state, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+        inner = experts.act_fn(gate) * up
+        tap(expert, "down_proj", inner, token_idx)
+        out = torch.nn.functional.linear(inner, experts.down_proj[expert]) * top_k_weights[token_idx, top_k_pos, None]
+        final.index_add_(0, token_idx, out.to(final.dtype))
+    return final
+
+
 class _StatsHooks:
     """Forward pre-hooks accumulating :class:`ChannelStats`; ``token_mask`` drops padding.
 
     Matrices that read the very same input tensor (q/k/v after one norm, gate/up) share one
     :class:`ChannelStats` object: it is accumulated once, and SparseGPT's ``XᵀX`` is held once
     (4 instead of 7 Hessians per Llama block). Sharing is detected on the first batch, from the
-    identity of the hooks' input tensors, so no architecture names are involved.
+    identity of the hooks' input tensors, so no architecture names are involved. An expert's
+    matrices see only the tokens routed to that expert: their experts module runs
+    :func:`expert_forward` while statistics are collected.
     """
 
     def __init__(self, matrices: Sequence[Matrix], hessian: bool) -> None:
@@ -35,7 +60,28 @@ class _StatsHooks:
         self.aliases: dict[str, str] = {}
         self.token_mask: torch.Tensor | None = None
         self._last: tuple[torch.Tensor, str] | None = None
-        self._handles = [m.module.register_forward_pre_hook(self._hook(m.name)) for m in matrices]
+        self._handles = [m.module.register_forward_pre_hook(self._hook(m.name)) for m in matrices if m.expert is None]
+        self._tapped: list[nn.Module] = []
+        by_module: dict[int, dict[tuple[int, str], str]] = {}
+        modules: dict[int, nn.Module] = {}
+        for m in matrices:
+            if m.expert is not None:
+                by_module.setdefault(id(m.module), {})[(m.expert, m.param)] = m.name
+                modules[id(m.module)] = m.module
+        for key, names in by_module.items():
+            self._tap(modules[key], names)
+
+    def _tap(self, experts: nn.Module, names: dict[tuple[int, str], str]) -> None:
+        def tap(expert: int, param: str, x: torch.Tensor, token_idx: torch.Tensor) -> None:
+            name = names.get((expert, param))
+            if name is None:
+                return
+            if self.token_mask is not None:
+                x = x[self.token_mask.reshape(-1)[token_idx]]
+            self._accumulate(self.stats.setdefault(name, self._new(name)), x)
+
+        experts.forward = lambda h, idx, w: expert_forward(experts, h, idx, w, tap)
+        self._tapped.append(experts)
 
     def _new(self, name: str) -> ChannelStats:
         m = self.matrices[name]
@@ -62,15 +108,18 @@ class _StatsHooks:
             x = raw.detach()
             if self.token_mask is not None and x.dim() == 3:
                 x = x[self.token_mask]
-            x = x.reshape(-1, x.shape[-1])
-            stats = self.stats[name]
-            stats.sq_sum += x.double().pow(2).sum(0).to(stats.sq_sum.device)
-            stats.n_tokens += x.shape[0]
-            if stats.hessian is not None:
-                xf = x.float()
-                stats.hessian += (xf.t() @ xf).to(stats.hessian.device)
+            self._accumulate(self.stats[name], x)
 
         return hook
+
+    @staticmethod
+    def _accumulate(stats: ChannelStats, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        stats.sq_sum += x.double().pow(2).sum(0).to(stats.sq_sum.device)
+        stats.n_tokens += x.shape[0]
+        if stats.hessian is not None:
+            xf = x.float()
+            stats.hessian += (xf.t() @ xf).to(stats.hessian.device)
 
     def result(self, source: str, fingerprint: str) -> CalibrationStats:
         """All matrices' statistics (CPU), in the matrices' order; unseen ones stay zero."""
@@ -85,11 +134,17 @@ class _StatsHooks:
                     stats.hessian = stats.hessian.cpu()
         per_matrix = {name: self.stats[name] for name in self.matrices}
         log.info("collected %s statistics for %d matrices (%d share an input)", source, len(per_matrix), len(self.aliases))
+        unrouted = [name for name, m in self.matrices.items() if m.expert is not None and per_matrix[name].n_tokens == 0]
+        if unrouted:
+            log.warning("%d expert matrices received no %s calibration token (their scores rest on weights alone), "
+                        "e.g. %s", len(unrouted), source, ", ".join(unrouted[:3]))
         return CalibrationStats(source=source, per_matrix=per_matrix, fingerprint=fingerprint, aliases=self.aliases)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        for experts in self._tapped:
+            del experts.forward  # the class's own forward again
 
 
 @torch.inference_mode()

@@ -209,7 +209,8 @@ def test_csv_and_markdown_tables(finished_run, tmp_path):
     export_allocation(finished_run, "csv", tmp_path / "t.csv", device="cpu")
     rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
     assert [r["module"] for r in rows] == list(modules)
-    assert list(rows[0]) == ["module", "block", "kind", "rows", "cols", "sparsity", "pruned_weights"]
+    assert list(rows[0]) == ["module", "block", "kind", "rows", "cols", "sparsity", "rank", "pruned_weights"]
+    assert all(r["rank"] == "" for r in rows)  # a mask allocation factorises nothing
     first = rows[0]
     assert (first["block"], first["kind"], first["rows"], first["cols"]) == ("0", "self_attn.q_proj", "32", "32")
     for r in rows:
@@ -220,7 +221,7 @@ def test_csv_and_markdown_tables(finished_run, tmp_path):
     export_allocation(finished_run, "markdown", tmp_path / "t.md", device="cpu")
     md = (tmp_path / "t.md").read_text()
     assert md.count("| `model.layers.") == 14
-    assert f"| **all 14 matrices** ({total:,} weights) | | | | | 0.5000 |" in md
+    assert f"| **all 14 matrices** ({total:,} weights) | | | | | 0.5000 | |" in md
 
 
 # ------------------------------------------------------------------ refusals

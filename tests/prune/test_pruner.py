@@ -68,3 +68,85 @@ def test_threshold_path_exact_with_tied_scores(llama):
             ref = pruner.dense[m.name] * mask_from_scores(pruner.dense[m.name].abs(), s)
             assert torch.equal(m.weight, ref)
             assert ((m.weight == 0).sum(1) >= row_prune_count(m.shape[1], s)).all()
+
+
+def test_factorised_matrices_apply_by_rank_and_restore_bit_identically(llama):
+    from sieve.primitives.lowrank import LowRank, break_even_rank
+
+    mats = find_matrices(llama)
+    ids = torch.randint(0, 200, (3, 16))
+    general = collect_stats(llama, mats, [(ids, None)], source="general", hessian=True)
+    task = collect_stats(llama, mats, [(ids.flip(1), None)], source="task", hessian=True)
+    stats = {m.name: MatrixStats(general=general[m.name], task=task[m.name]) for m in mats}
+    pruner = ModelPruner(mats, get_method("wanda"), stats, LowRank())
+    before = {m.name: m.weight.clone() for m in mats}
+    ranks = {m.name: break_even_rank(*m.shape) // (2 + i % 3) for i, m in enumerate(mats[:5])}
+    sparsity = {m.name: 0.5 for m in mats[5:9]}
+    alloc = Allocation(sparsity, ranks=ranks)
+    pruner.apply(alloc)
+    for m in mats[:5]:
+        f = pruner.factors_of(m.name)
+        assert f.a.shape == (m.shape[0], break_even_rank(*m.shape))  # kept up to break-even, once
+        assert torch.equal(m.weight, f.weight(ranks[m.name], m.weight.dtype))
+        assert torch.linalg.matrix_rank(m.weight, rtol=1e-4) == ranks[m.name]
+    for m in mats[5:9]:
+        assert ((m.weight == 0).sum(1) == m.shape[1] // 2).all()
+    for m in mats[9:]:
+        assert torch.equal(m.weight, before[m.name])
+    assert alloc.reduction(mats) == pytest.approx(
+        sum(m.numel - r * sum(m.shape) for m, r in ((pruner.by_name[n], r) for n, r in ranks.items()))
+        / sum(m.numel for m in mats))
+    pruner.restore()
+    assert all(torch.equal(m.weight, before[m.name]) for m in mats)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_on_the_fly_weights_equal_in_place_bit_for_bit(name, request):
+    """The memory-saving mode computes each weight at every forward from the dense original; the
+    weights, the logits and the restored model are exactly those of the in-place mode."""
+    from sieve.primitives.lowrank import LowRank, break_even_rank
+
+    model = request.getfixturevalue(name)
+    mats = find_matrices(model)
+    ids = torch.randint(0, 200, (2, 16))
+    st = collect_stats(model, mats, [(ids, None)], source="general", hessian=True)
+    stats = {m.name: MatrixStats(general=st[m.name]) for m in mats}
+    dense_logits = model(input_ids=ids).logits
+    allocations = [Allocation({m.name: (i % 4) / 5 for i, m in enumerate(mats)}),
+                   Allocation({m.name: 0.5 for m in mats[1:]}, ranks={mats[0].name: break_even_rank(*mats[0].shape) // 3}),
+                   Allocation({})]
+    results = {}
+    for mode in ("in_place", "on_the_fly"):
+        pruner = ModelPruner(mats, get_method("wanda"), stats, LowRank(alpha=0.0), mode=mode)
+        pruner.precompute_levels({m.name: {row_prune_count(m.shape[1], s) for s in (0.2, 0.4, 0.6)} for m in mats})
+        seen = []
+        for alloc in allocations:
+            pruner.apply(alloc)
+            with torch.no_grad():
+                seen.append(([m.weight.clone() for m in mats], model(input_ids=ids).logits))
+        pruner.release()
+        results[mode] = seen
+        assert all(isinstance(m.module.weight, torch.nn.Parameter) for m in mats)  # plain modules again
+        assert torch.equal(model(input_ids=ids).logits, dense_logits)
+    for (w_a, l_a), (w_b, l_b) in zip(results["in_place"], results["on_the_fly"]):
+        assert all(torch.equal(a, b) for a, b in zip(w_a, w_b)) and torch.equal(l_a, l_b)
+
+
+@pytest.mark.slow
+def test_compiled_threshold_mask_is_bit_identical_to_eager():
+    """The fused kernel CUDA runs (``torch.compile`` of the same function) gives the eager bits;
+    checked here with inductor's CPU backend on random weights, factors and thresholds."""
+    from sieve.prune.pruner import threshold_mask
+
+    compiled = torch.compile(threshold_mask, dynamic=True)
+    g = torch.Generator().manual_seed(0)
+    for rows, cols, dtype in ((8, 16, torch.float32), (24, 40, torch.bfloat16), (5, 7, torch.float16)):
+        dense = torch.randn(rows, cols, generator=g).to(dtype)
+        dense[0, :2] = dense[0, 2:4]  # ties
+        factor = torch.rand(cols, generator=g) + 0.5
+        scores = dense.float().abs() * factor
+        k = cols // 3
+        kth = scores.sort(dim=1).values[:, k]
+        t_score, t_col = kth.unsqueeze(1), torch.randint(0, cols, (rows, 1), generator=g, dtype=torch.int32)
+        columns = torch.arange(cols, dtype=torch.int32)
+        assert torch.equal(compiled(dense, factor, t_score, t_col, columns), threshold_mask(dense, factor, t_score, t_col, columns))

@@ -83,8 +83,9 @@ def _cli(args, **kw):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_point_then_resume_matches(search_config, tmp_path):
-    cfg = search_config(generations=5)
+@pytest.mark.parametrize("space", ["per_matrix", "lowrank"])
+def test_sigkill_at_random_point_then_resume_matches(space, search_config, tmp_path):
+    cfg = search_config(generations=5, space=space, budget=0.5 if space == "per_matrix" else 0.3)
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(cfg)))
     start = time.perf_counter()
@@ -123,7 +124,7 @@ def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path, _run):
     assert any(name.endswith("attn.c_attn") for name in modules)
 
 
-@pytest.mark.parametrize("space", ["per_block", "per_type", "nm", "evopress"])
+@pytest.mark.parametrize("space", ["per_block", "per_type", "nm", "evopress", "lowrank", "mixed"])
 def test_every_shipped_space_searches(space, search_config, tmp_path, _run):
     budget = 0.3 if space == "nm" else 0.5
     fitness = "general_kl" if space == "evopress" else "task_nll"
@@ -133,3 +134,5 @@ def test_every_shipped_space_searches(space, search_config, tmp_path, _run):
     if space == "nm":
         assert set(body["module_patterns"].values()) <= {"2:4"}
         assert set(body["modules"].values()) <= {0.0, 0.5}
+    if space == "lowrank":  # real reduction: factors only, no zeros
+        assert body["module_ranks"] and set(body["modules"].values()) == {0.0}

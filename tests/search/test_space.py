@@ -5,6 +5,7 @@ import pytest
 
 from sieve.errors import SieveError
 from sieve.models.adapters import find_matrices
+from sieve.primitives.lowrank import break_even_rank
 from sieve.primitives.mask import row_prune_count
 from sieve.resources import builtin_names
 from sieve.search.operators import repair_budget, switch_levels, total_cost, uniform_crossover
@@ -39,12 +40,19 @@ def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request)
         assert np.all(y >= space.lower) and np.all(y <= space.upper)
         assert np.array_equal(repair_budget(y, costs, space.lower, space.upper, (low, high), rng), y)
         x = y
-    if not space.pattern.structured:
+    alloc = space.allocation(x)
+    assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)  # costs are exact
+    if not space.pattern.structured and space.spec.lowrank is None:
         assert abs(total_cost(x, costs) - budget * space.total) <= space.step
         assert space.max_increment == space.step
-        alloc = space.allocation(x)
         removed = sum(m.shape[0] * row_prune_count(m.shape[1], alloc.sparsity[m.name]) for m in space.matrices)
         assert removed == total_cost(x, costs)
+    if space.spec.lowrank is not None:  # within one level step (a rank step is out + in parameters)
+        assert abs(total_cost(x, costs) - budget * space.total) <= space.max_increment
+        shapes = {m.name: m.shape for m in space.matrices}
+        assert all(r < break_even_rank(*shapes[n]) for n, r in alloc.ranks.items())  # factorised only when smaller
+        if space.spec.mask is None:
+            assert set(alloc.ranks) | {n for n, s in alloc.sparsity.items() if s} == set(alloc.ranks)
 
 
 def test_per_matrix_switch_is_budget_neutral(llama):

@@ -15,12 +15,15 @@ from sieve.models.adapters.base import ADAPTERS, Adapter
 from sieve.models.matrix import PRUNABLE_TYPES, Matrix
 
 
-def largest_homogeneous_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def largest_homogeneous_list(model: nn.Module, allow_mixed: bool = False) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` holding the most parameters whose children share one class (with
+    ``allow_mixed``, any class mix: MoE models interleave dense and sparse blocks of one class,
+    but the experts' own ModuleLists must not win)."""
     best: tuple[int, str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if len({type(child) for child in module}) != 1:
+        if not allow_mixed and len({type(child) for child in module}) != 1:
             continue
         size = sum(p.numel() for p in module.parameters())
         if best is None or size > best[0]:

