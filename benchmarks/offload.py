@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-8b")
     p.add_argument("--cap-gb", type=float, default=12.0, help="GiB the capped run may use for the model's weights")
+    p.add_argument("--room-gb", type=float, default=12.0, help="GiB beyond the weights' budget: thresholds, activations, slots")
     p.add_argument("--candidates", type=int, default=4)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="offload")
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> Path:
         model.to("cpu")
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(device).total_memory
-        cap_total = args.cap_gb * 2**30 + 6 * 2**30  # the weights' budget plus room for activations and slots
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_total / total), device)
+        cap_total = (args.cap_gb + args.room_gb) * 2**30  # the weights' budget plus room for thresholds, activations
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_total / total), device.index or 0)
     capped = evaluate(model, name, device, args.cap_gb, search, inputs, args.candidates)
     same_fitness = free["fitness"] == capped["fitness"]
     same_weights = all(torch.equal(free["weights"][k], capped["weights"][k]) for k in free["weights"])

@@ -191,6 +191,9 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
                                                                               "method": {"name": "magnitude"}}})
     task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
                              split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
+    if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
+        log.warning("%s: vocabulary smaller than the task tokenizer's; no search-loop row", name)
+        return None
     ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
     space = SearchSpace(cfg.space, ws.matrices)
     window = space.budget_window(0.5)
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> Path:
         if args.search_loop:
             loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
                                        2 if args.smoke else args.search_candidates)
-            body["search_loop"].append(loop)
+            if loop is not None:
+                body["search_loop"].append(loop)
             log.warning("%s", loop)
             write_result("throughput", body, args.out_dir, tag)
         del model

@@ -98,7 +98,7 @@ def place_on_gpu(loaded: LoadedModel, device: str, max_gpu_memory: float | None)
 
     model = loaded.model
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    free, _ = torch.cuda.mem_get_info(torch.device(device).index or 0)
     budget = int(max_gpu_memory * 2**30) if max_gpu_memory is not None else int(0.9 * free)
     if weights <= budget:
         model.to(device)

@@ -87,15 +87,17 @@ class _Probe:
         vocab = int(getattr(model.config, "vocab_size", 0) or 0) or 2
         self.model = model
         self.ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab).unsqueeze(0)
-        self.tolerance = 1e-3 if param.dtype == torch.float32 else 5e-2
+        self.tolerance = 1e-3 if param.dtype == torch.float32 else 3e-2
         self.reference = model(input_ids=self.ids, use_cache=False).logits
 
     def close(self, a: torch.Tensor, b: torch.Tensor) -> bool:
-        """Same next-token log-probabilities (a swallowed argument gives visibly different ones)."""
+        """Same logits up to rounding: the largest difference is a small fraction of the logits'
+        spread (a swallowed argument gives differences of the order of the spread itself)."""
         if a.shape != b.shape:
             return False
-        a, b = a.float().log_softmax(-1), b.float().log_softmax(-1)
-        return bool(torch.isfinite(a).all()) and float((a - b).abs().max()) <= self.tolerance
+        a, b = a.float(), b.float()
+        spread = (a.amax(-1) - a.amin(-1)).clamp_min(1e-6)
+        return bool(torch.isfinite(a).all()) and float(((a - b).abs().amax(-1) / spread).max()) <= self.tolerance
 
     def passes(self, check) -> bool:
         try:
