@@ -12,40 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from sieve.metrics import loglik
 from sieve.metrics.loglik import EncodedTask, score_examples
 from sieve.models.adapters import adapter_for, find_matrices
 from sieve.models.forward import CACHE_ARGUMENTS, ForwardFeatures, forward_features
 
-VOCAB = 300
+VOCAB = 300  # the conftest's tiny_gemma3: 4 layers (sliding, sliding, full, sliding), 24-token window
 WINDOW = 24
-LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
 KINDS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-
-
-def tiny_gemma3(seed: int = 0, window: int = WINDOW) -> Gemma3ForCausalLM:
-    """4 layers (sliding, sliding, full, sliding), 4 query heads of 12 over 2 KV heads: every
-    projection has its own shape, so a transposed or swapped matrix shows."""
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=12, query_pre_attn_scalar=16, sliding_window=window,
-        layer_types=LAYER_TYPES, max_position_embeddings=256, rope_theta=1000.0, rope_local_base_freq=100.0,
-    )
-    model = Gemma3ForCausalLM(cfg).eval()
-    with torch.no_grad():  # random norms: a model that ignored them would give other logits
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def gemma3() -> Gemma3ForCausalLM:
-    return tiny_gemma3()
 
 
 def test_gemma3_particulars_are_in_the_tiny_model(gemma3):
