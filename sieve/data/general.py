@@ -4,7 +4,8 @@
 (``data/summaries_en-us.json``), read by path. Texts are split once, deterministically, into a
 calibration pool and a held-out pool (the last ``heldout`` texts of a seeded permutation) so that
 statistics and perplexity never see the same text. Token blocks are built by concatenating texts
-with the EOS token between them and cutting fixed-length blocks, so no padding is needed.
+with the EOS token between them and cutting fixed-length blocks, so no padding is needed; each
+starts with BOS when the tokenizer adds one (:func:`token_blocks`).
 """
 
 from __future__ import annotations
@@ -88,13 +89,32 @@ class GeneralCorpus:
         return cls(spec, calib, held)
 
 
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id when ``tokenizer`` starts every encoding with it by itself (Gemma, Llama 3), else ``None``."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
 def token_blocks(texts: tuple[str, ...] | list[str], tokenizer, n_blocks: int, block_len: int) -> torch.Tensor:
     """``(n, block_len)`` token ids cut from the concatenation of ``texts`` (EOS between texts).
 
-    Fewer than ``n_blocks`` come back when the texts run out.
+    When the tokenizer starts every encoding with BOS by itself, every block starts with BOS and
+    holds ``block_len - 1`` text tokens, as lm-eval's rolling log-likelihood conditions on its prefix
+    token. Such models (Gemma) only ever saw BOS first in training and use it as an attention sink;
+    a block starting mid-text is out of distribution for them (Gemma 3 270M's held-out Wikipedia
+    perplexity: 61 without, 17 with) and would calibrate on atypical activations. Tokenizers that add
+    no BOS (SmolLM2, GPT-2) get the same blocks as before. Fewer than ``n_blocks`` come back when
+    the texts run out.
     """
+    bos = leading_bos(tokenizer)
+    width = block_len - (bos is not None)
+    if width < 1:
+        raise SieveError(f"block_len {block_len} leaves no room for text after the BOS token")
     eos = tokenizer.eos_token_id
-    need = n_blocks * block_len
+    need = n_blocks * width
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -102,7 +122,10 @@ def token_blocks(texts: tuple[str, ...] | list[str], tokenizer, n_blocks: int, b
             ids.append(eos)
         if len(ids) >= need:
             break
-    n = min(n_blocks, len(ids) // block_len)
+    n = min(n_blocks, len(ids) // width)
     if n == 0:
         raise SieveError(f"not enough general text for one block of {block_len} tokens")
-    return torch.tensor(ids[: n * block_len], dtype=torch.long).view(n, block_len)
+    blocks = torch.tensor(ids[: n * width], dtype=torch.long).view(n, width)
+    if bos is not None:
+        blocks = torch.cat([torch.full((n, 1), bos, dtype=torch.long), blocks], 1)
+    return blocks

@@ -19,7 +19,10 @@ then scores any model on it (:func:`score_examples`):
   last position's logits -- half the forward tokens for two choices.
 * **Shared prefix**: a few-shot prompt is the same for every example; when the model takes a
   KV cache, each batch runs the common token prefix once and only the per-example suffixes
-  (about 2.5× fewer forward tokens on the built-in task).
+  (about 2.5× fewer forward tokens on the built-in task); on a model with a sliding attention
+  window (Gemma 3), a batch whose rows differ in length and exceed the window runs without it,
+  because the padding between prefix and suffix would shift that window
+  (:mod:`sieve.models.forward`).
 * **Batching**: requests are sorted by length (least padding) and run ``batch_size`` at a time
   under ``torch.inference_mode``. When the model accepts ``position_ids``, sequences are padded
   on the left with explicit positions, so every scored position sits in the last ``k`` columns
@@ -270,6 +273,7 @@ def score_examples(
         raise SieveError("left padding needs a model whose forward honours position_ids")
     keep_logits = padding == "left" and features.logits_to_keep
     cache_argument = features.cache_argument if padding == "left" else None
+    window = features.attention_window
 
     logprobs = [np.zeros(len(encoded.continuations[i]), dtype=np.float64) for i in indices]
     greedy = [np.zeros(len(encoded.continuations[i]), dtype=bool) for i in indices]
@@ -284,7 +288,8 @@ def score_examples(
         with torch.inference_mode():
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start:start + batch_size]
-                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, cache_argument)
+                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, cache_argument,
+                                         window)
     finally:
         model.train(was_training)
     return ChoiceScores(
@@ -305,6 +310,7 @@ def _score_batch(
     logprobs: list[np.ndarray],
     greedy: list[np.ndarray],
     cache_argument: str | None = None,
+    window: int | None = None,
 ) -> int:
     """Score one batch in place; returns the tokens run through the model.
 
@@ -312,10 +318,15 @@ def _score_batch(
     probed by :func:`~sieve.models.forward.forward_features`), the batch's longest common token
     prefix (a few-shot prompt) runs once, its cache is repeated over the rows, and only the
     suffixes run: suffixes are left-padded *after* the prefix, masked, and positioned from the
-    prefix length.
+    prefix length. With a sliding attention ``window``, that padding widens each shorter row's
+    distances to the prefix, so the prefix is shared only when no row is padded or the longest
+    row fits in the window (then no distance reaches it).
     """
     keep = max(len(t[2]) for job in batch for t in job.targets)
     prefix = _common_prefix(batch, keep) if cache_argument and len(batch) > 1 else 0
+    if prefix and window is not None and _padded_beyond(batch, window):
+        _note_window(model, window)
+        prefix = 0
     past = None
     if prefix >= MIN_SHARED_PREFIX:
         head = torch.tensor([batch[0].tokens[:prefix]], dtype=torch.long, device=device)
@@ -349,6 +360,21 @@ def _score_batch(
 
 
 MIN_SHARED_PREFIX = 16
+_WINDOW_NOTED: set[str] = set()
+
+
+def _padded_beyond(batch: Sequence[_Job], window: int) -> bool:
+    """Rows of different lengths (so some are padded) and the longest longer than ``window``."""
+    lengths = {len(j.tokens) for j in batch}
+    return len(lengths) > 1 and max(lengths) > window
+
+
+def _note_window(model: torch.nn.Module, window: int) -> None:
+    name = type(model).__name__
+    if name not in _WINDOW_NOTED:
+        _WINDOW_NOTED.add(name)
+        log.info("%s: batches longer than its %d-token sliding attention window run without the shared few-shot "
+                 "prefix (same scores, more forward tokens)", name, window)
 
 
 def _read_targets(logits: torch.Tensor, batch: Sequence[_Job], stops: Sequence[int], logprobs: list[np.ndarray],

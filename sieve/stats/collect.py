@@ -177,7 +177,59 @@ def collect_stats(
 
 
 class _Captured(Exception):
-    """Raised by the capture hook once the first decoder block's inputs are known."""
+    """Raised by the last block's recording stub once every block's inputs are known."""
+
+
+class _Hidden(tuple):
+    """What a recording stub returns: a 1-tuple of the hidden states, so that both ``h = layer(h)``
+    (transformers 5) and ``h = layer(h)[0]`` (4.x) hand the next stub something it can unwrap."""
+
+
+BlockInputs = tuple[tuple, dict]  # a block's positional arguments after the hidden states, and its keywords
+
+
+def _record_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, list[BlockInputs]]:
+    """The first block's hidden states and the other inputs of *every* block, for one batch.
+
+    For one model call each block's ``forward`` is a stub that records its inputs and passes the
+    hidden states on; the last stub stops the call, so only the embeddings run. Blocks need not get
+    the same inputs: Gemma 2/3 hand their full-attention layers another mask and other rotary
+    embeddings than their sliding-window layers, so replaying the first block's inputs to every block
+    would give wrong statistics (tested).
+    """
+    first: list[torch.Tensor] = []
+    inputs: list[BlockInputs] = []
+
+    def stub(index: int):
+        def forward(*args, **kwargs):
+            hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+            hidden = hidden[0] if isinstance(hidden, _Hidden) else hidden
+            if index == 0:
+                first.append(hidden)
+            inputs.append((rest, dict(kwargs)))
+            if index == len(blocks) - 1:
+                raise _Captured
+            return _Hidden((hidden,))
+        return forward
+
+    saved = [block.__dict__.get("forward") for block in blocks]  # e.g. an accelerate hook's wrapper
+    for index, block in enumerate(blocks):
+        block.forward = stub(index)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        for block, original in zip(blocks, saved, strict=True):
+            if original is None:
+                del block.forward
+            else:
+                block.forward = original
+    if len(inputs) != len(blocks):
+        raise RuntimeError(f"{type(model).__name__} ran {len(inputs)} of its {len(blocks)} decoder blocks")
+    return first[0], inputs
 
 
 def _to(obj, device: torch.device | None):
@@ -206,42 +258,29 @@ def collect_stats_sequential(
 ) -> CalibrationStats:
     """The same statistics, computed one decoder block at a time (for models that do not fit).
 
-    The inputs of the first block are captured for every batch (a pre-hook stops the forward
-    there), then each block runs over all batches and hands its outputs to the next. With
-    ``device`` set, only the running block is moved there (the rest of the model stays where it
-    is, e.g. on the CPU), so GPU memory is one block plus the calibration activations. On a dense
-    model the result equals :func:`collect_stats` up to float rounding (tested).
+    The inputs of every block are recorded for every batch (:func:`_record_block_inputs`: only the
+    embeddings run), then each block runs over all batches with its own recorded inputs and hands
+    its outputs to the next. With ``device`` set, only the running block is moved there (the rest
+    of the model stays where it is, e.g. on the CPU), so GPU memory is one block plus the
+    calibration activations. On a dense model the result equals :func:`collect_stats` up to float
+    rounding (tested, Gemma 3 included).
     """
-    captured: list[tuple[torch.Tensor, dict, torch.Tensor | None]] = []
-
-    def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        raise _Captured(args, kwargs)
-
-    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
     home = next(model.parameters()).device
-    try:
-        for input_ids, attention_mask in batches:
-            try:
-                model(
-                    input_ids=input_ids.to(home),
-                    attention_mask=None if attention_mask is None else attention_mask.to(home),
-                    use_cache=False,
-                )
-            except _Captured as stop:
-                args, kwargs = stop.args
-                mask = None if attention_mask is None else attention_mask.bool()
-                captured.append((args[0], dict(kwargs), mask))
-    finally:
-        handle.remove()
+    captured: list[tuple[torch.Tensor, list[BlockInputs], torch.Tensor | None]] = []
+    for input_ids, attention_mask in batches:
+        hidden, inputs = _record_block_inputs(
+            model, blocks, input_ids.to(home), None if attention_mask is None else attention_mask.to(home))
+        captured.append((hidden, inputs, None if attention_mask is None else attention_mask.bool()))
     hooks = _StatsHooks(matrices, hessian)
     try:
-        for block in blocks:
+        for index, block in enumerate(blocks):
             if device is not None:
                 block.to(device)
-            for b, (hidden, kwargs, mask) in enumerate(captured):
+            for b, (hidden, inputs, mask) in enumerate(captured):
                 hooks.token_mask = _to(mask, device)
-                out = block(_to(hidden, device), **_to(kwargs, device))
-                captured[b] = ((out[0] if isinstance(out, tuple) else out).to(hidden.device), kwargs, mask)
+                rest, kwargs = inputs[index]
+                out = block(_to(hidden, device), *_to(rest, device), **_to(kwargs, device))
+                captured[b] = ((out[0] if isinstance(out, tuple) else out).to(hidden.device), inputs, mask)
             if device is not None:
                 block.to(home)
     finally:

@@ -51,3 +51,22 @@ def test_a_swallowed_cache_switches_the_shared_prefix_off_with_one_warning(llama
     assert first.cache_argument is None and first.position_ids and first.logits_to_keep
     warnings = [r.message for r in caplog.records if "shared few-shot prefix" in r.message]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(("family", "options", "window"), [
+    ("llama", {}, None),
+    ("gpt2", {}, None),
+    ("mistral", {"sliding_window": 64}, 64),
+    ("mistral", {"sliding_window": None}, None),
+    ("qwen2", {"sliding_window": 64, "use_sliding_window": False}, None),
+    ("qwen2", {"sliding_window": 64, "use_sliding_window": True, "max_window_layers": 1}, 64),
+    ("gemma3_text", {"sliding_window": 64}, 64),
+    ("gemma3_text", {"sliding_window": 64, "layer_types": ["full_attention"] * 2}, None),
+])
+def test_attention_window_is_read_from_the_config(family, options, window):
+    from transformers import AutoConfig
+
+    from sieve.models.forward import attention_window
+
+    config = AutoConfig.for_model(family, num_hidden_layers=2, **options)
+    assert attention_window(config) == window

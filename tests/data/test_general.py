@@ -1,0 +1,53 @@
+"""General-text token blocks: EOS between texts, no padding, BOS first when the tokenizer adds one."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, processors
+from transformers import PreTrainedTokenizerFast
+
+from sieve.data.general import leading_bos, token_blocks
+from sieve.errors import SieveError
+
+TEXTS = ["the film was warm and funny", "a dull slow story", "great music", "the plot is weak"] * 3
+
+
+@pytest.fixture
+def bos_tokenizer(tokenizer):
+    """The shared tiny tokenizer, prepending ``<bos>`` to every encoding (Gemma, Llama 3 style)."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.add_special_tokens(["<bos>"])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", backend.token_to_id("<bos>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>")
+
+
+def stream(tokenizer) -> list[int]:
+    ids = []
+    for text in TEXTS:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return ids
+
+
+def test_blocks_cut_the_text_stream_with_eos_between_texts(tokenizer):
+    assert leading_bos(tokenizer) is None
+    blocks = token_blocks(TEXTS, tokenizer, 3, 8)
+    assert blocks.shape == (3, 8) and blocks.dtype == torch.long
+    assert blocks.flatten().tolist() == stream(tokenizer)[:24]
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_first_in_every_block(bos_tokenizer):
+    bos = bos_tokenizer.bos_token_id
+    assert leading_bos(bos_tokenizer) == bos
+    blocks = token_blocks(TEXTS, bos_tokenizer, 3, 8)
+    assert blocks.shape == (3, 8)
+    assert blocks[:, 0].tolist() == [bos] * 3
+    assert blocks[:, 1:].flatten().tolist() == stream(bos_tokenizer)[:21]  # 7 text tokens each, in order
+    with pytest.raises(SieveError, match="no room for text after the BOS"):
+        token_blocks(TEXTS, bos_tokenizer, 1, 1)
+
+
+def test_too_little_text(tokenizer):
+    one = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert token_blocks(TEXTS[:1], tokenizer, 50, 4).shape == (len(one) // 4, 4)  # fewer than asked
+    with pytest.raises(SieveError, match="not enough general text"):
+        token_blocks(["fun"], tokenizer, 1, 64)
