@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,21 @@ def smoke_inputs(root: Path) -> dict[str, str]:
     )
     (root / "general.txt").write_text("\n\n".join(sentences[120:]))
     return {"model": str(root / "model"), "task": str(root / "task.yaml"), "general": str(root / "general.txt")}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_timer(model, ids: torch.Tensor, device: torch.device):
+    """A function timing one inference forward of ``ids`` (logits of the last position only)."""
+    def forward() -> float:
+        sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        sync(device)
+        return time.perf_counter() - start
+
+    return forward

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, provenance, write_result  # noqa: E402
+from common import RESULTS, forward_timer, provenance, sync, write_result  # noqa: E402
 
 from sieve.models.factorized import factorise  # noqa: E402
 from sieve.primitives.lowrank import break_even_rank  # noqa: E402
@@ -36,11 +36,6 @@ log = logging.getLogger("benchmarks.lowrank_payoff")
 
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(model, device: torch.device, prefill: tuple[int, int], decode_batches: tuple[int, ...], new_tokens: int,
@@ -55,14 +50,7 @@ def measure(model, device: torch.device, prefill: tuple[int, int], decode_batche
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, prefill, generator=gen).to(device)
 
-    def forward() -> float:
-        sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        sync(device)
-        return time.perf_counter() - start
-
+    forward = forward_timer(model, ids, device)
     forward()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, provenance, write_result  # noqa: E402
-from throughput import RANDOM_LLAMAS, SMOKE_SEARCH, random_genomes, sync  # noqa: E402
+from common import RESULTS, provenance, sync, write_result  # noqa: E402
+from throughput import RANDOM_LLAMAS, SMOKE_SEARCH, random_genomes  # noqa: E402
 
 log = logging.getLogger("benchmarks.offload")
 

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
+from common import RESULTS, forward_timer, provenance, smoke_inputs, sync, write_result  # noqa: E402
 
 from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
@@ -56,16 +56,11 @@ RANDOM_LLAMAS = {
     "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=8, vocab_size=128256),
     "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=256),
+                       num_key_value_heads=2, vocab_size=512),
 }
 COLUMNS = ["model", "mode", "dtype", "params", "tokens", "dense_forward_s", "apply_s", "forward_s", "overhead_s",
            "candidate_s", "candidate_over_dense", "candidates_per_s", "precompute_s", "peak_mem_gb", "weights_gb",
            "mem_over_model", "tflops", "peak_tflops"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(device: torch.device) -> float | None:
@@ -108,18 +103,6 @@ def random_genomes(space: SearchSpace, window: tuple[int, int], n: int, seed: in
     costs = [g.costs for g in space.genes]
     return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, window, rng)
             for _ in range(n)]
-
-
-def forward_timer(model, ids: torch.Tensor, device: torch.device):
-    def forward() -> float:
-        sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        sync(device)
-        return time.perf_counter() - start
-
-    return forward
 
 
 def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: int, n_candidates: int,

@@ -275,7 +275,7 @@ def _execute(runner) -> None:
         console.print(
             f"gen {record.generation:>3}/{total}  best {record.best:.4f}  median {record.median:.4f}  "
             f"{record.evals_per_s:.2f} evals/s  tokens {record.tokens:,}  ETA {per_gen * (total - record.generation) / 60:.1f} min",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
     try:

@@ -112,6 +112,16 @@ def place_on_gpu(loaded: LoadedModel, device: str, max_gpu_memory: float | None)
     loaded.streamer = BlockStreamer(model, blocks, device, resident)
 
 
+def free_memory(device: torch.device, max_gpu_memory: float | None = None) -> int | None:
+    """Bytes still free on a CUDA ``device`` (within ``max_gpu_memory`` GiB when set); ``None`` elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device.index or 0)
+    if max_gpu_memory is not None:
+        free = min(free, int(max_gpu_memory * 2**30) - torch.cuda.memory_allocated(device))
+    return max(free, 0)
+
+
 @dataclass
 class Workspace:
     loaded: LoadedModel

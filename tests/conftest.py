@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,8 +155,13 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sieve_cache(tmp_path_factory):
-    """A fresh ``$SIEVE_CACHE`` for the session (the built-in task materialises there)."""
+    """A fresh ``$SIEVE_CACHE`` for the session (the built-in task materialises there); converted
+    models and assembled GGUFs stay shared with the stable test cache, so nothing is converted twice."""
     path = tmp_path_factory.mktemp("sieve-cache")
+    stable = Path(os.environ["SIEVE_CACHE"])
+    for shared in ("models", "gguf"):
+        (stable / shared).mkdir(parents=True, exist_ok=True)
+        (path / shared).symlink_to(stable / shared, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIEVE_CACHE", str(path))
         yield path
@@ -213,3 +219,23 @@ def copy_run(finished_run, tmp_path):
         return Path(shutil.copytree(finished_run, tmp_path / name))
 
     return copy
+
+
+def _naive_scores(model: torch.nn.Module, encoded) -> list[np.ndarray]:
+    """One unpadded forward per (example, choice), HFLM's input: log_softmax + gather."""
+    out = []
+    with torch.inference_mode():
+        for ctx, conts in zip(encoded.contexts, encoded.continuations, strict=True):
+            row = []
+            for cont in conts:
+                inp = (list(ctx) + list(cont))[-(encoded.max_length + 1):][:-1]
+                lp = torch.log_softmax(model(torch.tensor([inp])).logits[0].double(), -1)[len(inp) - len(cont):]
+                row.append(float(lp.gather(-1, torch.tensor(cont)[:, None]).sum()))
+            out.append(np.array(row))
+    return out
+
+
+@pytest.fixture(scope="session")
+def naive_scores():
+    """The reference every batched scorer is compared with: one unpadded forward per request."""
+    return _naive_scores

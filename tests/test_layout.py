@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sieve"
 
 #: low → high; a module may import its own layer and the layers before it
 LAYERS = [
-    ("core", ["sieve", "sieve.errors", "sieve.config", "sieve.registry", "sieve.io", "sieve.resources"]),
+    ("core", ["sieve.errors", "sieve.config", "sieve.registry", "sieve.io", "sieve.resources"]),
     ("data", ["sieve.data"]),
     ("models", ["sieve.models", "sieve.workspace"]),
     ("stats", ["sieve.stats"]),
@@ -21,6 +21,7 @@ LAYERS = [
     ("evaluate", ["sieve.evaluate"]),
     ("export", ["sieve.export", "sieve.report"]),
     ("cli", ["sieve.cli"]),
+    ("api", ["sieve"]),  # the package itself: the public facade (``sieve.load_pretrained``), above everything
 ]
 
 
@@ -37,7 +38,7 @@ def _layer(module: str) -> int:
     best = None
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            if (module == prefix or (prefix != "sieve" and module.startswith(prefix + "."))) and (best is None or len(prefix) > best[1]):
                 best = (index, len(prefix))
     assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
     return best[0]

@@ -270,7 +270,7 @@ def test_gguf_conversion_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("SIEVE_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def convert(src, out):
+    def convert(src, out, provenance):
         calls.append(src)
         out.mkdir(parents=True)
         (out / "config.json").write_text("{}")
@@ -279,4 +279,8 @@ def test_gguf_conversion_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_convert_gguf", convert)
     first, _ = loading.resolve_model_path(str(gguf))
     second, _ = loading.resolve_model_path(str(gguf))
-    assert first == second and len(calls) == 1 and first.endswith(f"m-{file_digest(gguf)}")
+    assert first == second and len(calls) == 1
+    assert Path(first).name.startswith(f"m-{file_digest(gguf)}-")
+    gguf.write_bytes(b"GGUF other")
+    third, _ = loading.resolve_model_path(str(gguf))
+    assert third != first and len(calls) == 2

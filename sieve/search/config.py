@@ -48,7 +48,8 @@ class SearchConfig(InputsConfig):
     batch_size: int = Field(16, gt=0)
     pruner_mode: Literal["auto", "in_place", "on_the_fly"] = Field(
         "auto", description="on_the_fly: weights computed at every forward from the dense ones (memory ≈ 1× the "
-        "model instead of 2×); auto: on_the_fly on a GPU, in_place on the CPU")
+        "model instead of 2×, one pruning pass per forward); in_place: one pass per candidate; auto: in_place where "
+        "twice the pruned matrices fit in free memory, else on_the_fly")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(
@@ -84,11 +85,6 @@ class SearchConfig(InputsConfig):
         """How the task is split: calibration, validation and test caps from this config."""
         return SplitSpec(seed=self.seed, max_calibration=self.calibration.task_examples,
                          max_validation=self.validation_examples, max_test=self.evaluation.test_examples)
-
-    def resolved_pruner_mode(self, device: str) -> str:
-        if self.pruner_mode != "auto":
-            return self.pruner_mode
-        return "on_the_fly" if device.startswith("cuda") else "in_place"
 
     def open_workspace(self) -> Workspace:
         return Workspace.open(self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device,

@@ -9,6 +9,7 @@ return the same numbers.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,12 +22,14 @@ from sieve.data.general import token_blocks
 from sieve.errors import SieveError
 from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
-from sieve.prune.pruner import ModelPruner
+from sieve.prune.pruner import ModelPruner, choose_mode
 from sieve.search.config import SearchConfig
 from sieve.search.fitness import Fitness, FitnessInputs, Measurement
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics
-from sieve.workspace import Workspace
+from sieve.workspace import Workspace, free_memory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,13 @@ class CandidateEvaluator:
 def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics) -> CandidateEvaluator:
     """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
     with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
-    mode = config.resolved_pruner_mode(str(ws.device))
-    if ws.loaded.streamer is not None and mode != "on_the_fly":
+    streamed = ws.loaded.streamer is not None
+    matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in space.matrices)
+    mode = choose_mode(config.pruner_mode, ws.device, matrix_bytes, free_memory(ws.device, config.max_gpu_memory),
+                       streamed)
+    if config.pruner_mode == "auto":
+        log.info("pruner mode: %s (auto; pruned matrices %.2f GiB)", mode, matrix_bytes / 2**30)
+    if streamed and mode != "on_the_fly":
         raise SieveError("decoder blocks streamed from host memory need --pruner-mode on_the_fly (or auto)")
     pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
                          device=ws.device if ws.loaded.streamer is not None else None)

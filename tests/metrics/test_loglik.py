@@ -60,25 +60,11 @@ def random_task(seed: int, n: int, *, single_token: bool, max_length: int = MAX_
     return EncodedTask(tuple(contexts), tuple(conts), tuple(golds), max_length)
 
 
-def naive_scores(model: torch.nn.Module, encoded: EncodedTask) -> list[np.ndarray]:
-    """One unpadded forward per (example, choice): HFLM's input and log_softmax + gather."""
-    out = []
-    with torch.inference_mode():
-        for ctx, conts in zip(encoded.contexts, encoded.continuations, strict=True):
-            row = []
-            for cont in conts:
-                inp = (list(ctx) + list(cont))[-(encoded.max_length + 1):][:-1]
-                logits = model(torch.tensor([inp])).logits[0].double()
-                lp = torch.log_softmax(logits, -1)[len(inp) - len(cont):]
-                row.append(float(lp.gather(-1, torch.tensor(cont)[:, None]).sum()))
-            out.append(np.array(row))
-    return out
-
 
 @pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
 @pytest.mark.parametrize("padding", ["left", "right"])
 def test_batched_equals_naive(tiny_model: torch.nn.Module, single_token: bool,
-                              padding: str) -> None:
+                              padding: str, naive_scores) -> None:
     encoded = random_task(1 if single_token else 2, 12, single_token=single_token)
     reference = naive_scores(tiny_model, encoded)
     for batch_size in (1, 7):

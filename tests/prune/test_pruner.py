@@ -4,7 +4,7 @@ import torch
 from sieve.models.adapters import find_matrices
 from sieve.primitives.mask import Pattern, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, achieved_sparsity
+from sieve.prune.pruner import ModelPruner, achieved_sparsity, choose_mode
 from sieve.scores import get_method
 from sieve.stats import MatrixStats, collect_stats
 
@@ -150,3 +150,15 @@ def test_compiled_threshold_mask_is_bit_identical_to_eager():
         t_score, t_col = kth.unsqueeze(1), torch.randint(0, cols, (rows, 1), generator=g, dtype=torch.int32)
         columns = torch.arange(cols, dtype=torch.int32)
         assert torch.equal(compiled(dense, factor, t_score, t_col, columns), threshold_mask(dense, factor, t_score, t_col, columns))
+
+
+def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
+    cpu, gpu, gib = torch.device("cpu"), torch.device("cuda:0"), 2**30
+    assert choose_mode("auto", cpu, 10 * gib, None) == "in_place"
+    assert choose_mode("auto", gpu, 10 * gib, 20 * gib) == "in_place"
+    assert choose_mode("auto", gpu, 10 * gib, 20 * gib - 1) == "on_the_fly"
+    assert choose_mode("auto", gpu, 1, 80 * gib, streamed=True) == "on_the_fly"
+    assert choose_mode("in_place", gpu, 10 * gib, 0) == "in_place"
+    assert choose_mode("on_the_fly", cpu, 1, None) == "on_the_fly"
+    with pytest.raises(ValueError, match="pruner mode"):
+        choose_mode("fast", cpu, 1, None)

@@ -79,7 +79,7 @@ def test_bad_space_files(tmp_path, llama):
         SearchSpace(SpaceSpec.load(_write(tmp_path, "modules: ['*attention*']\n")), mats)
     with pytest.raises(SieveError, match="space.yaml.level: unknown key"):
         SpaceSpec.load(_write(tmp_path, "level: {max: 0.9}\n"))
-    with pytest.raises(SieveError, match="space.yaml.genes: Input should be 'matrix', 'block' or 'type'"):
+    with pytest.raises(SieveError, match="space.yaml.genes: Input should be 'matrix', 'block', 'type' or 'expert'"):
         SpaceSpec.load(_write(tmp_path, "genes: head\n"))
     with pytest.raises(SieveError, match="space.yaml.levels.min: Input should be a valid number"):
         SpaceSpec.load(_write(tmp_path, "levels: {min: zero}\n"))

@@ -64,19 +64,6 @@ def test_every_fast_path_is_on_and_the_window_is_known(gemma3):
     assert features.lost() == []
 
 
-def naive_scores(model: torch.nn.Module, encoded: EncodedTask) -> list[np.ndarray]:
-    """One unpadded forward per (example, choice), HFLM's input: log_softmax + gather."""
-    out = []
-    with torch.inference_mode():
-        for ctx, conts in zip(encoded.contexts, encoded.continuations, strict=True):
-            row = []
-            for cont in conts:
-                inp = (list(ctx) + list(cont))[-(encoded.max_length + 1):][:-1]
-                lp = torch.log_softmax(model(torch.tensor([inp])).logits[0].double(), -1)[len(inp) - len(cont):]
-                row.append(float(lp.gather(-1, torch.tensor(cont)[:, None]).sum()))
-            out.append(np.array(row))
-    return out
-
 
 def few_shot_task(seed: int, n: int, *, prefix: int, suffix: tuple[int, int], single_token: bool,
                   max_length: int = 64) -> EncodedTask:
@@ -94,7 +81,7 @@ def few_shot_task(seed: int, n: int, *, prefix: int, suffix: tuple[int, int], si
 
 @pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
 @pytest.mark.parametrize("padding", ["left", "right"])
-def test_scorer_equals_one_unpadded_forward_per_request(gemma3, single_token, padding):
+def test_scorer_equals_one_unpadded_forward_per_request(gemma3, single_token, padding, naive_scores):
     """Within the window: shared prefix (left padding), batches of mixed lengths."""
     encoded = few_shot_task(1, 9, prefix=16, suffix=(1, 5), single_token=single_token)
     assert max(len(c) for c in encoded.contexts) + 4 <= WINDOW
@@ -104,7 +91,7 @@ def test_scorer_equals_one_unpadded_forward_per_request(gemma3, single_token, pa
         np.testing.assert_allclose(np.concatenate(scores.logprobs), np.concatenate(reference), rtol=0, atol=1e-5)
 
 
-def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch):
+def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch, naive_scores):
     """Sequences of 17..40 tokens against a 24-token window. Without the scorer's window rule the
     padding between the shared prefix and a shorter suffix would push prefix keys out of the window
     (transformers masks by cache index, not by position id): shown by switching the rule off."""
