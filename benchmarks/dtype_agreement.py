@@ -1,13 +1,13 @@
 """Does a bf16 search rank candidates as an fp32 one would?
 
-    python benchmarks/dtype_agreement.py [--candidates 32] [--budget 0.5] [--smoke]
+    python benchmarks/dtype_agreement.py [--candidates 32] [--budget 0.5] [--search-config FILE] [--device D] [--smoke]
 
 Builds one generation's worth of candidates of the default space — the initial population
 (uniform, OWL and perturbations) plus random budget-feasible genomes — and scores every one on the
 full validation set with the search's own evaluator, once with the model in float32 and once in
 bfloat16 (same data, same statistics: those of the float32 model). Reports Spearman's and Kendall's
 rank correlation of the two fitness vectors, the fitness difference, and whether both pick the same
-best candidate. ``--smoke`` runs the tiny random model on the CPU: it checks the script, its
+best candidate. The settings are the ``gpu`` preset's, updated by ``--search-config``. ``--smoke`` runs the tiny random model on the CPU: it checks the script, its
 correlation means nothing.
 """
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", type=int, default=32)
     p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--search-config", type=Path)
+    p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="dtype")
     p.add_argument("--smoke", action="store_true")
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> Path:
                 "calibration": {"general_blocks": 4, "block_len": 32, "task_examples": 8, "batch_size": 4}}
         low = "bfloat16"
     else:
-        base = load_yaml(builtin_file("configs", "gpu"))
+        base = {**load_yaml(builtin_file("configs", "gpu")), "device": args.device}
+        if args.search_config:
+            base.update(load_yaml(args.search_config))
         low = "bfloat16"
     reference = validate(SearchConfig, {**base, "budget": args.budget, "dtype": "float32"})
     start = time.perf_counter()

@@ -70,3 +70,26 @@ def test_lowrank_payoff_smoke(search_config, run_search, tmp_path):
         assert small["prefill_tokens_per_s"] > 0 and small["decode_b2_tokens_per_s"] > 0
     allocation_rows = [r for (m, _), r in rows.items() if not m.startswith("llama")]
     assert all(r["checkpoint_bytes"] > 0 for r in allocation_rows)
+
+
+@pytest.mark.slow
+def test_dtype_agreement_smoke(tmp_path):
+    import dtype_agreement
+
+    path = dtype_agreement.main(["--smoke", "--candidates", "6", "--out-dir", str(tmp_path)])
+    body = json.loads(Path(path).read_text())
+    full, half = body["fitness_float32"], body["fitness_bfloat16"]
+    assert body["candidates"] == len(full) == len(half) == 6
+    assert -1.0 <= body["spearman"] <= 1.0 and -1.0 <= body["kendall"] <= 1.0
+    assert body["max_abs_diff"] == pytest.approx(max(abs(a - b) for a, b in zip(full, half)))
+    assert full != half  # bf16 really ran: rounding moves every fitness a little
+
+
+@pytest.mark.slow
+def test_offload_smoke(tmp_path):
+    import offload
+
+    path = offload.main(["--smoke", "--candidates", "2", "--out-dir", str(tmp_path)])
+    body = json.loads(Path(path).read_text())
+    assert body["same_fitness"] and body["same_weights"]
+    assert body["uncapped"]["seconds_per_candidate"] > 0 and body["capped"]["seconds_per_candidate"] > 0
