@@ -260,7 +260,11 @@ def search(
 def _pareto(run, cfg) -> None:
     from sieve.search.pareto import run_pareto
 
-    result = run_pareto(cfg, run, console=console)
+    def show(point: dict) -> None:
+        console.print(f"budget {point['budget']:.3f}: test acc {point['task_acc']:.3f} (dense {point['dense_acc']:.3f}) "
+                      f"→ {'within' if point['feasible'] else 'outside'} tolerance {cfg.tolerance}", highlight=False)
+
+    result = run_pareto(cfg, run, on_point=show)
     answer = result["largest_budget"]
     console.print(f"largest budget within {cfg.tolerance} of dense test accuracy: "
                   f"{answer if answer is not None else 'none found'} (frontier → {run.frontier_path})")

@@ -86,3 +86,4 @@ def test_search_cli_and_pareto_mode(common, tmp_path):
     assert result.exit_code == 0, result.output
     frontier = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
     assert len(frontier["frontier"]) == 4 and "largest budget within 0.4" in result.output
+    assert result.output.count("tolerance 0.4") == 4  # one progress line per probed budget

@@ -16,6 +16,7 @@ compare with a fresh split when the margin is thin.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sieve.io import write_json
@@ -76,7 +77,8 @@ def _probe(config: SearchConfig, run: RunDir, budget: float, warm: dict[str, flo
     }
 
 
-def run_pareto(config: SearchConfig, run: RunDir, *, steps: int = 4, console=None) -> dict[str, Any]:
+def run_pareto(config: SearchConfig, run: RunDir, *, steps: int = 4,
+               on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Bisect the budget in ``[LOW, HIGH]``; return the frontier and the largest feasible budget."""
     tolerance = float(config.tolerance)
     low, high = LOW, HIGH
@@ -95,11 +97,8 @@ def run_pareto(config: SearchConfig, run: RunDir, *, steps: int = 4, console=Non
             point = _probe(config, run, budget, warm, shared)
             point["feasible"] = point["drop"] <= tolerance
             frontier.append(point)
-            if console is not None:
-                console.print(
-                    f"budget {budget:.3f}: test acc {point['task_acc']:.3f} (dense {point['dense_acc']:.3f}) "
-                    f"→ {'within' if point['feasible'] else 'outside'} tolerance {tolerance}"
-                )
+            if on_point is not None:
+                on_point(point)
             if point["feasible"]:
                 low, best_feasible = budget, point
             else:
