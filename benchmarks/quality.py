@@ -8,7 +8,8 @@ Rows (method names as in the results JSON): ``dense``, ``uniform-{magnitude,wand
 parameters really removed by data-aware factors), ``search-general`` (EvoPress's recipe in sieve:
 per-matrix levels on general-text Wanda scores, KL to dense on general text, multi-step selection),
 ``search-task`` (sieve's default: fused scores, task NLL), ``search-lowrank`` (rank per matrix) and
-``search-mixed`` (zeros or factors per matrix). ``reduction`` is the fraction of prunable parameters
+``search-mixed`` (zeros or factors per matrix), ``search-lowrank-task`` (the low-rank search with the
+task covariance alone instead of the fused one). ``reduction`` is the fraction of prunable parameters
 really removed (factors), ``sparsity`` the zeros. All rows share the calibration data, the splits and the
 evaluation. Each invocation writes ``benchmarks/results/quality-<date>-<device>[-TAG].json``;
 ``benchmarks/report.py`` merges the parts into markdown. ``--smoke`` runs everything on a tiny
@@ -52,6 +53,8 @@ SEARCHES = {
     "search-task": {"space": "per_matrix", "fitness": "task_nll"},
     "search-lowrank": {"space": "lowrank", "fitness": "task_nll"},
     "search-mixed": {"space": "mixed", "fitness": "task_nll"},
+    "search-lowrank-task": {"space": str(Path(__file__).resolve().parent / "spaces" / "lowrank_task.yaml"),
+                            "fitness": "task_nll"},
 }
 COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))

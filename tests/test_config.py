@@ -72,3 +72,14 @@ def test_paths_are_recorded_absolute(tmp_path, monkeypatch):
     cfg = validate(SearchConfig, {"budget": 0.5, "task": "task.yaml"})
     assert cfg.task == str(tmp_path / "task.yaml") and cfg.workdir == str(tmp_path)
     assert cfg.model == "smollm2-135m" and cfg.general == "wikipedia"
+
+
+def test_benchmark_yamls_validate():
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    cfg = validate(SearchConfig, {**load_yaml(bench / "cpu_search.yaml"), "budget": 0.5})
+    assert cfg.evaluation.test_examples == 200
+    spaces = sorted((bench / "spaces").glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        cfg = validate(SearchConfig, {"space": str(path), "budget": 0.3})
+        assert cfg.space.lowrank is not None and cfg.space.lowrank.covariance == "task"
