@@ -82,6 +82,11 @@ def smoke_inputs(root: Path) -> dict[str, str]:
     return {"model": str(root / "model"), "task": str(root / "task.yaml"), "general": str(root / "general.txt")}
 
 
+def bench_device(smoke: bool) -> torch.device:
+    """The GPU when there is one, except for ``--smoke`` runs, which always take the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, forward_timer, provenance, sync, write_result  # noqa: E402
+from common import RESULTS, bench_device, forward_timer, provenance, sync, write_result  # noqa: E402
 
 from sieve.models.factorized import factorise  # noqa: E402
 from sieve.primitives.lowrank import break_even_rank  # noqa: E402
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--tag", default="lowrank")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = bench_device(args.smoke)
     prefill, batches, new = ((2, 16), (1, 2), 4) if args.smoke else ((64, 512), (1, 32), 128)
     body: dict[str, Any] = {**provenance(), "allocation": args.allocation, "rows": []}
     tmp = Path(tempfile.mkdtemp(prefix="sieve-payoff-"))

@@ -24,20 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, provenance, sync, write_result  # noqa: E402
-from throughput import RANDOM_LLAMAS, SMOKE_SEARCH, random_genomes  # noqa: E402
+from common import RESULTS, bench_device, provenance, sync, write_result  # noqa: E402
+from throughput import SMOKE_SEARCH, build_model, random_genomes  # noqa: E402
 
 log = logging.getLogger("benchmarks.offload")
-
-
-def random_llama(name: str, device: torch.device) -> torch.nn.Module:
-    """Built on the device (fast), in bf16 on a GPU; the capped run moves it to host memory first."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(LlamaConfig(**RANDOM_LLAMAS[name], max_position_embeddings=4096))
-    return model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
 def evaluate(model, name: str, device: torch.device, budget_gb: float | None, search: dict, inputs: dict,
@@ -101,7 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--tag", default="offload")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = bench_device(args.smoke)
     if args.smoke:
         import tempfile
 
@@ -115,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         name, inputs = args.model, {"model": "smollm2-135m", "task": "rotten_tomatoes"}
         search = load_yaml(builtin_file("configs", "gpu"))
-    model = random_llama(name, device)
+    model, _, _ = build_model(name, device)  # built on the device; the capped run moves it to host memory
     free = uncapped = evaluate(model, name, device, None, search, inputs, args.candidates)
     if device.type == "cuda":
         model.to("cpu")

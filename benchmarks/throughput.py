@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, forward_timer, provenance, smoke_inputs, sync, write_result  # noqa: E402
+from common import RESULTS, bench_device, forward_timer, provenance, smoke_inputs, sync, write_result  # noqa: E402
 
 from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--tag", default="")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = bench_device(args.smoke)
     models = ["llama-tiny"] if args.smoke else [m for m in args.models.split(",") if m and m != "none"]
     tokens, seq_len = (256, 32) if args.smoke else (args.tokens, args.seq_len)
     tag = args.tag or ("smoke" if args.smoke else "")
