@@ -1,6 +1,6 @@
 """What a low-rank allocation buys when deployed: size and speed of the factorised model vs dense.
 
-    python benchmarks/lowrank_payoff.py --allocation RUN_OR_ALLOCATION [--llama-8b] [--smoke]
+    python benchmarks/lowrank_payoff.py --allocation RUN_OR_ALLOCATION [--llama-8b [--rank-multiple 64]] [--smoke]
 
 For the allocation's own model (realised with its recorded factors, exported as
 :class:`~sieve.models.factorized.FactorizedLinear` modules) and, with ``--llama-8b``, for a
@@ -9,7 +9,9 @@ break-even rank as the matrix of the same kind at the same relative depth; facto
 row measures size and speed only), against the dense model: parameter count, checkpoint bytes
 (safetensors on disk for the allocation's model; tensor bytes for the 8B), peak GPU memory of a
 prefill, prefill tokens/s (batch 64 × 512) and decode tokens/s (batch 1 and 32, greedy, 128 new
-tokens after a 16-token prompt), all in bf16 on one GPU. ``--smoke`` runs a tiny model on the CPU.
+tokens after a 16-token prompt), all in bf16 on one GPU. ``--rank-multiple N`` adds an 8B row with
+the same profile's ranks rounded down to multiples of ``N`` (GEMM shapes tensor cores like).
+``--smoke`` runs a tiny model on the CPU.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ def rank_profile(ranks: dict[str, int], shapes: dict[str, tuple[int, int]]) -> d
     return profile
 
 
-def llama_with_profile(config: dict[str, Any], profile: dict[tuple[float, str], float], device: torch.device, seed: int = 0):
-    """A random Llama, dense and factorised with ``profile`` applied at the nearest relative depth."""
+def llama_with_profile(config: dict[str, Any], profile: dict[tuple[float, str], float], device: torch.device,
+                       seed: int = 0, multiple: int = 1):
+    """A random Llama, dense and factorised with ``profile`` applied at the nearest relative depth
+    (ranks rounded down to multiples of ``multiple``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sieve.models.adapters import find_matrices
@@ -116,7 +120,7 @@ def llama_with_profile(config: dict[str, Any], profile: dict[tuple[float, str], 
         depth = min(depths, key=lambda d: abs(d - m.block / max(n_blocks - 1, 1)))
         fraction = profile.get((depth, m.kind), 1.0)
         rows, cols = m.shape
-        rank = int(fraction * break_even_rank(rows, cols))
+        rank = int(fraction * break_even_rank(rows, cols)) // multiple * multiple
         if rank < break_even_rank(rows, cols):
             g = torch.Generator(device=device).manual_seed(seed * 100_000 + index)
             factors[m.name] = (torch.randn(rows, rank, device=device, generator=g, dtype=torch.bfloat16) * 0.02,
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--allocation", required=True, help="a low-rank or mixed run directory or allocation file")
     p.add_argument("--llama-8b", action="store_true")
+    p.add_argument("--rank-multiple", type=int, default=1)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="lowrank")
     p.add_argument("--smoke", action="store_true")
@@ -153,16 +158,22 @@ def main(argv: list[str] | None = None) -> Path:
     if args.llama_8b or args.smoke:
         config = LLAMA_8B if not args.smoke else dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
-        dense, factors, big_ranks = llama_with_profile(config, rank_profile(ranks, shapes), device)
-        body["llama_ranks"] = len(big_ranks)
-        row = {"model": "llama-8b (random)" if not args.smoke else "llama-tiny (random)", "variant": "dense",
-               **measure(dense, device, prefill, batches, new, None)}
-        body["rows"].append(row)
-        log.warning("%s", row)
-        factorise(dense, factors)
-        row = {"model": row["model"], "variant": "lowrank", **measure(dense, device, prefill, batches, new, None)}
-        body["rows"].append(row)
-        log.warning("%s", row)
+        name = "llama-8b (random)" if not args.smoke else "llama-tiny (random)"
+        multiples = sorted({1, args.rank_multiple})
+        for multiple in multiples:
+            dense, factors, big_ranks = llama_with_profile(config, rank_profile(ranks, shapes), device, multiple=multiple)
+            body.setdefault("llama_ranks", {})[str(multiple)] = len(big_ranks)
+            if multiple == 1:
+                row = {"model": name, "variant": "dense", **measure(dense, device, prefill, batches, new, None)}
+                body["rows"].append(row)
+                log.warning("%s", row)
+            factorise(dense, factors)
+            variant = "lowrank" if multiple == 1 else f"lowrank-x{multiple}"
+            row = {"model": name, "variant": variant, **measure(dense, device, prefill, batches, new, None)}
+            body["rows"].append(row)
+            log.warning("%s", row)
+            write_result("payoff", body, args.out_dir, args.tag)
+            del dense, factors
     path = write_result("payoff", body, args.out_dir, args.tag)
     print(path)
     return path

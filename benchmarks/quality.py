@@ -55,6 +55,8 @@ SEARCHES = {
     "search-mixed": {"space": "mixed", "fitness": "task_nll"},
     "search-lowrank-task": {"space": str(Path(__file__).resolve().parent / "spaces" / "lowrank_task.yaml"),
                             "fitness": "task_nll"},
+    "search-lowrank-task-x64": {"space": str(Path(__file__).resolve().parent / "spaces" / "lowrank_task_x64.yaml"),
+                                "fitness": "task_nll"},
 }
 COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))

@@ -14,7 +14,7 @@ device's measured bf16 matmul peak. Candidates are random budget-feasible genome
 only the dense weights and computes each pruned weight inside every forward (so its "apply" is ~0
 and its forward carries the masking).
 
-**Search-loop rows** (``--search-loop``): the real candidate-evaluation path of a search
+**Search-loop rows** (``--search-loop``, one per pruner mode): the real candidate-evaluation path of a search
 (:func:`~sieve.search.evaluator.build_evaluator`: the built-in task's validation examples scored
 with the task-NLL fitness, shared few-shot prefix, the ``gpu`` preset's batch size) on random
 genomes at the first and at the final stage, as forward tokens per second, next to the same
@@ -82,13 +82,15 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def build_model(name: str, device: torch.device):
-    """``(model, tokenizer or None, vocab)``: a random Llama of a named size, or a built-in model."""
+def build_model(name: str, device: torch.device, vocab: int | None = None):
+    """``(model, tokenizer or None, vocab)``: a random Llama of a named size (at least ``vocab``
+    embedding rows), or a built-in model."""
     if name in RANDOM_LLAMAS:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        cfg = LlamaConfig(**RANDOM_LLAMAS[name], max_position_embeddings=4096)
+        sizes = RANDOM_LLAMAS[name]
+        cfg = LlamaConfig(**{**sizes, "vocab_size": max(sizes["vocab_size"], vocab or 0)}, max_position_embeddings=4096)
         with torch.device(device):
             model = LlamaForCausalLM(cfg).to(dtype_for(device))
         return model.eval(), None, cfg.vocab_size
@@ -161,8 +163,9 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
 
 
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
-                        inputs: dict[str, str], n_candidates: int) -> dict[str, Any]:
-    """Forward tokens/s of the real candidate-evaluation path vs the dense forward's tokens/s."""
+                        inputs: dict[str, str], n_candidates: int, mode: str) -> dict[str, Any]:
+    """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``) vs the dense
+    forward's tokens/s."""
     from sieve.config import validate
     from sieve.models.loading import LoadedModel
     from sieve.search.config import SearchConfig
@@ -170,8 +173,8 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     from sieve.stats.calibrate import Statistics
     from sieve.workspace import Workspace
 
-    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "space": {"name": "throughput",
-                                                                              "method": {"name": "magnitude"}}})
+    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode,
+                                  "space": {"name": "throughput", "method": {"name": "magnitude"}}})
     task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
                              split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
     if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
@@ -284,9 +287,9 @@ def main(argv: list[str] | None = None) -> Path:
             body["rows"].append(row)
             log.warning("%s", row)
             write_result("throughput", body, args.out_dir, tag)
-        if args.search_loop:
+        for mode in args.modes.split(",") if args.search_loop else []:
             loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
-                                       2 if args.smoke else args.search_candidates)
+                                       2 if args.smoke else args.search_candidates, mode)
             if loop is not None:
                 body["search_loop"].append(loop)
             log.warning("%s", loop)

@@ -40,8 +40,9 @@ def test_throughput_smoke(tmp_path):
     for row in body["rows"]:
         assert row["candidate_s"] > 0
         assert row["candidate_s"] == pytest.approx(row["apply_s"] + row["forward_s"] + row["overhead_s"], abs=3e-4)
-    (loop,) = body["search_loop"]
-    assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
+    assert [loop["mode"] for loop in body["search_loop"]] == ["in_place", "on_the_fly"]
+    for loop in body["search_loop"]:
+        assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
     assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
 
 
@@ -61,9 +62,11 @@ def test_lowrank_payoff_smoke(search_config, run_search, tmp_path):
 
     run = tmp_path / "run"
     run_search(search_config(space="lowrank", budget=0.3, generations=1), run, report=False)
-    path = lowrank_payoff.main(["--smoke", "--allocation", str(run), "--out-dir", str(tmp_path)])
+    path = lowrank_payoff.main(["--smoke", "--allocation", str(run), "--out-dir", str(tmp_path), "--rank-multiple", "4"])
     rows = {(r["model"].split(" ")[0], r["variant"]): r for r in json.loads(Path(path).read_text())["rows"]}
-    assert len(rows) == 4
+    assert len(rows) == 5
+    aligned = rows[("llama-tiny", "lowrank-x4")]
+    assert aligned["parameters"] <= rows[("llama-tiny", "lowrank")]["parameters"]  # ranks rounded down
     for model in {m for m, _ in rows}:
         dense, small = rows[(model, "dense")], rows[(model, "lowrank")]
         assert small["parameters"] < dense["parameters"] and small["tensor_bytes"] < dense["tensor_bytes"]
@@ -93,3 +96,15 @@ def test_offload_smoke(tmp_path):
     body = json.loads(Path(path).read_text())
     assert body["same_fitness"] and body["same_weights"]
     assert body["uncapped"]["seconds_per_candidate"] > 0 and body["capped"]["seconds_per_candidate"] > 0
+
+
+@pytest.mark.slow
+def test_large_model_smoke(tmp_path):
+    """The end-to-end CLI arms on a tiny saved model: both arms run, and with no cap they agree exactly."""
+    import large_model
+
+    path = large_model.main(["--smoke", "--out-dir", str(tmp_path)])
+    body = json.loads(Path(path).read_text())
+    assert [a["arm"] for a in body["arms"]] == ["capped", "uncapped"]
+    assert all(a["candidates"] > 0 and a["per_candidate_s"] > 0 and len(a["history"]) == 3 for a in body["arms"])
+    assert body["identical"] == {"history": True, "best_genome": True, "best_fitness": True}

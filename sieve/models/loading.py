@@ -308,6 +308,10 @@ def load_model(spec: str, *, dtype: str = "float32", device: str | torch.device 
         raise SieveError(f"cannot load model {spec!r}: {type(exc).__name__}: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise SieveError(f"cannot load model {spec!r}: its tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"embedding only {rows} rows (a tokenizer from another model?)")
     model.eval().to(device)
     if model_id is None:
         model_id = getattr(model.config, "_name_or_path", None) or Path(path).name

@@ -50,11 +50,12 @@ def removed_params(rows: int, cols: int, rank: int) -> int:
     return rows * cols - factor_params(rows, cols, rank)
 
 
-def rank_for_removal(rows: int, cols: int, removed: int) -> int:
-    """The largest rank that removes at least ``removed`` parameters (``break_even_rank`` for 0: dense)."""
+def rank_for_removal(rows: int, cols: int, removed: int, multiple: int = 1) -> int:
+    """The largest rank (a multiple of ``multiple``) that removes at least ``removed`` parameters
+    (``break_even_rank`` for 0: dense)."""
     if removed <= 0:
         return break_even_rank(rows, cols)
-    return max(0, (rows * cols - removed) // (rows + cols))
+    return max(0, (rows * cols - removed) // (rows + cols)) // multiple * multiple
 
 
 def mixed_covariance(general: torch.Tensor | None, task: torch.Tensor | None, alpha: float) -> torch.Tensor:
@@ -122,6 +123,8 @@ class LowRank(Primitive):
     covariance: Covariance = "fused"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="task weight of the fused covariance")
     damp: float = Field(0.01, gt=0.0, description="Cholesky damping, a fraction of the mean channel energy")
+    rank_multiple: int = Field(1, ge=1, description="ranks are multiples of this: 8 or 64 give the two GEMMs of a "
+                               "factorised matrix the tensor-core-friendly shapes GPUs run fastest")
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -57,14 +57,15 @@ class Allocation:
                 raise SieveError(f"{name} is both sparsified and factorised; an allocation gives each matrix one")
 
     @classmethod
-    def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float) -> Allocation:
-        """Every matrix keeps the largest rank that removes at least ``fraction`` of its parameters."""
+    def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float, multiple: int = 1) -> Allocation:
+        """Every matrix keeps the largest rank (a multiple of ``multiple``) that removes at least
+        ``fraction`` of its parameters."""
         check_sparsity(fraction, "fraction of parameters removed")
         ranks = {}
         for m in matrices:
             rows, cols = m.shape
             if fraction > 0:
-                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols))
+                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols), multiple)
         return cls({}, UNSTRUCTURED, {}, ranks)
 
     def removed(self, m: Matrix) -> int:

@@ -109,11 +109,12 @@ def prepare(
     elif store is not None:
         statistics.save_to(store)
     lowrank_only = config.space.mask is None
-    uniform = (Allocation.uniform_rank(space.matrices, config.budget) if lowrank_only
+    multiple = config.space.lowrank.rank_multiple if config.space.lowrank is not None else 1
+    uniform = (Allocation.uniform_rank(space.matrices, config.budget, multiple) if lowrank_only
                else Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
                else Allocation({}, space.pattern))
     owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
-    uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget)
+    uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget, multiple)
                     if config.space.lowrank is not None and not lowrank_only else None)
     rng = np.random.default_rng(config.seed)
     costs = [g.costs for g in space.genes]

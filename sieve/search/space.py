@@ -249,12 +249,14 @@ class SearchSpace:
         return cost, Choice(tuple(k / m.shape[1] for k, m in zip(counts, matrices)))
 
     def _rank_levels(self, matrices: tuple[Matrix, ...], n_levels: int) -> list[tuple[int, Choice]]:
-        """Level ``l``: each matrix the largest rank removing at least its share of ``l·step``."""
+        """Level ``l``: each matrix the largest rank (a multiple of the primitive's ``rank_multiple``)
+        removing at least its share of ``l·step``."""
         numel = sum(m.numel for m in matrices)
         found: list[tuple[int, Choice]] = []
         for level in range(1, n_levels + 1):
             target = level * self.step
-            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel)) for m in matrices)
+            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel), self.spec.lowrank.rank_multiple)
+                          for m in matrices)
             if found and found[-1][1].ranks == ranks:
                 continue
             cost = sum(removed_params(*m.shape, r) for m, r in zip(matrices, ranks))

@@ -101,3 +101,16 @@ def test_conversion_key_changes_with_sieve_and_converter_versions(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(loading, "CONVERSION_REVISION", loading.CONVERSION_REVISION + 1)
     assert loading._conversion_key("abc") != key
+
+
+def test_tokenizer_larger_than_the_embedding_is_one_clear_error(tokenizer, tmp_path):
+    """A folder whose tokenizer has more tokens than the model has embedding rows would fail deep in
+    a forward (an index error); it is refused at load, naming both sizes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) - 10, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SieveError, match=f"tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                                         f"{len(tokenizer) - 10} rows"):
+        loading.load_model(str(tmp_path))

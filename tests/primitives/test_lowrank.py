@@ -85,3 +85,7 @@ def test_parameter_counting(rows, cols, data):
     assert 0 <= rank < r_star
     assert removed_params(rows, cols, rank) >= want  # removes at least what was asked
     assert rank + 1 >= r_star or removed_params(rows, cols, rank + 1) < want  # and is the largest such rank
+    multiple = data.draw(st.sampled_from([2, 8, 64]))
+    aligned = rank_for_removal(rows, cols, want, multiple)
+    assert aligned % multiple == 0 and removed_params(rows, cols, aligned) >= want  # aligned: still enough removed
+    assert aligned + multiple > rank  # and the largest such multiple

@@ -99,3 +99,22 @@ def test_unreachable_budget(llama):
         SearchSpace(SpaceSpec.load("nm"), mats).budget_window(0.6)
     with pytest.raises(SieveError, match="fraction in \\(0, 1\\)"):
         SearchSpace(SpaceSpec.load("per_matrix"), mats).budget_window(1.0)
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_aligned_ranks_are_multiples_and_keep_the_budget(llama, tmp_path, multiple):
+    """``rank_multiple`` rounds every level's ranks down to a multiple; costs stay exact and a
+    repaired genome stays within one (coarser) level step of the budget."""
+    path = _write(tmp_path, f"modules: ['*']\ngenes: matrix\nprimitives: [{{name: lowrank, rank_multiple: {multiple}}}]\n")
+    space = SearchSpace(SpaceSpec.load(path), find_matrices(llama))
+    ranks = {r for g in space.genes for o in g.options for r in o.ranks}
+    assert ranks and all(r % multiple == 0 for r in ranks if r not in {break_even_rank(*m.shape) for m in space.matrices})
+    low, high = space.budget_window(0.3)
+    costs = [g.costs for g in space.genes]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, (low, high), rng)
+        assert low < total_cost(x, costs) <= high
+        alloc = space.allocation(x)
+        assert all(r % multiple == 0 for r in alloc.ranks.values())
+        assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)
