@@ -21,7 +21,8 @@ genomes at the first and at the final stage, as forward tokens per second, next 
 model's dense forward tokens per second on full 64 × 512 batches.
 
 ``--ray-actors`` measures candidates/s of the real search path
-(:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task) with 1 vs N actors.
+(:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task, the ``gpu`` preset) with 1 vs N
+actors; more actors than GPUs share them (fractional GPUs).
 ``--smoke`` runs a tiny random model on the CPU in seconds (part of ``make test``).
 """
 
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.smoke:
             base = {**smoke, **SMOKE_SEARCH, "budget": 0.5}
         else:
-            base = {"model": "smollm2-135m", "budget": 0.5, "validation_examples": 256, "batch_size": 64,
-                    "stages": [32, 96], "promote": [6, 2]}
+            base = {**search, "model": "smollm2-135m", "budget": 0.5}
         body["ray"] = measure_ray([int(n) for n in args.ray_actors.split(",")], base,
                                   4 if args.smoke else args.ray_candidates)
     path = write_result("throughput", body, args.out_dir, tag)

@@ -107,6 +107,21 @@ def _connect(config: SearchConfig) -> None:
         raise SieveError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
 
 
+def gpu_share(workers: int, gpus: int) -> float:
+    """The GPU fraction each of ``workers`` actors reserves: one GPU each, or — more workers than
+    GPUs, a whole number per GPU — ``gpus / workers``, so several actors share a GPU. A small model's
+    forward is bound by Python and kernel launches, not by the GPU (SmolLM2-135M keeps an H100 busy
+    about a fifth of a candidate), so actors sharing one GPU overlap their CPU work."""
+    if not gpus:
+        return 0.0
+    if workers <= gpus:
+        return 1.0
+    if workers % gpus:
+        raise SieveError(f"{workers} workers do not divide evenly over the Ray cluster's {gpus} GPUs: "
+                         f"use a multiple of {gpus}")
+    return gpus / workers
+
+
 class RayBackend:
     """Dynamic dispatch of candidates over evaluator actors; results in request order."""
 
@@ -117,10 +132,9 @@ class RayBackend:
         self.run = run
         gpus = int(ray.cluster_resources().get("GPU", 0)) if config.device != "cpu" else 0
         workers = config.workers or max(gpus, 1)
-        if gpus and workers > gpus:
-            raise SieveError(f"asked for {workers} GPU workers but the Ray cluster has {gpus} GPUs")
         threads = 1 if gpus else max(1, (os.cpu_count() or 1) // workers)
-        options = {"num_gpus": 1 if gpus else 0, "num_cpus": 1, "max_restarts": ACTOR_RESTARTS, "max_task_retries": 0}
+        options = {"num_gpus": gpu_share(workers, gpus), "num_cpus": 1, "max_restarts": ACTOR_RESTARTS,
+                   "max_task_retries": 0}
         stats_ref = ray.put(stats)
         self._stats_ref = stats_ref  # keep the constructor argument alive so restarted actors can rebuild
         actor_cls = _actor_class()
@@ -130,7 +144,7 @@ class RayBackend:
         self._timings = Timings()
         self.dispatched = 0
         self.failures = 0
-        log.info("Ray backend: %d actors (%s)", workers, "GPU" if gpus else "CPU")
+        log.info("Ray backend: %d actors (%s)", workers, f"{options['num_gpus']:g} GPU each" if gpus else "CPU")
 
     def evaluate(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
         import ray

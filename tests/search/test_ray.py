@@ -76,3 +76,14 @@ def test_resume_with_ray_matches_in_process(ray_instance, search_config, tmp_pat
     resumed = SearchRun(RunDir(tmp_path / "part"), overrides={"generations": 2, "workers": 2}).execute(report=False)
     assert resumed["best_genome"] == full["best_genome"] and resumed["best_fitness"] == full["best_fitness"]
     assert (tmp_path / "part" / "ray_logs").is_dir()
+
+
+def test_gpu_share_packs_several_actors_per_gpu():
+    from sieve.errors import SieveError
+    from sieve.search.ray_backend import gpu_share
+
+    assert gpu_share(2, 0) == 0.0  # CPU actors
+    assert gpu_share(1, 2) == 1.0 and gpu_share(2, 2) == 1.0
+    assert gpu_share(4, 1) == 0.25 and gpu_share(4, 2) == 0.5
+    with pytest.raises(SieveError, match="3 workers do not divide evenly over the Ray cluster's 2 GPUs"):
+        gpu_share(3, 2)
