@@ -317,6 +317,8 @@ class ModelPruner:
         dense = self.dense[name] if dense is None else dense
         if state == DENSE:
             return dense
+        if dense.device != self.exec_device[name]:  # a streamed block's weight read outside its forward
+            dense = dense.to(self.exec_device[name])
         if state[0] == "rank":
             return self.factors_of(name).weight(state[1], dense.dtype)
         k, pattern = state
@@ -325,7 +327,8 @@ class ModelPruner:
         if self._thresholded(name, state):
             t_score, t_col = self.thresholds[name][k]
             columns = self._column_index(dense.shape[1], dense.device)
-            return _fused_threshold_mask(dense.device)(dense, self.factor[name], t_score, t_col, columns)
+            # detached: a Parameter's shapes would be static to the compiler, one recompile per shape
+            return _fused_threshold_mask(dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
         scores = dense.float().abs() * self.factor[name]
         return dense * mask_from_scores(scores, self._sparsity[name], pattern)
 

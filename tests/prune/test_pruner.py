@@ -193,3 +193,16 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
             assert torch.equal(m.weight, ref), (step, m.name)
     pruner.restore()
     assert all(torch.equal(m.weight, before[m.name]) for m in mats)
+
+
+def test_live_weight_read_outside_the_forward_is_computed_where_the_pruner_computes(llama):
+    """A streamed block's dense weight sits in host memory between forwards; reading the pruned
+    weight there (zero counts after a search) computes it on the pruner's device instead of mixing
+    devices (``meta`` stands in for the GPU here)."""
+    mats = find_matrices(llama)
+    pruner = ModelPruner(mats, get_method("magnitude"), {}, mode="on_the_fly", device="meta")
+    pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], 0.5)] for m in mats})
+    pruner.apply(Allocation.uniform(mats, 0.5))
+    assert all(m.weight.device.type == "meta" and m.weight.shape == m.shape for m in mats)
+    pruner.release()
+    assert all(m.weight.device.type == "cpu" for m in mats)
