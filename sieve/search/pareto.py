@@ -21,9 +21,9 @@ from typing import Any
 
 from sieve.io import write_json
 from sieve.search.config import SearchConfig
-from sieve.search.run import SearchRun
+from sieve.search.run import SearchRun, search_statistics
 from sieve.search.rundir import RunDir
-from sieve.stats.calibrate import Statistics, ensure_stats
+from sieve.stats.calibrate import Statistics
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,7 @@ class _Shared:
             from sieve.search.space import SearchSpace
 
             ws = self.config.open_workspace()
-            space = SearchSpace(self.config.space, ws.matrices)
-            self.statistics = ensure_stats(
-                ws.model, ws.tokenizer, space.matrices, self.config.space.method.sources,
-                weights_hash=ws.weights_hash, cfg=self.config.calibration, general=ws.corpus,
-                task_texts=ws.task.calibration_texts(),
-            )
+            self.statistics = search_statistics(self.config, ws, SearchSpace(self.config.space, ws.matrices))
             self.workspace = ws
         return self.workspace, self.statistics
 
@@ -73,7 +68,7 @@ def _probe(config: SearchConfig, run: RunDir, budget: float, warm: dict[str, flo
         "dense_acc": dense["task_acc"],
         "drop": dense["task_acc"] - best["task_acc"],
         "run_dir": str(sub.path),
-        "allocation": dict(sub.best_allocation().modules),
+        "allocation": sub.best_allocation().allocation.removed_fractions(workspace.matrices),
     }
 
 

@@ -79,6 +79,17 @@ class Prepared:
         )
 
 
+def search_statistics(config: SearchConfig, ws: Workspace, space: SearchSpace,
+                      store: StatsStore | None = None) -> Statistics:
+    """The calibration statistics a search over ``space`` reads: every source of its scoring method
+    and low-rank primitive, with ``XᵀX`` when it factorises."""
+    return ensure_stats(
+        ws.model, ws.tokenizer, space.matrices, config.space.sources, weights_hash=ws.weights_hash,
+        cfg=config.calibration, general=ws.corpus, task_texts=ws.task.calibration_texts(),
+        hessian=config.space.lowrank is not None, store=store,
+    )
+
+
 def prepare(
     config: SearchConfig,
     store: StatsStore | None,
@@ -101,11 +112,7 @@ def prepare(
     window = space.budget_window(config.budget)
     method = config.space.method
     if statistics is None:
-        statistics = ensure_stats(
-            ws.model, ws.tokenizer, space.matrices, config.space.sources, weights_hash=ws.weights_hash,
-            cfg=config.calibration, general=ws.corpus, task_texts=ws.task.calibration_texts(),
-            hessian=config.space.lowrank is not None, store=store,
-        )
+        statistics = search_statistics(config, ws, space, store)
     elif store is not None:
         statistics.save_to(store)
     lowrank_only = config.space.mask is None

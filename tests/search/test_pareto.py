@@ -23,3 +23,13 @@ def test_bisection_frontier_and_resume(search_config, tmp_path):
     assert saved["frontier"] == result["frontier"]
     again = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)  # finished probes resume, same answer
     assert again == result
+
+
+def test_low_rank_pareto_factorises_and_warm_starts_on_removed_fractions(search_config, tmp_path):
+    """A low-rank space needs ``XᵀX`` in the shared statistics (the probes reuse them), and the
+    warm start carries each matrix's *removed* fraction (a factorised matrix has no zeros)."""
+    cfg = search_config(generations=1, tolerance=0.99, budget=None, space="lowrank")
+    result = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)
+    assert [p["feasible"] for p in result["frontier"]] == [True, True]  # tolerance 0.99: every probe is feasible
+    first = RunDir(tmp_path / "pareto").probe(0.475).best_allocation().allocation
+    assert first.ranks and not any(first.sparsity.values())
