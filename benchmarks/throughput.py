@@ -3,7 +3,7 @@ it scales over actors.
 
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
                                     [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
-                                    [--ray-actors 1,2] [--smoke]
+                                    [--graphs on,off] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
 
 **Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
 forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
@@ -14,7 +14,7 @@ device's measured bf16 matmul peak. Candidates are random budget-feasible genome
 only the dense weights and computes each pruned weight inside every forward (so its "apply" is ~0
 and its forward carries the masking).
 
-**Search-loop rows** (``--search-loop``, one per pruner mode): the real candidate-evaluation path of a search
+**Search-loop rows** (``--search-loop``, one per pruner mode and ``--graphs`` setting): the real candidate-evaluation path of a search
 (:func:`~sieve.search.evaluator.build_evaluator`: the built-in task's validation examples scored
 with the task-NLL fitness, shared few-shot prefix, the ``gpu`` preset's batch size) on random
 genomes at the first and at the final stage, as forward tokens per second, next to the same
@@ -47,6 +47,7 @@ from common import RESULTS, bench_device, forward_timer, provenance, smoke_input
 from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
 from sieve.search.operators import repair_budget  # noqa: E402
+from sieve.search.evaluator import Timings  # noqa: E402
 from sieve.search.space import SearchSpace, SpaceSpec  # noqa: E402
 
 log = logging.getLogger("benchmarks.throughput")
@@ -164,9 +165,9 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
 
 
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
-                        inputs: dict[str, str], n_candidates: int, mode: str) -> dict[str, Any]:
-    """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``) vs the dense
-    forward's tokens/s."""
+                        inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool) -> dict[str, Any]:
+    """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``, CUDA graphs on or
+    off) vs the dense forward's tokens/s, with the per-candidate split into apply and scoring."""
     from sieve.config import validate
     from sieve.models.loading import LoadedModel
     from sieve.search.config import SearchConfig
@@ -174,7 +175,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     from sieve.stats.calibrate import Statistics
     from sieve.workspace import Workspace
 
-    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode,
+    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode, "cuda_graphs": graphs,
                                   "space": {"name": "throughput", "method": {"name": "magnitude"}}})
     task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
                              split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
@@ -187,28 +188,35 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     evaluator = build_evaluator(cfg, ws, space, Statistics({}))
     genomes = random_genomes(space, window, n_candidates + 1, 1)
     evaluator.evaluate(genomes[0], evaluator.plan.final)  # warm-up
+    evaluator.evaluate(genomes[0], 0)
     rows = {}
     for stage in (0, evaluator.plan.final):
         sync(device)
         start, tokens = time.perf_counter(), 0
+        before = Timings(**vars(evaluator.timings))
         for genome in genomes[1:]:
             tokens += evaluator.evaluate(genome, stage).tokens
         sync(device)
         seconds = time.perf_counter() - start
-        rows[stage] = (tokens / seconds, len(genomes[1:]) / seconds, evaluator.plan.sizes[stage])
+        t = evaluator.timings
+        n = len(genomes[1:])
+        rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
+                       (t.forward - before.forward) / n, t.graphed - before.graphed)
     evaluator.pruner.release()
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
     forward = forward_timer(model, ids, device)
     forward()
     dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
-    out = {"model": name, "mode": evaluator.pruner.mode, "batch_size": cfg.batch_size,
+    out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "batch_size": cfg.batch_size,
            "dense_tokens_per_s": round(dense_tokens_s)}
-    for stage, (tok_s, cand_s, examples) in rows.items():
+    for stage, (tok_s, cand_s, examples, apply_s, score_s, graphed) in rows.items():
         key = "first" if stage == 0 else "final"
         out.update({f"{key}_stage_examples": examples, f"{key}_stage_tokens_per_s": round(tok_s),
                     f"{key}_stage_candidates_per_s": round(cand_s, 3),
-                    f"{key}_stage_over_dense": round(tok_s / dense_tokens_s, 4)})
+                    f"{key}_stage_over_dense": round(tok_s / dense_tokens_s, 4),
+                    f"{key}_stage_apply_ms": round(1e3 * apply_s, 2), f"{key}_stage_score_ms": round(1e3 * score_s, 2),
+                    f"{key}_stage_graphed": graphed})
     return out
 
 
@@ -260,6 +268,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--candidates", type=int, default=12)
     p.add_argument("--search-loop", action="store_true")
     p.add_argument("--search-candidates", type=int, default=8)
+    p.add_argument("--graphs", default="on,off", help="search-loop rows with CUDA graphs on and/or off")
+    p.add_argument("--candidate-rows", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ray-actors", default="")
     p.add_argument("--ray-candidates", type=int, default=24)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -282,19 +292,20 @@ def main(argv: list[str] | None = None) -> Path:
         search, inputs = load_yaml(builtin_file("configs", "gpu")), {"model": "smollm2-135m", "task": "rotten_tomatoes"}
     for name in models:
         model, tokenizer, vocab = build_model(name, device)
-        for mode in args.modes.split(","):
+        for mode in args.modes.split(",") if args.candidate_rows else []:
             row = measure_model(model, name, device, mode, tokens, 3 if args.smoke else args.candidates, seq_len, vocab)
             row["peak_tflops"] = body["peak_tflops"]
             body["rows"].append(row)
             log.warning("%s", row)
             write_result("throughput", body, args.out_dir, tag)
         for mode in args.modes.split(",") if args.search_loop else []:
-            loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
-                                       2 if args.smoke else args.search_candidates, mode)
-            if loop is not None:
-                body["search_loop"].append(loop)
-            log.warning("%s", loop)
-            write_result("throughput", body, args.out_dir, tag)
+            for graphs in [g == "on" for g in args.graphs.split(",")]:
+                loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
+                                           2 if args.smoke else args.search_candidates, mode, graphs)
+                if loop is not None:
+                    body["search_loop"].append(loop)
+                log.warning("%s", loop)
+                write_result("throughput", body, args.out_dir, tag)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

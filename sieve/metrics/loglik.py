@@ -18,21 +18,28 @@ then scores any model on it (:func:`score_examples`):
   (``ctx[-max_length:]``), so one sequence per example is run and every choice is read from the
   last position's logits -- half the forward tokens for two choices.
 * **Shared prefix**: a few-shot prompt is the same for every example; when the model takes a
-  KV cache, each batch runs the common token prefix once and only the per-example suffixes
-  (about 2.5× fewer forward tokens on the built-in task); on a model with a sliding attention
-  window (Gemma 3), a batch whose rows differ in length and exceed the window runs without it,
-  because the padding between prefix and suffix would shift that window
-  (:mod:`sieve.models.forward`).
-* **Batching**: requests are sorted by length (least padding) and run ``batch_size`` at a time
-  under ``torch.inference_mode``. When the model accepts ``position_ids``, sequences are padded
-  on the left with explicit positions, so every scored position sits in the last ``k`` columns
-  and ``logits_to_keep=k`` skips the vocabulary projection of the rest; otherwise they are
-  padded on the right. Either way the padding is masked and does not change the scores (tests
-  check both against one unpadded forward per request).
+  KV cache, the common token prefix runs once per scoring run and its cache is copied to every
+  batch, which runs only the per-example suffixes (about 2.5× fewer forward tokens on the built-in
+  task); on a model with a sliding attention window (Gemma 3), a batch whose rows differ in length
+  and exceed the window runs without it, because the padding between prefix and suffix would shift
+  that window (:mod:`sieve.models.forward`).
+* **Batching**: requests are sorted by length and cut into *length buckets* of at most
+  ``batch_size`` sequences, the cut minimising padded tokens plus a fixed cost per forward
+  (:func:`bucket_bounds`; one batch of 256 few-shot reviews pads 7.4 k real suffix tokens to
+  14 k), and run under ``torch.inference_mode``. When the model accepts ``position_ids``,
+  sequences are padded on the left with explicit positions, so every scored position sits in the
+  last ``k`` columns and ``logits_to_keep=k`` skips the vocabulary projection of the rest;
+  otherwise they are padded on the right. Either way the padding is masked and does not change
+  the scores (tests check both against one unpadded forward per request).
+* **Plans**: everything above is decided once per set of examples (:class:`ScoringPlan`); running
+  a plan is forwards and tensor ops only, with one device→host transfer at the end, so a search
+  scoring the same examples for every candidate can replay it as a CUDA graph
+  (:mod:`sieve.metrics.scorer`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -245,6 +252,216 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+#: the fixed cost of one forward, in forward tokens, that length bucketing weighs against padding
+FORWARD_COST_TOKENS = 1024
+MIN_SHARED_PREFIX = 16
+
+
+def bucket_bounds(lengths: Sequence[int], batch_size: int, forward_cost: int | None = FORWARD_COST_TOKENS
+                  ) -> list[tuple[int, int]]:
+    """Batches ``[start, stop)`` over ``lengths`` sorted longest first: at most ``batch_size`` rows each.
+
+    With ``forward_cost`` the batches are *length buckets*: the partition into consecutive runs that
+    minimises ``Σ_b (rows_b · width_b + forward_cost)`` — padded tokens plus the fixed cost of each
+    forward, ``width_b`` being the first (longest) row of run ``b`` — found exactly by dynamic
+    programming, ``O(n · batch_size)``. Without it, plain slices of ``batch_size`` rows.
+    """
+    n = len(lengths)
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("bucket_bounds needs lengths sorted longest first")
+    if forward_cost is None or n == 0:
+        return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    width = np.asarray(lengths, dtype=np.float64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for stop in range(1, n + 1):
+        starts = np.arange(max(0, stop - batch_size), stop)
+        cost = best[starts] + (stop - starts) * width[starts] + forward_cost
+        k = int(np.argmin(cost))
+        best[stop], cut[stop] = cost[k], starts[k]
+    bounds, stop = [], n
+    while stop > 0:
+        bounds.append((int(cut[stop]), stop))
+        stop = int(cut[stop])
+    return bounds[::-1]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One forward's inputs and where its targets' log-probabilities are read (all built once)."""
+
+    kwargs: dict[str, Any]  # input_ids, attention_mask, position_ids, logits_to_keep, use_cache
+    shared: bool  # runs after the plan's shared prefix (its cache, repeated over the rows)
+    rows: int
+    read_rows: torch.Tensor  # positions read from the logits: (row, column) once each
+    read_cols: torch.Tensor
+    owners: torch.Tensor  # per target token: its position among the read ones
+    tokens: torch.Tensor  # per target token: its id
+    real_tokens: int
+
+
+@dataclass
+class ScoringPlan:
+    """Everything needed to score fixed examples on any weights of one model, built once.
+
+    Built from pure Python data (:meth:`build`), then :meth:`run` is nothing but forwards and tensor
+    ops with no host synchronisation — a fixed sequence of kernels on fixed input tensors, which is
+    what lets :class:`~sieve.metrics.scorer.TaskScorer` capture it as one CUDA graph and replay it for
+    every candidate — and :meth:`collect` reads the result back with one transfer. The few-shot
+    prefix common to every sequence runs once per :meth:`run` and its cache is copied to each batch
+    that uses it (a batch padded beyond a sliding attention window does not; see the module docstring).
+    """
+
+    batches: list[_Batch]
+    prefix: torch.Tensor | None  # (1, P) ids of the shared prefix
+    cache_argument: str | None
+    spans: list[tuple[int, int, int]]  # (slot, choice, tokens) in target order
+    choices: tuple[int, ...]  # per slot: its number of continuations
+    indices: tuple[int, ...]
+    golds: tuple[int, ...]
+    n_tokens: int
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, encoded: EncodedTask, indices: Sequence[int] | None = None, *,
+              batch_size: int = 16, padding: Padding = "auto", forward_cost: int | None = FORWARD_COST_TOKENS,
+              device: torch.device | str | None = None) -> ScoringPlan:
+        if batch_size < 1:
+            raise SieveError(f"batch_size must be at least 1, got {batch_size}")
+        indices = list(range(len(encoded))) if indices is None else [int(i) for i in indices]
+        for i in indices:
+            if not 0 <= i < len(encoded):
+                raise SieveError(f"example index {i} out of range for {len(encoded)} examples")
+        device = torch.device(device) if device is not None else _model_device(model)
+        features = forward_features(model)
+        if padding == "auto":
+            padding = "left" if features.position_ids else "right"
+        if padding == "left" and not features.position_ids:
+            raise SieveError("left padding needs a model whose forward honours position_ids")
+        keep_logits = padding == "left" and features.logits_to_keep
+        cache_argument = features.cache_argument if padding == "left" else None
+        jobs = sorted(build_jobs(encoded, indices), key=lambda j: -len(j.tokens))
+        prefix = _common_prefix(jobs, max((len(t[2]) for j in jobs for t in j.targets), default=0)) \
+            if cache_argument and len(jobs) > 1 else 0
+        if prefix < MIN_SHARED_PREFIX:
+            prefix = 0
+        bounds = bucket_bounds([len(j.tokens) - prefix for j in jobs], batch_size, forward_cost)
+        batches, spans = [], []
+        for start, stop in bounds:
+            batch = jobs[start:stop]
+            shared = prefix > 0 and not (
+                features.attention_window is not None and _padded_beyond(batch, features.attention_window))
+            if prefix and not shared:
+                _note_window(model, features.attention_window)
+            batches.append(_plan_batch(batch, prefix if shared else 0, padding, keep_logits, device, spans))
+        used = any(b.shared for b in batches)
+        return cls(
+            batches=batches,
+            prefix=torch.tensor([jobs[0].tokens[:prefix]], dtype=torch.long, device=device) if used else None,
+            cache_argument=cache_argument,
+            spans=spans,
+            choices=tuple(len(encoded.continuations[i]) for i in indices),
+            indices=tuple(indices),
+            golds=tuple(encoded.golds[i] for i in indices),
+            n_tokens=(prefix if used else 0) + sum(b.real_tokens for b in batches),
+        )
+
+    def run(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p, is_greedy)`` of every target token, in target order, left on the device."""
+        past = None
+        if self.prefix is not None:
+            past = output_cache(model(input_ids=self.prefix, use_cache=True))
+        users = sum(b.shared for b in self.batches)
+        picked, hits = [], []
+        for batch in self.batches:
+            kwargs = dict(batch.kwargs)
+            if batch.shared:
+                users -= 1
+                cache = copy.deepcopy(past) if users else past
+                cache.batch_repeat_interleave(batch.rows)
+                kwargs[self.cache_argument] = cache
+            logits = model(**kwargs).logits
+            lsm = logits[batch.read_rows, batch.read_cols].float().log_softmax(-1)
+            picked.append(lsm[batch.owners, batch.tokens].double())
+            hits.append(lsm.argmax(-1)[batch.owners] == batch.tokens)
+        return torch.cat(picked), torch.cat(hits)
+
+    def collect(self, picked: torch.Tensor, hits: torch.Tensor) -> ChoiceScores:
+        """The :class:`ChoiceScores` of :meth:`run`'s tensors: one device→host transfer each."""
+        logprob_of = [np.zeros(n, dtype=np.float64) for n in self.choices]
+        greedy = [np.zeros(n, dtype=bool) for n in self.choices]
+        picked, hits = picked.cpu().numpy(), hits.cpu().numpy()
+        at = 0
+        for slot, choice, n in self.spans:
+            logprob_of[slot][choice] = float(picked[at:at + n].sum())
+            greedy[slot][choice] = bool(hits[at:at + n].all())
+            at += n
+        return ChoiceScores(logprobs=logprob_of, greedy=greedy, indices=self.indices, golds=self.golds,
+                            n_tokens=self.n_tokens)
+
+    def score(self, model: torch.nn.Module) -> ChoiceScores:
+        """Run eagerly (``inference_mode``, eval mode) and collect."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return self.collect(*self.run(model))
+        finally:
+            model.train(was_training)
+
+
+def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: bool, device: torch.device,
+                spans: list[tuple[int, int, int]]) -> _Batch:
+    """One batch's input tensors (rows without the first ``prefix`` tokens, padded as asked) and the
+    gather indices of its targets; appends the targets' spans to ``spans``.
+
+    A target's continuation of ``n`` tokens is predicted by the ``n`` positions before its row's end;
+    positions shared by several targets (all choices of a single-token example) are normalised once.
+    """
+    keep = max(len(t[2]) for job in batch for t in job.targets)
+    rows_tokens = [job.tokens[prefix:] for job in batch]
+    width = max(len(t) for t in rows_tokens)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    ends = []
+    for row, tokens in enumerate(rows_tokens):
+        n = len(tokens)
+        cols = slice(width - n, width) if padding == "left" else slice(0, n)
+        ids[row, cols] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, cols] = 1
+        ends.append(width if padding == "left" else n)
+    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "use_cache": prefix > 0}
+    full_mask = torch.cat([torch.ones((len(batch), prefix), dtype=torch.long), mask], 1) if prefix else mask
+    kwargs["attention_mask"] = full_mask.to(device)
+    shown = width
+    if padding == "left":
+        kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+        if keep_logits:
+            kwargs["logits_to_keep"] = keep
+            shown = keep
+    read_rows, read_cols, owners, tokens = [], [], [], []
+    position_of: dict[tuple[int, int], int] = {}
+    for row, job in enumerate(batch):
+        stop = ends[row] - (width - shown)
+        for slot, choice, cont in job.targets:
+            first = stop - len(cont)
+            for offset, token in enumerate(cont):
+                key = (row, first + offset)
+                if key not in position_of:
+                    position_of[key] = len(position_of)
+                    read_rows.append(key[0])
+                    read_cols.append(key[1])
+                owners.append(position_of[key])
+                tokens.append(token)
+            spans.append((slot, choice, len(cont)))
+
+    def on_device(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    return _Batch(kwargs, prefix > 0, len(batch), on_device(read_rows), on_device(read_cols), on_device(owners),
+                  on_device(tokens), int(mask.sum()))
+
+
 def score_examples(
     model: torch.nn.Module,
     encoded: EncodedTask,
@@ -253,120 +470,29 @@ def score_examples(
     batch_size: int = 16,
     device: torch.device | str | None = None,
     padding: Padding = "auto",
+    forward_cost: int | None = FORWARD_COST_TOKENS,
 ) -> ChoiceScores:
     """Log-likelihood of every continuation of the selected examples (see module docstring).
 
     ``padding="auto"`` pads on the left (with ``position_ids`` and ``logits_to_keep``) when the
-    model's ``forward`` accepts them, else on the right; the result is the same.
+    model's ``forward`` accepts them, else on the right; the result is the same. Batches hold at most
+    ``batch_size`` sequences, length-bucketed by ``forward_cost`` (:func:`bucket_bounds`; ``None``:
+    plain slices).
     """
-    if batch_size < 1:
-        raise SieveError(f"batch_size must be at least 1, got {batch_size}")
-    indices = list(range(len(encoded))) if indices is None else [int(i) for i in indices]
-    for i in indices:
-        if not 0 <= i < len(encoded):
-            raise SieveError(f"example index {i} out of range for {len(encoded)} examples")
-    device = torch.device(device) if device is not None else _model_device(model)
-    features = forward_features(model)
-    if padding == "auto":
-        padding = "left" if features.position_ids else "right"
-    if padding == "left" and not features.position_ids:
-        raise SieveError("left padding needs a model whose forward honours position_ids")
-    keep_logits = padding == "left" and features.logits_to_keep
-    cache_argument = features.cache_argument if padding == "left" else None
-    window = features.attention_window
-
-    logprobs = [np.zeros(len(encoded.continuations[i]), dtype=np.float64) for i in indices]
-    greedy = [np.zeros(len(encoded.continuations[i]), dtype=bool) for i in indices]
-    jobs = sorted(build_jobs(encoded, indices), key=lambda j: -len(j.tokens))
-    n_tokens = 0
-    log.debug("scoring %d examples: %d sequences, %d tokens, %s padding", len(indices),
-              len(jobs), n_tokens, padding)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start:start + batch_size]
-                n_tokens += _score_batch(model, batch, device, padding, keep_logits, logprobs, greedy, cache_argument,
-                                         window)
-    finally:
-        model.train(was_training)
-    return ChoiceScores(
-        logprobs=logprobs,
-        greedy=greedy,
-        indices=tuple(indices),
-        golds=tuple(encoded.golds[i] for i in indices),
-        n_tokens=n_tokens,
-    )
-
-
-def _score_batch(
-    model: torch.nn.Module,
-    batch: Sequence[_Job],
-    device: torch.device,
-    padding: str,
-    keep_logits: bool,
-    logprobs: list[np.ndarray],
-    greedy: list[np.ndarray],
-    cache_argument: str | None = None,
-    window: int | None = None,
-) -> int:
-    """Score one batch in place; returns the tokens run through the model.
-
-    With ``cache_argument`` (left padding and a KV cache the model reuses under that name, as
-    probed by :func:`~sieve.models.forward.forward_features`), the batch's longest common token
-    prefix (a few-shot prompt) runs once, its cache is repeated over the rows, and only the
-    suffixes run: suffixes are left-padded *after* the prefix, masked, and positioned from the
-    prefix length. With a sliding attention ``window``, that padding widens each shorter row's
-    distances to the prefix, so the prefix is shared only when no row is padded or the longest
-    row fits in the window (then no distance reaches it).
-    """
-    keep = max(len(t[2]) for job in batch for t in job.targets)
-    prefix = _common_prefix(batch, keep) if cache_argument and len(batch) > 1 else 0
-    if prefix and window is not None and _padded_beyond(batch, window):
-        _note_window(model, window)
-        prefix = 0
-    past = None
-    if prefix >= MIN_SHARED_PREFIX:
-        head = torch.tensor([batch[0].tokens[:prefix]], dtype=torch.long, device=device)
-        past = output_cache(model(input_ids=head, use_cache=True))
-        past.batch_repeat_interleave(len(batch))
-        batch = [_Job(j.tokens[prefix:], j.targets) for j in batch]
-    else:
-        prefix = 0
-    width = max(len(j.tokens) for j in batch)
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    ends = []  # column after each row's last real token
-    for row, job in enumerate(batch):
-        n = len(job.tokens)
-        cols = slice(width - n, width) if padding == "left" else slice(0, n)
-        ids[row, cols] = torch.tensor(job.tokens, dtype=torch.long)
-        mask[row, cols] = 1
-        ends.append(width if padding == "left" else n)
-    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "use_cache": past is not None}
-    full_mask = torch.cat([torch.ones((len(batch), prefix), dtype=torch.long), mask], 1) if prefix else mask
-    kwargs["attention_mask"] = full_mask.to(device)
-    if past is not None:
-        kwargs[cache_argument] = past
-    if padding == "left":
-        kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
-        if keep_logits:
-            kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits
-    _read_targets(logits, batch, [end - (width - logits.shape[1]) for end in ends], logprobs, greedy)
-    return prefix + int(mask.sum())
-
-
-MIN_SHARED_PREFIX = 16
-_WINDOW_NOTED: set[str] = set()
+    plan = ScoringPlan.build(model, encoded, indices, batch_size=batch_size, padding=padding,
+                             forward_cost=forward_cost, device=device)
+    log.debug("scoring %d examples: %d batches, %d forward tokens", len(plan.indices), len(plan.batches),
+              plan.n_tokens)
+    return plan.score(model)
 
 
 def _padded_beyond(batch: Sequence[_Job], window: int) -> bool:
     """Rows of different lengths (so some are padded) and the longest longer than ``window``."""
     lengths = {len(j.tokens) for j in batch}
     return len(lengths) > 1 and max(lengths) > window
+
+
+_WINDOW_NOTED: set[str] = set()
 
 
 def _note_window(model: torch.nn.Module, window: int) -> None:
@@ -377,50 +503,12 @@ def _note_window(model: torch.nn.Module, window: int) -> None:
                  "prefix (same scores, more forward tokens)", name, window)
 
 
-def _read_targets(logits: torch.Tensor, batch: Sequence[_Job], stops: Sequence[int], logprobs: list[np.ndarray],
-                  greedy: list[np.ndarray]) -> None:
-    """Every target's log-likelihood and greedy flag from one batch's logits, with one gather and
-    one device→host transfer per batch (never one per example).
-
-    A target's continuation of ``n`` tokens is predicted by the ``n`` positions before its row's
-    ``stop``; positions shared by several targets (all choices of a single-token example) are
-    normalised once. log-softmax in float32, the sum over a continuation's tokens in float64.
-    """
-    rows, cols, tokens, owners, spans = [], [], [], [], []
-    position_of: dict[tuple[int, int], int] = {}
-    for row, job in enumerate(batch):
-        for slot, choice, cont in job.targets:
-            first = stops[row] - len(cont)
-            for offset, token in enumerate(cont):
-                key = (row, first + offset)
-                if key not in position_of:
-                    position_of[key] = len(position_of)
-                    rows.append(key[0])
-                    cols.append(key[1])
-                owners.append(position_of[key])
-                tokens.append(token)
-            spans.append((slot, choice, len(cont)))
-    device = logits.device
-    lsm = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float().log_softmax(-1)
-    owner = torch.tensor(owners, device=device)
-    token = torch.tensor(tokens, device=device)
-    picked = lsm[owner, token].double().cpu()
-    hit = (lsm.argmax(-1)[owner] == token).cpu()
-    at = 0
-    for slot, choice, n in spans:
-        logprobs[slot][choice] = float(picked[at:at + n].sum())
-        greedy[slot][choice] = bool(hit[at:at + n].all())
-        at += n
-
-
-
-
-def _common_prefix(batch: Sequence[_Job], keep: int) -> int:
+def _common_prefix(jobs: Sequence[_Job], keep: int) -> int:
     """Longest token prefix shared by every job, leaving at least ``keep`` tokens in each."""
-    first = batch[0].tokens
-    limit = min(len(j.tokens) for j in batch) - keep
+    first = jobs[0].tokens
+    limit = min(len(j.tokens) for j in jobs) - keep
     n = 0
-    while n < limit and all(j.tokens[n] == first[n] for j in batch):
+    while n < limit and all(j.tokens[n] == first[n] for j in jobs):
         n += 1
     return n
 

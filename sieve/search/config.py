@@ -23,8 +23,10 @@ from sieve.search.space import SpaceSpec
 from sieve.stats.calibrate import CalibrationConfig
 from sieve.workspace import InputsConfig, Workspace
 
-#: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits)
-VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory")
+#: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits;
+#: a CUDA graph's scores equal eager ones up to the last bits, see :mod:`sieve.metrics.scorer`)
+VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory",
+            "cuda_graphs")
 
 
 class SearchConfig(InputsConfig):
@@ -50,6 +52,9 @@ class SearchConfig(InputsConfig):
         "auto", description="on_the_fly: weights computed at every forward from the dense ones (memory ≈ 1× the "
         "model instead of 2×, one pruning pass per forward); in_place: one pass per candidate; auto: in_place where "
         "twice the pruned matrices fit in free memory, else on_the_fly")
+    cuda_graphs: bool = Field(
+        True, description="on a GPU with in-place pruning, each stage's scoring is captured once as a CUDA graph and "
+        "replayed for every candidate (a small model's forward is launch-bound)")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(

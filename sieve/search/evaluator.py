@@ -60,22 +60,25 @@ class StagePlan:
 
 @dataclass
 class Timings:
-    """Seconds spent per part of candidate evaluation (summed over candidates)."""
+    """Seconds spent per part of candidate evaluation (summed over candidates); ``graphed``: the
+    candidates whose task scoring replayed a CUDA graph."""
 
     apply: float = 0.0
     forward: float = 0.0
     total: float = 0.0
     candidates: int = 0
+    graphed: int = 0
 
     def add(self, other: Timings) -> None:
         self.apply += other.apply
         self.forward += other.forward
         self.total += other.total
         self.candidates += other.candidates
+        self.graphed += other.graphed
 
     def as_dict(self) -> dict[str, float]:
         return {"apply_s": self.apply, "forward_s": self.forward, "overhead_s": self.total - self.apply - self.forward,
-                "total_s": self.total, "candidates": self.candidates}
+                "total_s": self.total, "candidates": self.candidates, "graphed_candidates": self.graphed}
 
 
 def _sync(model: torch.nn.Module) -> None:
@@ -95,14 +98,14 @@ class CandidateEvaluator:
     timings: Timings = field(default_factory=Timings)
 
     def evaluate(self, genome: np.ndarray, stage: int) -> Measurement:
-        start = time.perf_counter()
+        start, replays = time.perf_counter(), self.inputs.scorer.replays
         self.pruner.apply(self.space.allocation(genome))
         _sync(self.model)
         applied = time.perf_counter()
         result = self.fitness.measure(self.model, self.inputs, self.plan.indices(stage), self.plan.fraction(stage))
         _sync(self.model)
         end = time.perf_counter()
-        self.timings.add(Timings(applied - start, end - applied, end - start, 1))
+        self.timings.add(Timings(applied - start, end - applied, end - start, 1, int(self.inputs.scorer.replays > replays)))
         return result
 
 
@@ -129,7 +132,8 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
         general_blocks = token_blocks(
             ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
         )
-    inputs = FitnessInputs(encoded, general_blocks, config.batch_size)
+    graphs = config.cuda_graphs and mode == "in_place" and not streamed and ws.device.type == "cuda"
+    inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs)
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed)
     return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)

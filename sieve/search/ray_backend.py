@@ -57,7 +57,8 @@ class EvaluatorActor:
         result = self.evaluator.evaluate(np.array(genome, dtype=np.int64), stage)
         t = self.evaluator.timings
         return result.value, result.tokens, {
-            "apply": t.apply - before.apply, "forward": t.forward - before.forward, "total": t.total - before.total}
+            "apply": t.apply - before.apply, "forward": t.forward - before.forward, "total": t.total - before.total,
+            "graphed": t.graphed - before.graphed}
 
     def ready(self) -> int:
         return os.getpid()
@@ -179,7 +180,7 @@ class RayBackend:
                 pending.append(i)
                 continue
             results[i] = Measurement(value, tokens)
-            self._timings.add(Timings(t["apply"], t["forward"], t["total"], 1))
+            self._timings.add(Timings(t["apply"], t["forward"], t["total"], 1, t["graphed"]))
         return [results[i] for i in range(len(genomes))]
 
     def timings(self) -> Timings:

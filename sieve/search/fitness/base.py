@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -33,16 +33,23 @@ from torch import nn
 from sieve.config import Frozen
 from sieve.errors import SieveError
 from sieve.metrics.loglik import EncodedTask
+from sieve.metrics.scorer import TaskScorer
 from sieve.registry import Registry
 
 
 @dataclass
 class FitnessInputs:
-    """The data a fitness reads: encoded validation examples and general-text blocks."""
+    """The data a fitness reads: encoded validation examples and general-text blocks, and the
+    scorer that scores the former (one plan per stage, CUDA graphs where ``cuda_graphs``)."""
 
     task: EncodedTask
     general_blocks: torch.Tensor | None = None
     batch_size: int = 16
+    cuda_graphs: bool = False
+    scorer: TaskScorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = TaskScorer(self.task, self.batch_size, cuda_graphs=self.cuda_graphs)
 
 
 @dataclass

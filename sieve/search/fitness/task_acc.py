@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sieve.metrics.loglik import metrics, score_examples
+from sieve.metrics.loglik import metrics
 from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 
 
@@ -13,5 +13,5 @@ class TaskAccuracy(TaskFitness):
     name: Literal["task_acc"] = "task_acc"
 
     def measure(self, model, inputs, indices):
-        scores = score_examples(model, inputs.task, indices=indices, batch_size=inputs.batch_size)
+        scores = inputs.scorer.score(model, indices)
         return Measurement(1.0 - metrics(scores)["acc"], scores.n_tokens)

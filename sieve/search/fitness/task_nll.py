@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sieve.metrics.loglik import metrics, score_examples
+from sieve.metrics.loglik import metrics
 from sieve.metrics.quality import task_loss
 from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 
@@ -16,5 +16,5 @@ class TaskNLL(TaskFitness):
     name: Literal["task_nll"] = "task_nll"
 
     def measure(self, model, inputs, indices):
-        scores = score_examples(model, inputs.task, indices=indices, batch_size=inputs.batch_size)
+        scores = inputs.scorer.score(model, indices)
         return Measurement(task_loss(metrics(scores)), scores.n_tokens)

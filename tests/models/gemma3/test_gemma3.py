@@ -104,7 +104,7 @@ def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch, naive_sc
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     windowless = ForwardFeatures(True, True, CACHE_ARGUMENTS[0], None)
     monkeypatch.setattr(loglik, "forward_features", lambda model: windowless)
-    wrong = np.concatenate(score_examples(gemma3, encoded, batch_size=8).logprobs)
+    wrong = np.concatenate(score_examples(gemma3, encoded, batch_size=8, forward_cost=None).logprobs)
     assert np.abs(wrong - want).max() > 1e-3
 
 

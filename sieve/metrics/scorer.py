@@ -1,0 +1,120 @@
+"""Scoring the same validation subsets again and again, as a search does: one plan per subset, and on
+a GPU one CUDA graph per plan.
+
+A search scores a handful of fixed example subsets (its stages) on thousands of weight settings of
+one model. Everything about such a call except the weights' *values* is fixed: the token tensors,
+the batch shapes, the gather indices (:class:`~sieve.metrics.loglik.ScoringPlan`). A small model's
+forward is launch-bound — transformers' Python for 30 decoder layers costs more than the kernels it
+launches (SmolLM2-135M on an H100: 248 ms of host time per candidate, 42 ms of GPU time) — so on
+CUDA the scorer captures each plan's run once as a CUDA graph (``torch.cuda.CUDAGraph``) and replays
+it: the same kernels on the same input and parameter storage, no Python in between.
+
+That is only valid while the model's parameters keep their storage and change only in value — the
+in-place pruner's contract (it writes pruned weights with ``copy_`` into the parameters). A pruner
+that computes weights inside the forward (``on_the_fly``) or blocks streamed from host memory are
+not, so the evaluator turns graphs on only for in-place pruning.
+
+A graph's numbers equal eager scoring up to the last bits: transformers builds an explicit causal
+mask while a graph is captured where an eager forward over unpadded rows (the shared prefix) passes
+``is_causal`` to SDPA instead, which can select another attention kernel. Within one scorer every
+call of a subset takes the same path, so a search's ranking is reproducible; a capture that fails
+is reported once and that subset is scored eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from sieve.metrics.loglik import FORWARD_COST_TOKENS, ChoiceScores, EncodedTask, ScoringPlan
+
+log = logging.getLogger(__name__)
+
+
+class CapturedRun:
+    """``fn()`` captured as one CUDA graph; calling replays it and returns the same output tensors,
+    now holding the new values. ``fn`` must only launch kernels (no host synchronisation)."""
+
+    def __init__(self, fn: Callable[[], tuple[torch.Tensor, ...]], device: torch.device, pool=None) -> None:
+        stream = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            fn()  # warm-up outside the capture: lazy initialisation (cuBLAS workspaces, compiled kernels)
+        stream.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.outputs = fn()
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        self.graph.replay()
+        return self.outputs
+
+
+class TaskScorer:
+    """Scores subsets of one encoded task on a model whose weights change in place between calls.
+
+    ``cuda_graphs``: on a CUDA model, replay each subset's plan as a CUDA graph (see the module
+    docstring). ``replays`` counts the calls a graph served, ``captures`` the graphs captured.
+    """
+
+    def __init__(self, encoded: EncodedTask, batch_size: int, *, cuda_graphs: bool = False,
+                 forward_cost: int | None = FORWARD_COST_TOKENS) -> None:
+        self.encoded = encoded
+        self.batch_size = batch_size
+        self.cuda_graphs = cuda_graphs
+        self.forward_cost = forward_cost
+        self.plans: dict[tuple[int, ...], ScoringPlan] = {}
+        self.graphs: dict[tuple[int, ...], CapturedRun | None] = {}
+        self.replays = 0
+        self.captures = 0
+        self._model_id: int | None = None
+        self._pool = None
+
+    def plan(self, model: torch.nn.Module, indices: Sequence[int]) -> ScoringPlan:
+        key = tuple(int(i) for i in indices)
+        if key not in self.plans:
+            self.plans[key] = ScoringPlan.build(model, self.encoded, key, batch_size=self.batch_size,
+                                                forward_cost=self.forward_cost)
+        return self.plans[key]
+
+    def score(self, model: torch.nn.Module, indices: Sequence[int]) -> ChoiceScores:
+        plan = self.plan(model, indices)
+        device = next(model.parameters()).device
+        if not (self.cuda_graphs and device.type == "cuda"):
+            return plan.score(model)
+        if self._model_id is None:
+            self._model_id = id(model)
+        elif self._model_id != id(model):
+            raise ValueError("a TaskScorer's CUDA graphs belong to the model they were captured on")
+        key = plan.indices
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                if key not in self.graphs:
+                    self.graphs[key] = self._capture(plan, model, device)
+                run = self.graphs[key]
+                if run is None:
+                    return plan.score(model)
+                self.replays += 1
+                return plan.collect(*run())
+        finally:
+            model.train(was_training)
+
+    def _capture(self, plan: ScoringPlan, model: torch.nn.Module, device: torch.device) -> CapturedRun | None:
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            run = CapturedRun(lambda: plan.run(model), device, self._pool)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the same scores, eagerly
+            torch.cuda.synchronize(device)
+            log.warning("CUDA graph capture of a %d-example scoring plan failed (%s: %s); it is scored eagerly "
+                        "(same scores, slower)", len(plan.indices), type(exc).__name__, str(exc).splitlines()[0])
+            return None
+        self.captures += 1
+        log.info("captured a CUDA graph for %d examples (%d forwards)", len(plan.indices),
+                 len(plan.batches) + (plan.prefix is not None))
+        return run

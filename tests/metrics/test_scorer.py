@@ -1,0 +1,137 @@
+"""Scoring plans (length buckets, one shared prefix per run) and the search's TaskScorer, whose CUDA
+graphs are exercised on a GPU (``pytest tests/metrics/test_scorer.py`` on the device)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sieve.metrics.loglik import EncodedTask, ScoringPlan, bucket_bounds, score_examples
+from sieve.metrics.scorer import TaskScorer
+
+VOCAB = 300
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def llama(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def few_shot(n: int, seed: int = 0, prefix: int = 24, single_token: bool = True) -> EncodedTask:
+    """``n`` examples sharing a ``prefix``-token prompt, suffixes of 1..30 tokens."""
+    rng = np.random.default_rng(seed)
+    shots = tuple(int(t) for t in rng.integers(2, VOCAB, prefix))
+    contexts, conts, golds = [], [], []
+    for _ in range(n):
+        contexts.append(shots + tuple(int(t) for t in rng.integers(2, VOCAB, int(rng.integers(1, 31)))))
+        lens = [1, 1] if single_token else [int(x) for x in rng.integers(1, 4, 2)]
+        conts.append(tuple(tuple(int(t) for t in rng.integers(2, VOCAB, m)) for m in lens))
+        golds.append(int(rng.integers(0, 2)))
+    return EncodedTask(tuple(contexts), tuple(conts), tuple(golds), 256)
+
+
+def padded(lengths, bounds, cost):
+    return sum((stop - start) * lengths[start] + cost for start, stop in bounds)
+
+
+def test_bucket_bounds_are_the_cheapest_partition() -> None:
+    """Exact against brute force over every cut of small inputs; capped at ``batch_size`` rows."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n, batch, cost = int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(0, 40))
+        lengths = sorted((int(x) for x in rng.integers(1, 60, n)), reverse=True)
+        bounds = bucket_bounds(lengths, batch, cost)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(0 < stop - start <= batch for start, stop in bounds)
+        best = min(
+            padded(lengths, list(zip((0, *cuts), (*cuts, n))), cost)
+            for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+            if all(0 < b - a <= batch for a, b in zip((0, *cuts), (*cuts, n)))
+        )
+        assert padded(lengths, bounds, cost) == best, trial
+    assert bucket_bounds([5, 4, 3, 2, 1], 2, None) == [(0, 2), (2, 4), (4, 5)]
+    with pytest.raises(ValueError, match="sorted"):
+        bucket_bounds([1, 2], 4)
+
+
+def test_buckets_cut_padding_and_keep_scores(naive_scores) -> None:
+    model, encoded = llama(), few_shot(40)
+    one = ScoringPlan.build(model, encoded, batch_size=40, forward_cost=None)
+    buckets = ScoringPlan.build(model, encoded, batch_size=40, forward_cost=16)
+    assert len(one.batches) == 1 and len(buckets.batches) > 1
+
+    def padded_tokens(plan):
+        return sum(b.kwargs["input_ids"].numel() for b in plan.batches)
+
+    assert padded_tokens(buckets) < padded_tokens(one)
+    assert buckets.n_tokens == one.n_tokens == 24 + sum(len(c) - 24 for c in encoded.contexts)  # prefix once
+    reference = naive_scores(model, encoded)
+    for plan in (one, buckets):
+        np.testing.assert_allclose(np.concatenate(plan.score(model).logprobs), np.concatenate(reference), atol=1e-5)
+
+
+def test_shared_prefix_runs_once_per_scoring_run() -> None:
+    """The prefix is one forward of one row per run, however many batches use it."""
+    model, encoded = llama(), few_shot(12, single_token=False)
+    plan = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=None)
+    assert plan.prefix is not None and 16 <= plan.prefix.shape[1] <= 24  # leaves the longest continuation
+    assert len(plan.batches) == 6 and all(b.shared for b in plan.batches)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        first = plan.score(model)
+    finally:
+        hook.remove()
+    assert calls[0] == plan.prefix.shape and len(calls) == 7
+    second = plan.score(model)
+    for a, b in zip(first.logprobs, second.logprobs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_task_scorer_caches_one_plan_per_subset_and_needs_a_gpu_for_graphs() -> None:
+    model, encoded = llama(), few_shot(20)
+    scorer = TaskScorer(encoded, 8, cuda_graphs=True)
+    got = scorer.score(model, [3, 1, 7])
+    plan = scorer.plans[(3, 1, 7)]
+    assert scorer.score(model, [3, 1, 7]).logprobs[0][0] == got.logprobs[0][0]
+    assert scorer.plans[(3, 1, 7)] is plan and len(scorer.plans) == 1
+    assert scorer.replays == scorer.captures == 0  # CPU: eager
+    want = score_examples(model, encoded, indices=[3, 1, 7], batch_size=8)
+    for a, b in zip(got.logprobs, want.logprobs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@cuda
+@pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
+def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool) -> None:
+    """One capture per subset; each replay scores the weights as they are now (written in place, as
+    the in-place pruner does), equal to eager scoring up to attention-kernel rounding."""
+    device = torch.device("cuda")
+    model, encoded = llama(device="cuda"), few_shot(48, single_token=single_token)
+    graphs = TaskScorer(encoded, 16, cuda_graphs=True)
+    eager = TaskScorer(encoded, 16, cuda_graphs=False)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.shape[0] < VOCAB]
+    dense = [w.detach().clone() for w in weights]
+    generator = torch.Generator(device).manual_seed(0)
+    subsets = [list(range(0, 48, 3)), list(range(48))]
+    for step in range(4):
+        for w, d in zip(weights, dense, strict=True):
+            with torch.no_grad():
+                w.copy_(d * (torch.rand(d.shape, generator=generator, device=device) > 0.3 * (step % 3)))
+        for subset in subsets:
+            got, want = graphs.score(model, subset), eager.score(model, subset)
+            np.testing.assert_allclose(np.concatenate(got.logprobs), np.concatenate(want.logprobs), rtol=0, atol=1e-4)
+            assert got.n_tokens == want.n_tokens
+    assert graphs.captures == 2 and graphs.replays == 8 and eager.replays == 0
+    other = llama(device="cuda")
+    with pytest.raises(ValueError, match="belong to the model"):
+        graphs.score(other, subsets[0])
