@@ -46,8 +46,8 @@ from common import RESULTS, bench_device, forward_timer, provenance, smoke_input
 
 from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
-from sieve.search.operators import repair_budget  # noqa: E402
 from sieve.search.evaluator import Timings  # noqa: E402
+from sieve.search.operators import repair_budget  # noqa: E402
 from sieve.search.space import SearchSpace, SpaceSpec  # noqa: E402
 
 log = logging.getLogger("benchmarks.throughput")
@@ -120,7 +120,7 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t0 = time.perf_counter()
-    pruner = ModelPruner(space.matrices, spec.method, {}, mode=mode)
+    pruner = ModelPruner(space.matrices, spec.method, {}, mode=mode, contiguous=mode == "in_place")
     pruner.precompute_levels(space.row_counts())
     sync(device)
     precompute_s = time.perf_counter() - t0

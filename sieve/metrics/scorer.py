@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from sieve.metrics.loglik import FORWARD_COST_TOKENS, ChoiceScores, EncodedTask, ScoringPlan
+from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, ScoringPlan
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class TaskScorer:
     """
 
     def __init__(self, encoded: EncodedTask, batch_size: int, *, cuda_graphs: bool = False,
-                 forward_cost: int | None = FORWARD_COST_TOKENS) -> None:
+                 forward_cost: ForwardCost = "auto") -> None:
         self.encoded = encoded
         self.batch_size = batch_size
         self.cuda_graphs = cuda_graphs
@@ -70,7 +70,7 @@ class TaskScorer:
         self.graphs: dict[tuple[int, ...], CapturedRun | None] = {}
         self.replays = 0
         self.captures = 0
-        self._model_id: int | None = None
+        self._storage: tuple[int, ...] | None = None
         self._pool = None
 
     def plan(self, model: torch.nn.Module, indices: Sequence[int]) -> ScoringPlan:
@@ -85,10 +85,12 @@ class TaskScorer:
         device = next(model.parameters()).device
         if not (self.cuda_graphs and device.type == "cuda"):
             return plan.score(model)
-        if self._model_id is None:
-            self._model_id = id(model)
-        elif self._model_id != id(model):
-            raise ValueError("a TaskScorer's CUDA graphs belong to the model they were captured on")
+        storage = tuple(p.data_ptr() for p in model.parameters())
+        if self._storage is None:
+            self._storage = storage
+        elif self._storage != storage:
+            raise ValueError("a TaskScorer's CUDA graphs belong to the parameter storage they were captured on "
+                             "(another model, or weights moved since)")
         key = plan.indices
         was_training = model.training
         model.eval()

@@ -71,20 +71,32 @@ def threshold_mask(dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Ten
     return dense * keep
 
 
+def threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor,
+                        t_col: torch.Tensor, columns: torch.Tensor) -> None:
+    """``out ← threshold_mask(...)``: compiled, one kernel that writes the pruned weights straight
+    into ``out`` (no temporary: half the memory traffic of masking then copying)."""
+    out.copy_(threshold_mask(dense, factor, t_score, t_col, columns))
+
+
 _FUSED: dict[str, object] = {}
 
 
-def _fused_threshold_mask(device: torch.device):
-    """The compiled :func:`threshold_mask` for ``device`` (CUDA), or the eager one with one warning."""
+def _fused(function, device: torch.device):
+    """``function`` compiled for ``device`` (CUDA), or itself with one warning where it cannot be."""
     if device.type != "cuda":
-        return threshold_mask
-    if "cuda" not in _FUSED:
+        return function
+    if function.__name__ not in _FUSED:
         try:
-            _FUSED["cuda"] = torch.compile(threshold_mask, dynamic=True)
+            _FUSED[function.__name__] = torch.compile(function, dynamic=True)
         except Exception as exc:  # noqa: BLE001 - no compiler: the same result, unfused
             log.warning("torch.compile is unavailable (%s); masks are applied unfused (slower, same result)", exc)
-            _FUSED["cuda"] = threshold_mask
-    return _FUSED["cuda"]
+            _FUSED[function.__name__] = function
+    return _FUSED[function.__name__]
+
+
+def _fused_threshold_mask(device: torch.device):
+    """The compiled :func:`threshold_mask` for ``device`` (CUDA), or the eager one."""
+    return _fused(threshold_mask, device)
 
 
 def choose_mode(requested: str, device: torch.device, matrix_bytes: int, free_bytes: int | None,
@@ -120,6 +132,7 @@ class _Stack:
     names: list[str]
     dense: torch.Tensor
     factor: torch.Tensor | None  # (G, 1, in) float32: each member's column factor, for mask-only methods
+    weights: torch.Tensor | None = None  # (G, out, in): the model's own weights, when they are its slices
     index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,9 +145,13 @@ class _Stack:
 
     def select(self, tensor: torch.Tensor, members: list[int]) -> torch.Tensor:
         """``tensor[members]``, a view where the members are consecutive (no copy)."""
-        if members == list(range(members[0], members[0] + len(members))):
+        if _consecutive(members):
             return tensor[members[0] : members[0] + len(members)]
         return tensor.index_select(0, torch.tensor(members, device=tensor.device))
+
+
+def _consecutive(members: list[int]) -> bool:
+    return members == list(range(members[0], members[0] + len(members)))
 
 
 class _LiveWeight(torch.nn.Module):
@@ -159,12 +176,19 @@ class ModelPruner:
     (``torch.nn.utils.parametrize``) for the current level — no second copy (memory ≈ 1×), one
     fused elementwise pass per matrix per forward; :meth:`release` removes the parametrisations.
     Both give the same weights bit for bit (tested). An expert's slice of a 3-D MoE tensor is
-    always pruned in place. ``writes`` counts matrices written through a stack (``stacked``) and
-    one by one (``single``).
+    always pruned in place. ``writes`` counts matrices written through a stack (``stacked``, of them
+    ``direct`` straight into the model's weights) and one by one (``single``).
+
+    ``contiguous`` (in place): the model's own weights of each stack become the slices of one
+    ``(G, out, in)`` tensor too (the parameters keep their identity; their ``.data`` moves), so a
+    chunk of changed members is masked by one fused kernel writing straight into the model — no
+    temporary and no second copy. :meth:`release` gives every weight its own storage back (a model
+    whose parameters share storage cannot be saved with safetensors).
     """
 
     def __init__(self, matrices: Sequence[Matrix], method: ScoringMethod | None, stats: Mapping[str, MatrixStats],
-                 lowrank: LowRank | None = None, mode: str = "in_place", device: torch.device | None = None) -> None:
+                 lowrank: LowRank | None = None, mode: str = "in_place", device: torch.device | None = None,
+                 contiguous: bool = False) -> None:
         if mode not in ("in_place", "on_the_fly"):
             raise ValueError(f"mode must be in_place or on_the_fly, got {mode!r}")
         self.matrices = list(matrices)
@@ -214,6 +238,10 @@ class ModelPruner:
             factor = (torch.stack([self.factor[m.name] for m in members]).unsqueeze(1)
                       if self.factor else None)
             stack = _Stack([m.name for m in members], dense, factor)
+            if contiguous and all(m.expert is None and not m.transposed for m in members):
+                stack.weights = dense.clone()
+                for i, m in enumerate(members):
+                    m.module.weight.data = stack.weights[i]
             self.stacks.update({m.name: stack for m in members})
         self._released = False
 
@@ -298,8 +326,13 @@ class ModelPruner:
                 t_col = torch.stack([self.thresholds[n][self.current[n][0]][1] for n in chosen])
                 dense = stack.select(stack.dense, part)
                 columns = self._column_index(dense.shape[-1], dense.device)
-                pruned = _fused_threshold_mask(dense.device)(dense, stack.select(stack.factor, part), t_score, t_col,
-                                                             columns)
+                factor = stack.select(stack.factor, part)
+                if stack.weights is not None and _consecutive(part):
+                    out = stack.weights[part[0] : part[0] + len(part)]
+                    _fused(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
+                    self.writes.update(direct=len(part))
+                    continue
+                pruned = _fused_threshold_mask(dense.device)(dense, factor, t_score, t_col, columns)
                 torch._foreach_copy_([self.by_name[n].weight for n in chosen], list(pruned.unbind(0)))
         for m in single:
             m.weight.copy_(self.weight_at(m.name))
@@ -352,6 +385,12 @@ class ModelPruner:
             for m in self.matrices:
                 if m.name in self.live:
                     parametrize.remove_parametrizations(m.module, "weight", leave_parametrized=False)
+            for stack in {id(s): s for s in self.stacks.values()}.values():
+                if stack.weights is not None:
+                    for name in stack.names:
+                        module = self.by_name[name].module
+                        module.weight.data = module.weight.data.clone()
+                    stack.weights = None
             self._released = True
 
 

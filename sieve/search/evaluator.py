@@ -121,7 +121,7 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     if streamed and mode != "on_the_fly":
         raise SieveError("decoder blocks streamed from host memory need --pruner-mode on_the_fly (or auto)")
     pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
-                         device=ws.device if ws.loaded.streamer is not None else None)
+                         device=ws.device if ws.loaded.streamer is not None else None, contiguous=mode == "in_place")
     pruner.precompute_levels(space.row_counts())
     for name in space.factorisable():  # one SVD per matrix, up front: every rank afterwards is a slice
         pruner.factors_of(name)

@@ -9,11 +9,11 @@ from sieve.scores import get_method
 from sieve.stats import MatrixStats, collect_stats
 
 
-def _pruner(model, method="wanda"):
+def _pruner(model, method="wanda", contiguous=False):
     mats = find_matrices(model)
     st = collect_stats(model, mats, [(torch.randint(0, 200, (2, 16)), None)], source="general")
     stats = {m.name: MatrixStats(general=st[m.name]) for m in mats}
-    return mats, ModelPruner(mats, get_method(method), stats), stats
+    return mats, ModelPruner(mats, get_method(method), stats, contiguous=contiguous), stats
 
 
 def test_apply_restore_bit_identical_and_exact(llama, gpt2):
@@ -136,9 +136,10 @@ def test_on_the_fly_weights_equal_in_place_bit_for_bit(name, request):
 def test_compiled_threshold_mask_is_bit_identical_to_eager():
     """The fused kernel CUDA runs (``torch.compile`` of the same function) gives the eager bits;
     checked here with inductor's CPU backend on random weights, factors and thresholds."""
-    from sieve.prune.pruner import threshold_mask
+    from sieve.prune.pruner import threshold_mask, threshold_mask_into
 
     compiled = torch.compile(threshold_mask, dynamic=True)
+    compiled_into = torch.compile(threshold_mask_into, dynamic=True)
     g = torch.Generator().manual_seed(0)
     for rows, cols, dtype in ((8, 16, torch.float32), (24, 40, torch.bfloat16), (5, 7, torch.float16)):
         dense = torch.randn(rows, cols, generator=g).to(dtype)
@@ -149,7 +150,11 @@ def test_compiled_threshold_mask_is_bit_identical_to_eager():
         kth = scores.sort(dim=1).values[:, k]
         t_score, t_col = kth.unsqueeze(1), torch.randint(0, cols, (rows, 1), generator=g, dtype=torch.int32)
         columns = torch.arange(cols, dtype=torch.int32)
-        assert torch.equal(compiled(dense, factor, t_score, t_col, columns), threshold_mask(dense, factor, t_score, t_col, columns))
+        want = threshold_mask(dense, factor, t_score, t_col, columns)
+        assert torch.equal(compiled(dense, factor, t_score, t_col, columns), want)
+        stack = torch.full((3, rows, cols), 7.0, dtype=dtype)  # written in place: a slice of a stack
+        compiled_into(stack[1], dense, factor, t_score, t_col, columns)
+        assert torch.equal(stack[1], want) and bool((stack[0] == 7).all() and (stack[2] == 7).all())
 
 
 def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
@@ -164,17 +169,23 @@ def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
         choose_mode("fast", cpu, 1, None)
 
 
+@pytest.mark.parametrize("contiguous", [False, True], ids=["copied", "contiguous"])
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 1])
-def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypatch, chunk_bytes):
+def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypatch, chunk_bytes, contiguous):
     """Same-shaped matrices are masked a stack at a time (in chunks, members picked out of order);
-    every weight is exactly the stable-sort mask of its level, and restore is bit-identical."""
+    every weight is exactly the stable-sort mask of its level, and restore is bit-identical. With
+    ``contiguous`` the model's weights are slices of one tensor per stack, written directly, and
+    :meth:`release` gives each its own storage back (same parameter objects, same values)."""
     import numpy as np
 
     import sieve.prune.pruner as pruner_module
 
     monkeypatch.setattr(pruner_module, "_CHUNK_BYTES", chunk_bytes)
-    mats, pruner, stats = _pruner(llama)
+    params = {name: p for name, p in llama.named_parameters()}
+    mats, pruner, stats = _pruner(llama, contiguous=contiguous)
     assert len({id(s) for s in pruner.stacks.values()}) < len(mats)  # stacks formed
+    storages = {m.name: m.weight.untyped_storage().data_ptr() for m in mats}
+    assert (len(set(storages.values())) < len(mats)) == contiguous
     levels = (0.0, 0.25, 0.5, 0.75)
     pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], s) for s in levels] for m in mats})
     before = {m.name: m.weight.clone() for m in mats}
@@ -185,14 +196,18 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
             sparsity[name] = float(rng.choice(levels))
         pruner.writes.clear()
         pruner.apply(Allocation(dict(sparsity)))
-        if step == 0:  # every matrix changed: all written through stacks
-            assert pruner.writes == {"stacked": len(mats), "single": 0}
+        if step == 0:  # every matrix changed: all written through stacks (directly when contiguous)
+            assert pruner.writes == {"stacked": len(mats), "single": 0} | ({"direct": len(mats)} if contiguous else {})
         for m in mats:
             dense = pruner.dense[m.name]
             ref = dense * mask_from_scores(get_method("wanda").scores(dense, stats[m.name]), sparsity[m.name])
             assert torch.equal(m.weight, ref), (step, m.name)
     pruner.restore()
     assert all(torch.equal(m.weight, before[m.name]) for m in mats)
+    pruner.release()
+    assert all(torch.equal(m.weight, before[m.name]) for m in mats)
+    assert len({m.weight.untyped_storage().data_ptr() for m in mats}) == len(mats)  # own storage each
+    assert all(p is params[name] for name, p in llama.named_parameters())
 
 
 def test_live_weight_read_outside_the_forward_is_computed_where_the_pruner_computes(llama):
