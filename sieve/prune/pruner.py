@@ -17,11 +17,14 @@ with no int64 keys materialised: no level database, and memory is the model, its
 ``rows × levels`` thresholds.
 
 In place, matrices of one shape, dtype and device form a **stack**: their dense copies live in one
-``(G, out, in)`` tensor, and a candidate's changed matrices of a stack are masked by one fused pass
-over (chunks of) the stack and written back with one multi-tensor copy — a handful of kernel
-launches per shape instead of several per matrix, which is what a small model's apply is made of
-(SmolLM2-135M: 210 matrices, 4 shapes). The bits are those of the per-matrix pass (the same float32
-products and comparisons per element; tested).
+``(G, out, in)`` tensor. With ``contiguous`` (what a search uses) the model's own weights of a stack
+are the slices of one such tensor too, and a candidate's changed matrices of a stack are masked by
+one fused kernel per run of consecutive members that writes straight into the model (no temporary:
+one read of the dense copy, one write of the weights); otherwise by one fused pass per chunk of the
+stack and a multi-tensor copy back. Either way a handful of kernel launches per shape instead of
+several per matrix, which is what a small model's apply is made of (SmolLM2-135M: 210 matrices,
+4 shapes). The bits are those of the per-matrix pass (the same float32 products and comparisons
+per element; tested).
 
 Factorised matrices (``allocation.ranks``, the :mod:`~sieve.primitives.lowrank` primitive) keep
 their data-aware factors up to the break-even rank — one SVD per matrix, computed once — and a rank
@@ -152,6 +155,17 @@ class _Stack:
 
 def _consecutive(members: list[int]) -> bool:
     return members == list(range(members[0], members[0] + len(members)))
+
+
+def _runs(members: list[int]) -> list[list[int]]:
+    """Sorted ``members`` split into runs of consecutive indices (each run is one slice of a stack)."""
+    runs: list[list[int]] = []
+    for i in members:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 class _LiveWeight(torch.nn.Module):
@@ -319,15 +333,15 @@ class ModelPruner:
                 single.extend(members)
                 continue
             stack = self.stacks[members[0].name]
-            indices = [stack.index[m.name] for m in members]
-            for part in stack.chunks(indices):
+            indices = sorted(stack.index[m.name] for m in members)
+            for part in _runs(indices) if stack.weights is not None else stack.chunks(indices):
                 chosen = [stack.names[i] for i in part]
                 t_score = torch.stack([self.thresholds[n][self.current[n][0]][0] for n in chosen])
                 t_col = torch.stack([self.thresholds[n][self.current[n][0]][1] for n in chosen])
                 dense = stack.select(stack.dense, part)
                 columns = self._column_index(dense.shape[-1], dense.device)
                 factor = stack.select(stack.factor, part)
-                if stack.weights is not None and _consecutive(part):
+                if stack.weights is not None:
                     out = stack.weights[part[0] : part[0] + len(part)]
                     _fused(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
                     self.writes.update(direct=len(part))
