@@ -169,7 +169,7 @@ def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
         choose_mode("fast", cpu, 1, None)
 
 
-@pytest.mark.parametrize("contiguous", [False, True], ids=["copied", "contiguous"])
+@pytest.mark.parametrize("contiguous", [False, True, "whole"], ids=["copied", "contiguous", "whole-stacks"])
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 1])
 def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypatch, chunk_bytes, contiguous):
     """Same-shaped matrices are masked a stack at a time (in chunks, members picked out of order);
@@ -182,10 +182,12 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
 
     monkeypatch.setattr(pruner_module, "_CHUNK_BYTES", chunk_bytes)
     params = {name: p for name, p in llama.named_parameters()}
-    mats, pruner, stats = _pruner(llama, contiguous=contiguous)
+    mats, pruner, stats = _pruner(llama, contiguous=bool(contiguous))
+    if contiguous == "whole":  # what CUDA does: a changed stack is rewritten whole, dense members included
+        pruner.whole_stack_devices = {"cpu"}
     assert len({id(s) for s in pruner.stacks.values()}) < len(mats)  # stacks formed
     storages = {m.name: m.weight.untyped_storage().data_ptr() for m in mats}
-    assert (len(set(storages.values())) < len(mats)) == contiguous
+    assert (len(set(storages.values())) < len(mats)) == bool(contiguous)
     levels = (0.0, 0.25, 0.5, 0.75)
     pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], s) for s in levels] for m in mats})
     before = {m.name: m.weight.clone() for m in mats}
@@ -221,3 +223,41 @@ def test_live_weight_read_outside_the_forward_is_computed_where_the_pruner_compu
     assert all(m.weight.device.type == "meta" and m.weight.shape == m.shape for m in mats)
     pruner.release()
     assert all(m.weight.device.type == "cpu" for m in mats)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled whole-stack kernels run on CUDA")
+def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit():
+    """On CUDA a contiguous pruner rewrites changed stacks whole with static-shape compiled kernels;
+    its weights equal those of the copied (chunked, dynamic-shape) path for partial changes."""
+    import copy
+
+    import numpy as np
+
+    base = _cuda_llama()
+    models = [base, copy.deepcopy(base)]
+    pruners, mats = [], []
+    for model, contiguous in zip(models, (False, True), strict=True):
+        ms = find_matrices(model)
+        pruner = ModelPruner(ms, get_method("magnitude"), {}, contiguous=contiguous)
+        pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], s) for s in (0.25, 0.5, 0.75)] for m in ms})
+        pruners.append(pruner)
+        mats.append(ms)
+    rng = np.random.default_rng(0)
+    sparsity = {m.name: 0.5 for m in mats[0]}
+    for step in range(5):
+        for name in rng.choice(list(sparsity), size=len(sparsity) // 3, replace=False):
+            sparsity[name] = float(rng.choice((0.0, 0.25, 0.5, 0.75)))
+        for pruner in pruners:
+            pruner.apply(Allocation(dict(sparsity)))
+        for a, b in zip(*mats, strict=True):
+            assert torch.equal(a.weight, b.weight), (step, a.name)
+    assert pruners[1].writes["direct"] > 0 and pruners[0].writes["direct"] == 0
+
+
+def _cuda_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
