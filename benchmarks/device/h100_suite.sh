@@ -5,7 +5,7 @@
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
 # device's copy of the tree reports the last landed commit, not the working tree.
-#   bash benchmarks/device/h100_suite.sh before|throughput|search|lowrank|offload|large|lowrank-quality|payoff
+#   bash benchmarks/device/h100_suite.sh before|throughput|speed|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -23,6 +23,11 @@ case ${1:?step} in
     cp /tmp/run-before/best_allocation.json "$out/search-before-allocation.json" ;;
   throughput)
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --out-dir "$out" --tag after ;;
+  speed)  # the README's per-candidate and search-loop rows (in place; CUDA graphs on and off), ~3 minutes
+    PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models smollm2-135m,llama-8b --modes in_place \
+      --graphs on,off --search-candidates 8 --out-dir "$out" --tag speed ;;
+  gpu-tests)  # the tests that need CUDA (graph replay, compiled whole-stack writes); skipped on the CPU
+    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/prune/test_pruner.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
     for dtype in bfloat16 agreement float32; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi
