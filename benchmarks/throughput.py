@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> Path:
             log.warning("%s", row)
             write_result("throughput", body, args.out_dir, tag)
         for mode in args.modes.split(",") if args.search_loop else []:
-            for graphs in [g == "on" for g in args.graphs.split(",")]:
+            for graphs in [False] if args.smoke else [g == "on" for g in args.graphs.split(",")]:
                 loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
                                            2 if args.smoke else args.search_candidates, mode, graphs)
                 if loop is not None:

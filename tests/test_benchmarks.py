@@ -43,6 +43,7 @@ def test_throughput_smoke(tmp_path):
     assert [loop["mode"] for loop in body["search_loop"]] == ["in_place", "on_the_fly"]
     for loop in body["search_loop"]:
         assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
+        assert loop["cuda_graphs"] is False and loop["final_stage_graphed"] == 0  # CPU: no graphs
     assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
 
 
