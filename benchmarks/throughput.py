@@ -3,7 +3,7 @@ it scales over actors.
 
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
                                     [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
-                                    [--graphs on,off] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
+                                    [--graphs on,off] [--lanes 1,8] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
 
 **Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
 forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
@@ -178,7 +178,8 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
 
 
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
-                        inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool) -> dict[str, Any]:
+                        inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool,
+                        lanes: int = 1) -> dict[str, Any]:
     """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``, CUDA graphs on or
     off) vs the dense forward's tokens/s, with the per-candidate split into apply and scoring."""
     from sieve.config import validate
@@ -198,32 +199,34 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
     space = SearchSpace(cfg.space, ws.matrices)
     window = space.budget_window(0.5)
-    evaluator = build_evaluator(cfg, ws, space, Statistics({}))
+    evaluator = build_evaluator(cfg, ws, space, Statistics({}), lanes=lanes)
     genomes = random_genomes(space, window, n_candidates + 1, 1)
     for genome in warm_up_genomes(space, window, 1):
         evaluator.pruner.apply(space.allocation(genome))
-    evaluator.evaluate(genomes[0], evaluator.plan.final)  # warm-up: captures each stage's graph
-    evaluator.evaluate(genomes[0], 0)
+    for stage in (evaluator.plan.final, 0):  # warm-up: captures each stage's graph in every lane
+        evaluator.evaluate_many([genomes[0]] * (1 + len(evaluator.lanes)), stage)
     rows = {}
     for stage in (0, evaluator.plan.final):
         sync(device)
         start, tokens = time.perf_counter(), 0
         before = Timings(**vars(evaluator.timings))
-        for genome in genomes[1:]:
-            tokens += evaluator.evaluate(genome, stage).tokens
+        tokens = sum(m.tokens for m in evaluator.evaluate_many(genomes[1:], stage))
         sync(device)
         seconds = time.perf_counter() - start
         t = evaluator.timings
         n = len(genomes[1:])
         rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
                        (t.forward - before.forward) / n, t.graphed - before.graphed)
+    used_lanes = 1 + len(evaluator.lanes)
     evaluator.pruner.release()
+    evaluator.lanes.clear()
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
     forward = forward_timer(model, ids, device)
     forward()
     dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
-    out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "batch_size": cfg.batch_size,
+    out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "lanes": used_lanes,
+           "batch_size": cfg.batch_size,
            "dense_tokens_per_s": round(dense_tokens_s)}
     for stage, (tok_s, cand_s, examples, apply_s, score_s, graphed) in rows.items():
         key = "first" if stage == 0 else "final"
@@ -284,6 +287,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--search-loop", action="store_true")
     p.add_argument("--search-candidates", type=int, default=8)
     p.add_argument("--graphs", default="on,off", help="search-loop rows with CUDA graphs on and/or off")
+    p.add_argument("--lanes", default="1", help="search-loop rows (with graphs) for these lane counts")
     p.add_argument("--candidate-rows", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ray-actors", default="")
     p.add_argument("--ray-candidates", type=int, default=24)
@@ -315,12 +319,13 @@ def main(argv: list[str] | None = None) -> Path:
             write_result("throughput", body, args.out_dir, tag)
         for mode in args.modes.split(",") if args.search_loop else []:
             for graphs in [False] if args.smoke else [g == "on" for g in args.graphs.split(",")]:
-                loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
-                                           2 if args.smoke else args.search_candidates, mode, graphs)
-                if loop is not None:
-                    body["search_loop"].append(loop)
-                log.warning("%s", loop)
-                write_result("throughput", body, args.out_dir, tag)
+                for lanes in [int(n) for n in args.lanes.split(",")] if graphs else [1]:
+                    loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
+                                               2 if args.smoke else args.search_candidates, mode, graphs, lanes)
+                    if loop is not None:
+                        body["search_loop"].append(loop)
+                    log.warning("%s", loop)
+                    write_result("throughput", body, args.out_dir, tag)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

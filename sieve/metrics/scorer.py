@@ -85,10 +85,17 @@ class TaskScorer:
         return self.plans[key]
 
     def score(self, model: torch.nn.Module, indices: Sequence[int]) -> ChoiceScores:
+        return self.launch(model, indices)()
+
+    def launch(self, model: torch.nn.Module, indices: Sequence[int]) -> Callable[[], ChoiceScores]:
+        """Start scoring ``indices`` — a graph replay, queued on the current CUDA stream without
+        waiting for it — and return the function that reads the scores back (eager scoring runs at
+        once). Several model replicas on their own streams can so be scored concurrently."""
         plan = self.plan(model, indices)
         device = next(model.parameters()).device
         if not (self.cuda_graphs and device.type == "cuda"):
-            return plan.score(model)
+            scores = plan.score(model)
+            return lambda: scores
         storage = tuple(p.data_ptr() for p in model.parameters())
         if self._storage is None:
             self._storage = storage
@@ -104,11 +111,13 @@ class TaskScorer:
                     self.graphs[key] = self._capture(plan, model, device)
                 run = self.graphs[key]
                 if run is None:
-                    return plan.score(model)
+                    scores = plan.score(model)
+                    return lambda: scores
                 self.replays += 1
-                return plan.collect(*run())
+                outputs = run()
         finally:
             model.train(was_training)
+        return lambda: plan.collect(*outputs)
 
     def _capture(self, plan: ScoringPlan, model: torch.nn.Module, device: torch.device) -> CapturedRun | None:
         try:

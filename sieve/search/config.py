@@ -26,7 +26,7 @@ from sieve.workspace import InputsConfig, Workspace
 #: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits;
 #: a CUDA graph's scores equal eager ones up to the last bits, see :mod:`sieve.metrics.scorer`)
 VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory",
-            "cuda_graphs")
+            "cuda_graphs", "lanes")
 
 
 class SearchConfig(InputsConfig):
@@ -55,6 +55,9 @@ class SearchConfig(InputsConfig):
     cuda_graphs: bool = Field(
         True, description="on a GPU with in-place pruning, each stage's scoring is captured once as a CUDA graph and "
         "replayed for every candidate (a small model's forward is launch-bound)")
+    lanes: int = Field(
+        1, ge=1, le=64, description="in-process on a GPU: model replicas evaluating candidates side by side, each on "
+        "its own CUDA stream (a small model's forward leaves the GPU mostly idle); fewer where they do not fit")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(

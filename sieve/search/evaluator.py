@@ -9,6 +9,8 @@ return the same numbers.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from sieve.data.general import token_blocks
 from sieve.errors import SieveError
 from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
+from sieve.models.adapters import find_matrices
 from sieve.prune.pruner import ModelPruner, choose_mode
 from sieve.search.config import SearchConfig
 from sieve.search.fitness import Fitness, FitnessInputs, Measurement
@@ -88,7 +91,27 @@ def _sync(model: torch.nn.Module) -> None:
 
 
 @dataclass
+class Lane:
+    """A replica of the model with its own in-place pruner and scorer (its own CUDA graphs), whose
+    candidates run on its own CUDA stream."""
+
+    model: torch.nn.Module
+    pruner: ModelPruner
+    inputs: FitnessInputs
+    stream: torch.cuda.Stream | None = None
+
+    def context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+
+@dataclass
 class CandidateEvaluator:
+    """Applies genomes and measures them. With ``lanes`` (replicas of a small model, each on its own
+    CUDA stream), :meth:`evaluate_many` applies one candidate per lane and queues its scoring graph,
+    then reads them all: while the host prepares the next lane, the GPU runs the previous lanes'
+    launch-bound forwards side by side. Every lane holds the same dense weights and the same kernels,
+    so a genome's result does not depend on its lane (tested)."""
+
     model: torch.nn.Module
     space: SearchSpace
     pruner: ModelPruner
@@ -96,6 +119,33 @@ class CandidateEvaluator:
     inputs: FitnessInputs
     plan: StagePlan
     timings: Timings = field(default_factory=Timings)
+    lanes: list[Lane] = field(default_factory=list)
+
+    def evaluate_many(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
+        """Measurements of ``genomes`` at ``stage``, in order; concurrently over lanes where there are any."""
+        if not self.lanes:
+            return [self.evaluate(g, stage) for g in genomes]
+        lanes = [Lane(self.model, self.pruner, self.inputs), *self.lanes]
+        indices, fraction = self.plan.indices(stage), self.plan.fraction(stage)
+        results: list[Measurement] = []
+        for start in range(0, len(genomes), len(lanes)):
+            group = list(zip(lanes, genomes[start:start + len(lanes)]))
+            begin, apply_s = time.perf_counter(), 0.0
+            replays = sum(lane.inputs.scorer.replays for lane, _ in group)
+            reads = []
+            for lane, genome in group:
+                with lane.context():
+                    t0 = time.perf_counter()
+                    lane.pruner.apply(self.space.allocation(genome))
+                    apply_s += time.perf_counter() - t0
+                    reads.append(self.fitness.launch(lane.model, lane.inputs, indices, fraction))
+            for (lane, _), read in zip(group, reads, strict=True):
+                with lane.context():
+                    results.append(read())
+            total = time.perf_counter() - begin
+            graphed = sum(lane.inputs.scorer.replays for lane, _ in group) - replays
+            self.timings.add(Timings(apply_s, total - apply_s, total, len(group), graphed))
+        return results
 
     def evaluate(self, genome: np.ndarray, stage: int) -> Measurement:
         start, replays = time.perf_counter(), self.inputs.scorer.replays
@@ -109,9 +159,11 @@ class CandidateEvaluator:
         return result
 
 
-def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics) -> CandidateEvaluator:
+def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics,
+                    lanes: int = 1) -> CandidateEvaluator:
     """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
-    with its dense references, and the stage plan. Built identically in-process and in Ray actors."""
+    with its dense references, and the stage plan. Built identically in-process and in Ray actors;
+    ``lanes`` replicas (:meth:`CandidateEvaluator.evaluate_many`) where they can be used and fit."""
     streamed = ws.loaded.streamer is not None
     matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in space.matrices)
     mode = choose_mode(config.pruner_mode, ws.device, matrix_bytes, free_memory(ws.device, config.max_gpu_memory),
@@ -136,7 +188,46 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs)
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed)
-    return CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
+    evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
+    if lanes > 1:
+        usable = _usable_lanes(lanes, graphs, fitness, ws, config.max_gpu_memory)
+        evaluator.lanes = [_replica(ws.model, space, pruner, inputs) for _ in range(usable - 1)]
+        if evaluator.lanes:
+            torch.cuda.synchronize(ws.device)
+            log.info("%d lanes: model replicas evaluating candidates side by side on %s", usable, ws.device)
+    return evaluator
+
+
+def _usable_lanes(requested: int, graphs: bool, fitness: Fitness, ws: Workspace, max_gpu_memory: float | None) -> int:
+    """``requested`` lanes where they help and fit, else fewer (said once): lanes need CUDA graphs
+    (a GPU, in-place pruning) and a fitness read from task scores alone; each replica holds the
+    model, its dense copy and its graphs' activations (≈ 3× the weights), within half the free memory."""
+    if not graphs or not fitness.asynchronous:
+        log.warning("lanes: %d requested, 1 used (they need CUDA graphs — a GPU and in-place pruning — and the "
+                    "task_nll or task_acc fitness without --general-weight)", requested)
+        return 1
+    weights = sum(p.numel() * p.element_size() for p in ws.model.parameters())
+    free = free_memory(ws.device, max_gpu_memory) or 0
+    fit = 1 + int(free // 2 // (3 * weights))
+    if fit < requested:
+        log.warning("lanes: %d requested, %d fit in half of the free GPU memory", requested, max(fit, 1))
+    return max(1, min(requested, fit))
+
+
+def _replica(model: torch.nn.Module, space: SearchSpace, pruner: ModelPruner, inputs: FitnessInputs) -> Lane:
+    """A lane: a copy of ``model`` with ``pruner``'s dense weights (whatever ``model`` holds now), an
+    in-place pruner sharing ``pruner``'s thresholds and factors (read-only), and a scorer of its own."""
+    copy_ = copy.deepcopy(model)
+    names = {m.name for m in space.matrices}
+    matrices = [m for m in find_matrices(copy_) if m.name in names]
+    with torch.no_grad():
+        for m in matrices:
+            m.weight.copy_(pruner.dense[m.name])
+    lane_pruner = ModelPruner(matrices, pruner.method, pruner.stats, pruner.lowrank, mode="in_place", contiguous=True)
+    lane_pruner.thresholds, lane_pruner.factors = pruner.thresholds, pruner.factors
+    lane_inputs = FitnessInputs(inputs.task, inputs.general_blocks, inputs.batch_size, cuda_graphs=inputs.cuda_graphs)
+    device = next(model.parameters()).device
+    return Lane(copy_, lane_pruner, lane_inputs, torch.cuda.Stream(device) if device.type == "cuda" else None)
 
 
 class EvaluationBackend(Protocol):
@@ -154,10 +245,13 @@ class InProcessBackend:
         self.evaluator = evaluator
 
     def evaluate(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
-        return [self.evaluator.evaluate(g, stage) for g in genomes]
+        return self.evaluator.evaluate_many(genomes, stage)
 
     def timings(self) -> Timings:
         return self.evaluator.timings
 
     def close(self) -> None:
         self.evaluator.pruner.restore()
+        for lane in self.evaluator.lanes:
+            lane.pruner.release()
+        self.evaluator.lanes.clear()

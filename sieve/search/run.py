@@ -130,7 +130,8 @@ def prepare(
     if uniform_rank is not None:
         starts.insert(2, uniform_rank.removed_fractions(space.matrices))
     seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
-    evaluator = build_evaluator(config, ws, space, statistics)
+    in_process = config.workers == 0 and config.ray_address is None
+    evaluator = build_evaluator(config, ws, space, statistics, lanes=config.lanes if in_process else 1)
     return Prepared(ws, space, window, uniform, owl, uniform_rank, seeds, evaluator, statistics, config)
 
 

@@ -22,7 +22,7 @@ owning its parameters) decorated with ``@FITNESS.register``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from sieve.config import Frozen
 from sieve.errors import SieveError
-from sieve.metrics.loglik import EncodedTask
+from sieve.metrics.loglik import ChoiceScores, EncodedTask
 from sieve.metrics.scorer import TaskScorer
 from sieve.registry import Registry
 
@@ -66,6 +66,9 @@ class TaskFitness(Frozen, ABC):
 
     name: str
     needs_general: ClassVar[bool] = False
+    #: the value is a function of the task scorer's scores alone (:meth:`value_of`), so it can be
+    #: read after an asynchronous scoring launch (model replicas on their own CUDA streams)
+    from_scores: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
         """Compute whatever the dense model must provide (called once, on the dense model)."""
@@ -73,6 +76,10 @@ class TaskFitness(Frozen, ABC):
     @abstractmethod
     def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int]) -> Measurement:
         ...
+
+    def value_of(self, scores: ChoiceScores) -> Measurement:
+        """The fitness of scored validation examples (fitnesses with ``from_scores``)."""
+        raise NotImplementedError(f"{self.name} is not computed from task scores alone")
 
 
 FITNESS: Registry[TaskFitness] = Registry("fitness", "sieve.search.fitness")
@@ -143,6 +150,21 @@ class Fitness:
         self.task.prepare(model, inputs)
         if self.general_weight > 0:
             self.general = TopKReference.build(model, general_batches(inputs), self.top_k)
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether :meth:`launch` queues the work and returns before it finishes."""
+        return self.task.from_scores and self.general is None
+
+    def launch(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int],
+               fraction: float) -> Callable[[], Measurement]:
+        """Start measuring; the returned function gives the :class:`Measurement`. Asynchronous
+        (a CUDA graph queued on the current stream) where :attr:`asynchronous`, else measured at once."""
+        if self.asynchronous:
+            read = inputs.scorer.launch(model, indices)
+            return lambda: self.task.value_of(read())
+        result = self.measure(model, inputs, indices, fraction)
+        return lambda: result
 
     def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float) -> Measurement:
         result = self.task.measure(model, inputs, indices)

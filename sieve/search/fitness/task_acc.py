@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sieve.metrics.loglik import metrics
 from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
@@ -12,6 +12,10 @@ from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 class TaskAccuracy(TaskFitness):
     name: Literal["task_acc"] = "task_acc"
 
+    from_scores: ClassVar[bool] = True
+
     def measure(self, model, inputs, indices):
-        scores = inputs.scorer.score(model, indices)
+        return self.value_of(inputs.scorer.score(model, indices))
+
+    def value_of(self, scores):
         return Measurement(1.0 - metrics(scores)["acc"], scores.n_tokens)

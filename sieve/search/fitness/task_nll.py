@@ -4,7 +4,7 @@ tasks. A continuous signal: accuracy alone is too coarse to rank candidates on a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sieve.metrics.loglik import metrics
 from sieve.metrics.quality import task_loss
@@ -15,6 +15,10 @@ from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 class TaskNLL(TaskFitness):
     name: Literal["task_nll"] = "task_nll"
 
+    from_scores: ClassVar[bool] = True
+
     def measure(self, model, inputs, indices):
-        scores = inputs.scorer.score(model, indices)
+        return self.value_of(inputs.scorer.score(model, indices))
+
+    def value_of(self, scores):
         return Measurement(task_loss(metrics(scores)), scores.n_tokens)
