@@ -33,9 +33,28 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, ScoringPlan
-from sieve.models.graphs import CapturedRun
 
 log = logging.getLogger(__name__)
+
+
+class CapturedRun:
+    """``fn()`` captured as one CUDA graph; calling replays it and returns the same output tensors,
+    now holding the new values. ``fn`` must only launch kernels (no host synchronisation)."""
+
+    def __init__(self, fn: Callable[[], tuple[torch.Tensor, ...]], device: torch.device, pool=None) -> None:
+        stream = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            fn()  # warm-up outside the capture: lazy initialisation (cuBLAS workspaces, compiled kernels)
+        stream.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.outputs = fn()
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        self.graph.replay()
+        return self.outputs
 
 
 class TaskScorer:

@@ -45,7 +45,6 @@ import torch
 from torch.nn.utils import parametrize
 
 from sieve.errors import SieveError
-from sieve.models.graphs import CapturedRun
 from sieve.models.matrix import Matrix
 from sieve.primitives.lowrank import Factors, LowRank, break_even_rank, factorize
 from sieve.primitives.mask import UNSTRUCTURED, mask_from_scores, row_prune_count
@@ -207,8 +206,7 @@ class ModelPruner:
     fused elementwise pass per matrix per forward; :meth:`release` removes the parametrisations.
     Both give the same weights bit for bit (tested). An expert's slice of a 3-D MoE tensor is
     always pruned in place. ``writes`` counts matrices written through a stack (``stacked``, of them
-    ``direct`` straight into the model's weights) and one by one (``single``), and the applies that
-    rewrote every stack at once (``every_stack``).
+    ``direct`` straight into the model's weights) and one by one (``single``).
 
     ``contiguous`` (in place): the model's own weights of each stack become the slices of one
     ``(G, out, in)`` tensor too (the parameters keep their identity; their ``.data`` moves), so a
@@ -245,9 +243,6 @@ class ModelPruner:
         self._columns: dict[tuple[int, str], torch.Tensor] = {}
         self._keep_all: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.whole_stack_devices = {"cuda"}  # where a changed contiguous stack is rewritten whole
-        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor, list[dict[int, int]]]] = {}
-        self._levels: torch.Tensor | None = None
-        self._apply_graph: CapturedRun | bool | None = None
         # on_the_fly parametrises a module's 2-D weight; an expert's slice of a 3-D tensor is pruned in place
         self.live = {m.name for m in self.matrices if mode == "on_the_fly" and m.expert is None}
         self.dense: dict[str, torch.Tensor] = {}
@@ -285,8 +280,6 @@ class ModelPruner:
         """Precompute thresholds for the given per-row prune counts of each matrix (mask-only)."""
         if self.method is None or not self.method.mask_only:
             return
-        self._tables.clear()  # rebuilt from the new thresholds (and the graph that reads them recaptured)
-        self._apply_graph = None
         for name, counts in row_counts.items():
             counts = sorted({int(k) for k in counts if k > 0})
             if not counts:
@@ -339,15 +332,10 @@ class ModelPruner:
         self._write(changed)
 
     def _write(self, changed: Sequence[Matrix]) -> None:
-        """Write the current level of each of ``changed`` into the model: every stack at once where
-        all in-place matrices are stacked and thresholded (on CUDA one graph replay), else whole
-        contiguous CUDA stacks by one static-shape kernel each, dense ones by one multi-tensor copy,
-        thresholded ones stack by stack, the rest one by one."""
+        """Write the current level of each of ``changed`` into the model: whole contiguous CUDA
+        stacks by one static-shape kernel each, dense ones by one multi-tensor copy, thresholded ones
+        stack by stack, the rest one by one."""
         whole = self._whole_stacks(changed)
-        if whole and self._all_in_whole_stacks():
-            self._rewrite_every_stack()
-            self.writes.update(direct=len(changed), stacked=len(changed), single=0, every_stack=1)
-            return
         for stack in whole.values():
             self._rewrite(stack)
         restored, masked, single = [], {}, []
@@ -412,81 +400,6 @@ class ModelPruner:
         with _shape_room():
             _fused(threshold_mask_into, stack.dense.device, dynamic=False)(
                 stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col), columns)
-
-    def _unique_stacks(self) -> list[_Stack]:
-        return list({id(s): s for s in self.stacks.values()}.values())
-
-    def _all_in_whole_stacks(self) -> bool:
-        """Every in-place matrix sits in a contiguous stack rewritable whole, at a dense or
-        thresholded level: then all stacks can be rewritten by one fixed sequence of kernels."""
-        in_place = [m.name for m in self.matrices if m.name not in self.live]
-        return (not self._released and all(
-            name in self.stacks and self.stacks[name].weights is not None and self.stacks[name].factor is not None
-            and self.stacks[name].weights.device.type in self.whole_stack_devices
-            and (self.current[name] == DENSE or self._thresholded(name, self.current[name]))
-            for name in in_place))
-
-    def _rewrite_every_stack(self) -> None:
-        """All stacks at their members' current levels: the levels go to the device as one index
-        vector into per-stack threshold tables, and the same kernels run whatever the levels — on
-        CUDA captured once as a graph and replayed (one host→device copy and one launch per apply)."""
-        levels = [self._level_index(stack, n) for stack in self._unique_stacks() for n in stack.names]
-        device = self._unique_stacks()[0].dense.device
-        if self._levels is None:
-            self._levels = torch.zeros(len(levels), dtype=torch.long, device=device)
-        self._levels.copy_(torch.tensor(levels, dtype=torch.long))
-        if device.type != "cuda":
-            self._rewrite_from_levels()
-            return
-        if self._apply_graph is None:
-            try:
-                self._apply_graph = CapturedRun(self._rewrite_from_levels, device)
-            except Exception as exc:  # noqa: BLE001 - any capture failure: the same writes, launched one by one
-                torch.cuda.synchronize(device)
-                log.warning("CUDA graph capture of the weight writes failed (%s: %s); they are launched one by one "
-                            "(same weights, slower)", type(exc).__name__, str(exc).splitlines()[0])
-                self._apply_graph = False
-        if self._apply_graph is False:
-            self._rewrite_from_levels()
-        else:
-            self._apply_graph()
-
-    def _rewrite_from_levels(self) -> tuple[torch.Tensor, ...]:
-        """Every stack from the level indices in ``self._levels`` (a fixed sequence of kernels)."""
-        at = 0
-        for stack in self._unique_stacks():
-            score, column, _ = self._table(stack)
-            members = len(stack.names)
-            rows = torch.arange(members, device=score.device)
-            index = self._levels[at : at + members]
-            at += members
-            columns = self._column_index(stack.dense.shape[-1], stack.dense.device)
-            with _shape_room():
-                _fused(threshold_mask_into, stack.dense.device, dynamic=False)(
-                    stack.weights, stack.dense, stack.factor, score[rows, index], column[rows, index], columns)
-        return ()
-
-    def _table(self, stack: _Stack) -> tuple[torch.Tensor, torch.Tensor, list[dict[int, int]]]:
-        """Per member and level: the row thresholds ``(G, L, out, 1)`` (level 0 keeps everything) and,
-        per member, which table level holds each prune count (built once per stack)."""
-        key = id(stack)
-        if key not in self._tables:
-            counts = [sorted(self.thresholds.get(n, {})) for n in stack.names]
-            rows, device = stack.dense.shape[1], stack.dense.device
-            levels = 1 + max((len(c) for c in counts), default=0)
-            score = torch.full((len(stack.names), levels, rows, 1), -1.0, device=device)
-            column = torch.zeros((len(stack.names), levels, rows, 1), dtype=torch.int32, device=device)
-            where = []
-            for g, (name, ks) in enumerate(zip(stack.names, counts, strict=True)):
-                for j, k in enumerate(ks, start=1):
-                    score[g, j], column[g, j] = self.thresholds[name][k]
-                where.append({k: j for j, k in enumerate(ks, start=1)})
-            self._tables[key] = (score, column, where)
-        return self._tables[key]
-
-    def _level_index(self, stack: _Stack, name: str) -> int:
-        state = self.current[name]
-        return 0 if state == DENSE else self._table(stack)[2][stack.index[name]][state[0]]
 
     def _threshold(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         state = self.current[name]

@@ -199,8 +199,7 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
         pruner.writes.clear()
         pruner.apply(Allocation(dict(sparsity)))
         if step == 0:  # every matrix changed: all written through stacks (directly when contiguous)
-            expected = {"stacked": len(mats), "single": 0} | ({"direct": len(mats)} if contiguous else {})
-            assert pruner.writes == expected | ({"every_stack": 1} if contiguous == "whole" else {})
+            assert pruner.writes == {"stacked": len(mats), "single": 0} | ({"direct": len(mats)} if contiguous else {})
         for m in mats:
             dense = pruner.dense[m.name]
             ref = dense * mask_from_scores(get_method("wanda").scores(dense, stats[m.name]), sparsity[m.name])
@@ -252,8 +251,7 @@ def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit():
             pruner.apply(Allocation(dict(sparsity)))
         for a, b in zip(*mats, strict=True):
             assert torch.equal(a.weight, b.weight), (step, a.name)
-    assert pruners[1].writes["every_stack"] == 5 and pruners[0].writes["direct"] == 0  # one graph replay per apply
-    assert pruners[1]._apply_graph not in (None, False)
+    assert pruners[1].writes["direct"] > 0 and pruners[0].writes["direct"] == 0
 
 
 def _cuda_llama():
