@@ -89,6 +89,11 @@ class SearchConfig(InputsConfig):
             raise ValueError(f"promote must be positive and non-increasing from offspring: {counts}")
         return self
 
+    @property
+    def in_process(self) -> bool:
+        """Candidates are evaluated in this process (no ``--workers`` / ``--ray-address``)."""
+        return self.workers == 0 and self.ray_address is None
+
     def split(self) -> SplitSpec:
         """How the task is split: calibration, validation and test caps from this config."""
         return SplitSpec(seed=self.seed, max_calibration=self.calibration.task_examples,

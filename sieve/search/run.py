@@ -130,8 +130,7 @@ def prepare(
     if uniform_rank is not None:
         starts.insert(2, uniform_rank.removed_fractions(space.matrices))
     seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
-    in_process = config.workers == 0 and config.ray_address is None
-    evaluator = build_evaluator(config, ws, space, statistics, lanes=config.lanes if in_process else 1)
+    evaluator = build_evaluator(config, ws, space, statistics, lanes=config.lanes if config.in_process else 1)
     return Prepared(ws, space, window, uniform, owl, uniform_rank, seeds, evaluator, statistics, config)
 
 
@@ -141,7 +140,7 @@ BackendFactory = Callable[[Prepared, RunDir], EvaluationBackend]
 def default_backend(prepared: Prepared, run: RunDir) -> EvaluationBackend:
     """In-process unless ``--workers N`` or ``--ray-address`` asks for Ray actors."""
     config = prepared.config
-    if config.workers == 0 and config.ray_address is None:
+    if config.in_process:
         return InProcessBackend(prepared.evaluator)
     from sieve.search.ray_backend import RayBackend
 
@@ -163,7 +162,7 @@ class SearchRun:
         resolve_device(config.device)
         resolve_model_path(config.model)
         resolve_task(config.task)
-        if config.workers or config.ray_address:
+        if not config.in_process:
             from sieve.search.ray_backend import check_address
 
             check_address(config.ray_address or "auto")
