@@ -315,7 +315,12 @@ class ScoringPlan:
     Built from pure Python data (:meth:`build`), then :meth:`run` is nothing but forwards and tensor
     ops with no host synchronisation — a fixed sequence of kernels on fixed input tensors, which is
     what lets :class:`~sieve.metrics.scorer.TaskScorer` capture it as one CUDA graph and replay it for
-    every candidate — and :meth:`collect` reads the result back with one transfer. The few-shot
+    every candidate — and :meth:`collect` reads the result back with one transfer.
+
+    Every forward carries at least one masked pad column (the shared prefix a leading one). Eager
+    transformers drops an all-ones mask and lets SDPA take its ``is_causal`` kernel, but not while a
+    graph is captured; with a pad in every forward both build the same explicit mask and run the
+    same kernels, so a replayed graph gives eager scoring's bits (tested on a GPU). The few-shot
     prefix common to every sequence runs once per :meth:`run` and its cache is copied to each batch
     that uses it (a batch padded beyond a sliding attention window does not; see the module docstring).
     """
@@ -366,7 +371,7 @@ class ScoringPlan:
         used = any(b.shared for b in batches)
         return cls(
             batches=batches,
-            prefix=torch.tensor([jobs[0].tokens[:prefix]], dtype=torch.long, device=device) if used else None,
+            prefix=torch.tensor([(0, *jobs[0].tokens[:prefix])], dtype=torch.long, device=device) if used else None,
             cache_argument=cache_argument,
             spans=spans,
             choices=tuple(len(encoded.continuations[i]) for i in indices),
@@ -379,7 +384,10 @@ class ScoringPlan:
         """``(log p, is_greedy)`` of every target token, in target order, left on the device."""
         past = None
         if self.prefix is not None:
-            past = output_cache(model(input_ids=self.prefix, use_cache=True))
+            mask = _prefix_mask(self.prefix.shape[1] - 1).to(self.prefix.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            past = output_cache(model(input_ids=self.prefix, attention_mask=mask, position_ids=positions,
+                                      use_cache=True))
         users = sum(b.shared for b in self.batches)
         picked, hits = [], []
         for batch in self.batches:
@@ -419,6 +427,11 @@ class ScoringPlan:
             model.train(was_training)
 
 
+def _prefix_mask(prefix: int) -> torch.Tensor:
+    """The shared prefix's attention mask, ``(1, prefix + 1)``: a masked pad, then the prefix."""
+    return torch.cat([torch.zeros((1, 1), dtype=torch.long), torch.ones((1, prefix), dtype=torch.long)], 1)
+
+
 def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: bool, device: torch.device,
                 spans: list[tuple[int, int, int]]) -> _Batch:
     """One batch's input tensors (rows without the first ``prefix`` tokens, padded as asked) and the
@@ -429,7 +442,7 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
     """
     keep = max(len(t[2]) for job in batch for t in job.targets)
     rows_tokens = [job.tokens[prefix:] for job in batch]
-    width = max(len(t) for t in rows_tokens)
+    width = max(len(t) for t in rows_tokens) + 1  # at least one masked column: see ScoringPlan
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     ends = []
@@ -440,7 +453,7 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
         mask[row, cols] = 1
         ends.append(width if padding == "left" else n)
     kwargs: dict[str, Any] = {"input_ids": ids.to(device), "use_cache": prefix > 0}
-    full_mask = torch.cat([torch.ones((len(batch), prefix), dtype=torch.long), mask], 1) if prefix else mask
+    full_mask = torch.cat([_prefix_mask(prefix).expand(len(batch), -1), mask], 1) if prefix else mask
     kwargs["attention_mask"] = full_mask.to(device)
     shown = width
     if padding == "left":

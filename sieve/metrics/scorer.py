@@ -14,12 +14,13 @@ in-place pruner's contract (it writes pruned weights with ``copy_`` into the par
 that computes weights inside the forward (``on_the_fly``) or blocks streamed from host memory are
 not, so the evaluator turns graphs on only for in-place pruning.
 
-A graph's numbers equal eager scoring up to the last bits: transformers builds an explicit causal
-mask while a graph is captured where an eager forward over unpadded rows (the shared prefix) passes
-``is_causal`` to SDPA instead, which can select another attention kernel. Within one scorer every
-call of a subset takes the same path, so a search's ranking is reproducible (in-process and in Ray
-actors alike); a capture that fails — e.g. a forward that reads a tensor's value on the host, as
-data-dependent expert routing does — is reported once and that subset is scored eagerly.
+A graph's numbers are eager scoring's, bit for bit: transformers builds an explicit attention mask
+while a graph is captured where an eager forward over unpadded rows would pass ``is_causal`` to
+SDPA (another kernel), so every forward of a plan carries a masked pad column and both paths build
+the same mask (:class:`~sieve.metrics.loglik.ScoringPlan`). A search's results therefore do not
+depend on whether its candidates were graphed (in-process, in Ray actors, in place or on the fly). A
+capture that fails — e.g. a forward that reads a tensor's value on the host, as data-dependent
+expert routing does — is reported once and that subset is scored eagerly.
 
 A scorer's graphs share one memory pool: each replay's outputs are read back before the next
 replay, so the activations of all stages cost about as much memory as the largest stage's.
@@ -127,7 +128,7 @@ class TaskScorer:
         except Exception as exc:  # noqa: BLE001 - any capture failure: the same scores, eagerly
             torch.cuda.synchronize(device)
             log.warning("CUDA graph capture of a %d-example scoring plan failed (%s: %s); it is scored eagerly "
-                        "(slower; scores equal up to the last bits)", len(plan.indices), type(exc).__name__,
+                        "(same scores, slower)", len(plan.indices), type(exc).__name__,
                         str(exc).splitlines()[0])
             return None
         self.captures += 1

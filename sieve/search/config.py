@@ -23,8 +23,8 @@ from sieve.search.space import SpaceSpec
 from sieve.stats.calibrate import CalibrationConfig
 from sieve.workspace import InputsConfig, Workspace
 
-#: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits;
-#: a CUDA graph's scores equal eager ones up to the last bits, see :mod:`sieve.metrics.scorer`)
+#: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits,
+#: and so do graphed and eager scoring and every lane, see :mod:`sieve.metrics.scorer`)
 VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory",
             "cuda_graphs", "lanes")
 
