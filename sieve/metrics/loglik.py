@@ -326,7 +326,7 @@ class ScoringPlan:
     """
 
     batches: list[_Batch]
-    prefix: torch.Tensor | None  # (1, P) ids of the shared prefix
+    prefix: dict[str, torch.Tensor] | None  # the shared prefix's forward inputs, (1, 1 + P) each
     cache_argument: str | None
     spans: list[tuple[int, int, int]]  # (slot, choice, tokens) in target order
     choices: tuple[int, ...]  # per slot: its number of continuations
@@ -371,7 +371,7 @@ class ScoringPlan:
         used = any(b.shared for b in batches)
         return cls(
             batches=batches,
-            prefix=torch.tensor([(0, *jobs[0].tokens[:prefix])], dtype=torch.long, device=device) if used else None,
+            prefix=_prefix_inputs(jobs[0].tokens[:prefix], device) if used else None,
             cache_argument=cache_argument,
             spans=spans,
             choices=tuple(len(encoded.continuations[i]) for i in indices),
@@ -384,10 +384,7 @@ class ScoringPlan:
         """``(log p, is_greedy)`` of every target token, in target order, left on the device."""
         past = None
         if self.prefix is not None:
-            mask = _prefix_mask(self.prefix.shape[1] - 1).to(self.prefix.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            past = output_cache(model(input_ids=self.prefix, attention_mask=mask, position_ids=positions,
-                                      use_cache=True))
+            past = output_cache(model(**self.prefix, use_cache=True))
         users = sum(b.shared for b in self.batches)
         picked, hits = [], []
         for batch in self.batches:
@@ -430,6 +427,14 @@ class ScoringPlan:
 def _prefix_mask(prefix: int) -> torch.Tensor:
     """The shared prefix's attention mask, ``(1, prefix + 1)``: a masked pad, then the prefix."""
     return torch.cat([torch.zeros((1, 1), dtype=torch.long), torch.ones((1, prefix), dtype=torch.long)], 1)
+
+
+def _prefix_inputs(tokens: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """The shared prefix's forward inputs, on ``device`` once (a graph replay may copy nothing from
+    the host): a masked pad, then the prefix at positions ``0 … P−1``."""
+    mask = _prefix_mask(len(tokens))
+    return {"input_ids": torch.tensor([(0, *tokens)], dtype=torch.long).to(device), "attention_mask": mask.to(device),
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
 
 
 def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: bool, device: torch.device,

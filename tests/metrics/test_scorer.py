@@ -82,7 +82,7 @@ def test_shared_prefix_runs_once_per_scoring_run() -> None:
     """The prefix is one forward of one row per run, however many batches use it."""
     model, encoded = llama(), few_shot(12, single_token=False)
     plan = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=None)
-    assert plan.prefix is not None and 17 <= plan.prefix.shape[1] <= 25  # a pad + leaves the longest continuation
+    assert plan.prefix is not None and 17 <= plan.prefix["input_ids"].shape[1] <= 25  # a pad + the prefix
     assert len(plan.batches) == 6 and all(b.shared for b in plan.batches)
     calls = []
     hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
@@ -91,7 +91,7 @@ def test_shared_prefix_runs_once_per_scoring_run() -> None:
         first = plan.score(model)
     finally:
         hook.remove()
-    assert calls[0] == plan.prefix.shape and len(calls) == 7
+    assert calls[0] == plan.prefix["input_ids"].shape and len(calls) == 7
     second = plan.score(model)
     for a, b in zip(first.logprobs, second.logprobs, strict=True):
         np.testing.assert_array_equal(a, b)
