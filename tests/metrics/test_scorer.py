@@ -135,3 +135,16 @@ def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool) -
     other = llama(device="cuda")
     with pytest.raises(ValueError, match="parameter storage"):
         graphs.score(other, subsets[0])
+
+
+def test_every_forward_carries_a_masked_column() -> None:
+    """What makes a captured graph give eager's bits: no forward of a plan has an all-ones mask
+    (eager transformers would drop it and SDPA take another kernel), the shared prefix included."""
+    model = llama()
+    for encoded, padding in ((few_shot(20), "left"), (few_shot(9, single_token=False), "left"), (few_shot(6), "right")):
+        plan = ScoringPlan.build(model, encoded, batch_size=4, padding=padding, forward_cost=None)
+        masks = [b.kwargs["attention_mask"] for b in plan.batches]
+        if plan.prefix is not None:
+            masks.append(plan.prefix["attention_mask"])
+            assert int(plan.prefix["attention_mask"][0, 0]) == 0 and int(plan.prefix["input_ids"][0, 0]) == 0
+        assert masks and all(bool((mask == 0).any(dim=-1).all()) for mask in masks)
