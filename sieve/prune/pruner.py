@@ -112,11 +112,6 @@ def _shape_room():
     return config.patch(**{name: max(64, getattr(config, name))})
 
 
-def _fused_threshold_mask(device: torch.device):
-    """The compiled :func:`threshold_mask` for ``device`` (CUDA), or the eager one."""
-    return _fused(threshold_mask, device)
-
-
 def choose_mode(requested: str, device: torch.device, matrix_bytes: int, free_bytes: int | None,
                 streamed: bool = False) -> str:
     """The pruner mode for ``requested`` (``auto``, ``in_place`` or ``on_the_fly``).
@@ -369,7 +364,7 @@ class ModelPruner:
                     _fused(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
                     self.writes.update(direct=len(part))
                     continue
-                pruned = _fused_threshold_mask(dense.device)(dense, factor, t_score, t_col, columns)
+                pruned = _fused(threshold_mask, dense.device)(dense, factor, t_score, t_col, columns)
                 torch._foreach_copy_([self.by_name[n].weight for n in chosen], list(pruned.unbind(0)))
         for m in single:
             m.weight.copy_(self.weight_at(m.name))
@@ -435,7 +430,7 @@ class ModelPruner:
             t_score, t_col = self.thresholds[name][k]
             columns = self._column_index(dense.shape[1], dense.device)
             # detached: a Parameter's shapes would be static to the compiler, one recompile per shape
-            return _fused_threshold_mask(dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
+            return _fused(threshold_mask, dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
         scores = dense.float().abs() * self.factor[name]
         return dense * mask_from_scores(scores, self._sparsity[name], pattern)
 
