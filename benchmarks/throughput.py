@@ -3,7 +3,7 @@ it scales over actors.
 
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
                                     [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
-                                    [--graphs on,off] [--lanes 1,8] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
+                                    [--graphs on,off] [--lanes 1,8] [--batch-candidates 1,16] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
 
 **Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
 forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
@@ -179,9 +179,10 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
 
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
                         inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool,
-                        lanes: int = 1) -> dict[str, Any]:
+                        lanes: int = 1, batch_candidates: int = 1) -> dict[str, Any]:
     """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``, CUDA graphs on or
-    off) vs the dense forward's tokens/s, with the per-candidate split into apply and scoring."""
+    off, lanes, candidates per forward) vs the dense forward's tokens/s, with the per-candidate split
+    into apply and scoring."""
     from sieve.config import validate
     from sieve.models.loading import LoadedModel
     from sieve.search.config import SearchConfig
@@ -190,6 +191,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     from sieve.workspace import Workspace
 
     cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode, "cuda_graphs": graphs,
+                                  "lanes": lanes, "batch_candidates": batch_candidates,
                                   "space": {"name": "throughput", "method": {"name": "magnitude"}}})
     task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
                              split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
@@ -218,15 +220,17 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
         rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
                        (t.forward - before.forward) / n, t.graphed - before.graphed)
     used_lanes = 1 + len(evaluator.lanes)
+    per_forward = [evaluator.plan.per_forward(s, evaluator.shared.limit) if evaluator.shared else 1
+                   for s in (0, evaluator.plan.final)]
+    evaluator.close()
     evaluator.pruner.release()
-    evaluator.lanes.clear()
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
     forward = forward_timer(model, ids, device)
     forward()
     dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
     out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "lanes": used_lanes,
-           "batch_size": cfg.batch_size,
+           "batch_candidates": batch_candidates, "candidates_per_forward": per_forward, "batch_size": cfg.batch_size,
            "dense_tokens_per_s": round(dense_tokens_s)}
     for stage, (tok_s, cand_s, examples, apply_s, score_s, graphed) in rows.items():
         key = "first" if stage == 0 else "final"
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--search-candidates", type=int, default=8)
     p.add_argument("--graphs", default="on,off", help="search-loop rows with CUDA graphs on and/or off")
     p.add_argument("--lanes", default="1", help="search-loop rows (with graphs) for these lane counts")
+    p.add_argument("--batch-candidates", default="1",
+                   help="search-loop rows (one lane) for these limits of candidates per forward")
     p.add_argument("--candidate-rows", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ray-actors", default="")
     p.add_argument("--ray-candidates", type=int, default=24)
@@ -319,9 +325,11 @@ def main(argv: list[str] | None = None) -> Path:
             write_result("throughput", body, args.out_dir, tag)
         for mode in args.modes.split(",") if args.search_loop else []:
             for graphs in [False] if args.smoke else [g == "on" for g in args.graphs.split(",")]:
-                for lanes in [int(n) for n in args.lanes.split(",")] if graphs else [1]:
+                lanes_ = [int(n) for n in args.lanes.split(",")] if graphs else [1]
+                batches = [int(k) for k in args.batch_candidates.split(",") if int(k) > 1 and mode == "in_place"]
+                for lanes, batch in [(n, 1) for n in lanes_] + [(1, k) for k in batches]:
                     loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
-                                               2 if args.smoke else args.search_candidates, mode, graphs, lanes)
+                                               2 if args.smoke else args.search_candidates, mode, graphs, lanes, batch)
                     if loop is not None:
                         body["search_loop"].append(loop)
                     log.warning("%s", loop)

@@ -226,6 +226,7 @@ def search(
     max_gpu_memory: Annotated[Optional[float], typer.Option(help="GiB of GPU memory for the weights; the other decoder blocks are streamed from host memory.")] = None,
     pruner_mode: Annotated[Optional[str], typer.Option(help="auto, in_place or on_the_fly (weights computed at every forward: ~1× the model's memory).")] = None,
     lanes: Annotated[Optional[int], typer.Option(help="In-process on a GPU: model replicas evaluating candidates side by side (small models).")] = None,
+    batch_candidates: Annotated[Optional[int], typer.Option(help="In-process: up to this many candidates share one forward, each with its own pruned weights (small models on a GPU).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU with in-place pruning, replay each stage's scoring as a CUDA graph (default on).")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -241,7 +242,7 @@ def search(
                    offspring=offspring, population=population, seed=seed, fitness=fitness,
                    general_weight=general_weight, tolerance=tolerance, workers=workers, ray_address=ray_address,
                    dtype=dtype, device=device, max_gpu_memory=max_gpu_memory, pruner_mode=pruner_mode,
-                   cuda_graphs=cuda_graphs, lanes=lanes)
+                   cuda_graphs=cuda_graphs, lanes=lanes, batch_candidates=batch_candidates)
     if resume is not None:
         if config is not None or run_dir is not None:
             raise SieveError("--resume takes the run's own config; drop --config / --run-dir")

@@ -35,6 +35,10 @@ then scores any model on it (:func:`score_examples`):
   a plan is forwards and tensor ops only, with one device→host transfer at the end, so a search
   scoring the same examples for every candidate can replay it as a CUDA graph
   (:mod:`sieve.metrics.scorer`).
+* **Copies**: a plan built with ``copies=K`` runs every input ``K`` times in one forward, candidate-
+  major (rows ``c·n … (c+1)·n − 1`` are copy ``c``), and returns ``K`` sets of scores. Through a
+  model whose pruned linears hold ``K`` weight sets (:mod:`sieve.models.batched`) that scores ``K``
+  candidates with the kernels of one forward.
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ class _Batch:
 
     kwargs: dict[str, Any]  # input_ids, attention_mask, position_ids, logits_to_keep, use_cache
     shared: bool  # runs after the plan's shared prefix (its cache, repeated over the rows)
-    rows: int
+    rows: int  # per copy: the shared prefix's cache is repeated this often per copy
     read_rows: torch.Tensor  # positions read from the logits: (row, column) once each
     read_cols: torch.Tensor
     owners: torch.Tensor  # per target token: its position among the read ones
@@ -326,20 +330,23 @@ class ScoringPlan:
     """
 
     batches: list[_Batch]
-    prefix: dict[str, torch.Tensor] | None  # the shared prefix's forward inputs, (1, 1 + P) each
+    prefix: dict[str, torch.Tensor] | None  # the shared prefix's forward inputs, (copies, 1 + P) each
     cache_argument: str | None
     spans: list[tuple[int, int, int]]  # (slot, choice, tokens) in target order
     choices: tuple[int, ...]  # per slot: its number of continuations
     indices: tuple[int, ...]
     golds: tuple[int, ...]
-    n_tokens: int
+    n_tokens: int  # per copy
+    copies: int = 1
 
     @classmethod
     def build(cls, model: torch.nn.Module, encoded: EncodedTask, indices: Sequence[int] | None = None, *,
               batch_size: int = 16, padding: Padding = "auto", forward_cost: ForwardCost = "auto",
-              device: torch.device | str | None = None) -> ScoringPlan:
+              device: torch.device | str | None = None, copies: int = 1) -> ScoringPlan:
         if batch_size < 1:
             raise SieveError(f"batch_size must be at least 1, got {batch_size}")
+        if copies < 1:
+            raise SieveError(f"copies must be at least 1, got {copies}")
         indices = list(range(len(encoded))) if indices is None else [int(i) for i in indices]
         for i in indices:
             if not 0 <= i < len(encoded):
@@ -367,21 +374,23 @@ class ScoringPlan:
                 features.attention_window is not None and _padded_beyond(batch, features.attention_window))
             if prefix and not shared:
                 _note_window(model, features.attention_window)
-            batches.append(_plan_batch(batch, prefix if shared else 0, padding, keep_logits, device, spans))
+            batches.append(_plan_batch(batch, prefix if shared else 0, padding, keep_logits, device, spans, copies))
         used = any(b.shared for b in batches)
         return cls(
             batches=batches,
-            prefix=_prefix_inputs(jobs[0].tokens[:prefix], device) if used else None,
+            prefix=_prefix_inputs(jobs[0].tokens[:prefix], device, copies) if used else None,
             cache_argument=cache_argument,
             spans=spans,
             choices=tuple(len(encoded.continuations[i]) for i in indices),
             indices=tuple(indices),
             golds=tuple(encoded.golds[i] for i in indices),
             n_tokens=(prefix if used else 0) + sum(b.real_tokens for b in batches),
+            copies=copies,
         )
 
     def run(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log p, is_greedy)`` of every target token, in target order, left on the device."""
+        """``(log p, is_greedy)`` of every target token, ``(copies, targets)`` in target order, left on
+        the device."""
         past = None
         if self.prefix is not None:
             past = output_cache(model(**self.prefix, use_cache=True))
@@ -396,15 +405,18 @@ class ScoringPlan:
                 kwargs[self.cache_argument] = cache
             logits = model(**kwargs).logits
             lsm = logits[batch.read_rows, batch.read_cols].float().log_softmax(-1)
-            picked.append(lsm[batch.owners, batch.tokens].double())
-            hits.append(lsm.argmax(-1)[batch.owners] == batch.tokens)
-        return torch.cat(picked), torch.cat(hits)
+            picked.append(lsm[batch.owners, batch.tokens].double().view(self.copies, -1))
+            hits.append((lsm.argmax(-1)[batch.owners] == batch.tokens).view(self.copies, -1))
+        return torch.cat(picked, 1), torch.cat(hits, 1)
 
-    def collect(self, picked: torch.Tensor, hits: torch.Tensor) -> ChoiceScores:
-        """The :class:`ChoiceScores` of :meth:`run`'s tensors: one device→host transfer each."""
+    def collect(self, picked: torch.Tensor, hits: torch.Tensor) -> list[ChoiceScores]:
+        """The :class:`ChoiceScores` of each copy from :meth:`run`'s tensors: one device→host transfer each."""
+        picked, hits = picked.cpu().numpy(), hits.cpu().numpy()
+        return [self._choice_scores(p, h) for p, h in zip(picked, hits, strict=True)]
+
+    def _choice_scores(self, picked: np.ndarray, hits: np.ndarray) -> ChoiceScores:
         logprob_of = [np.zeros(n, dtype=np.float64) for n in self.choices]
         greedy = [np.zeros(n, dtype=bool) for n in self.choices]
-        picked, hits = picked.cpu().numpy(), hits.cpu().numpy()
         at = 0
         for slot, choice, n in self.spans:
             logprob_of[slot][choice] = float(picked[at:at + n].sum())
@@ -413,8 +425,8 @@ class ScoringPlan:
         return ChoiceScores(logprobs=logprob_of, greedy=greedy, indices=self.indices, golds=self.golds,
                             n_tokens=self.n_tokens)
 
-    def score(self, model: torch.nn.Module) -> ChoiceScores:
-        """Run eagerly (``inference_mode``, eval mode) and collect."""
+    def score(self, model: torch.nn.Module) -> list[ChoiceScores]:
+        """Run eagerly (``inference_mode``, eval mode) and collect: one :class:`ChoiceScores` per copy."""
         was_training = model.training
         model.eval()
         try:
@@ -429,18 +441,19 @@ def _prefix_mask(prefix: int) -> torch.Tensor:
     return torch.cat([torch.zeros((1, 1), dtype=torch.long), torch.ones((1, prefix), dtype=torch.long)], 1)
 
 
-def _prefix_inputs(tokens: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-    """The shared prefix's forward inputs, on ``device`` once (a graph replay may copy nothing from
-    the host): a masked pad, then the prefix at positions ``0 … P−1``."""
-    mask = _prefix_mask(len(tokens))
-    return {"input_ids": torch.tensor([(0, *tokens)], dtype=torch.long).to(device), "attention_mask": mask.to(device),
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
+def _prefix_inputs(tokens: Sequence[int], device: torch.device, copies: int = 1) -> dict[str, torch.Tensor]:
+    """The shared prefix's forward inputs, ``copies`` rows, on ``device`` once (a graph replay may copy
+    nothing from the host): a masked pad, then the prefix at positions ``0 … P−1``."""
+    mask = _prefix_mask(len(tokens)).repeat(copies, 1)
+    return {"input_ids": torch.tensor([(0, *tokens)], dtype=torch.long).repeat(copies, 1).to(device),
+            "attention_mask": mask.to(device), "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
 
 
 def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: bool, device: torch.device,
-                spans: list[tuple[int, int, int]]) -> _Batch:
-    """One batch's input tensors (rows without the first ``prefix`` tokens, padded as asked) and the
-    gather indices of its targets; appends the targets' spans to ``spans``.
+                spans: list[tuple[int, int, int]], copies: int = 1) -> _Batch:
+    """One batch's input tensors (rows without the first ``prefix`` tokens, padded as asked, the whole
+    batch ``copies`` times) and the gather indices of its targets, copy after copy; appends the
+    targets' spans to ``spans`` (once: they are the same in every copy).
 
     A target's continuation of ``n`` tokens is predicted by the ``n`` positions before its row's end;
     positions shared by several targets (all choices of a single-token example) are normalised once.
@@ -457,12 +470,12 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
         ids[row, cols] = torch.tensor(tokens, dtype=torch.long)
         mask[row, cols] = 1
         ends.append(width if padding == "left" else n)
-    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "use_cache": prefix > 0}
+    kwargs: dict[str, Any] = {"input_ids": ids.repeat(copies, 1).to(device), "use_cache": prefix > 0}
     full_mask = torch.cat([_prefix_mask(prefix).expand(len(batch), -1), mask], 1) if prefix else mask
-    kwargs["attention_mask"] = full_mask.to(device)
+    kwargs["attention_mask"] = full_mask.repeat(copies, 1).to(device)
     shown = width
     if padding == "left":
-        kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+        kwargs["position_ids"] = (prefix + (mask.cumsum(-1) - 1).clamp(min=0)).repeat(copies, 1).to(device)
         if keep_logits:
             kwargs["logits_to_keep"] = keep
             shown = keep
@@ -482,11 +495,13 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
                 tokens.append(token)
             spans.append((slot, choice, len(cont)))
 
-    def on_device(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
+    def on_device(values: list[int], step: int = 0) -> torch.Tensor:
+        """``values`` once per copy, copy ``c`` shifted by ``c · step``."""
+        one = torch.tensor(values, dtype=torch.long)
+        return torch.cat([one + c * step for c in range(copies)]).to(device)
 
-    return _Batch(kwargs, prefix > 0, len(batch), on_device(read_rows), on_device(read_cols), on_device(owners),
-                  on_device(tokens), int(mask.sum()))
+    return _Batch(kwargs, prefix > 0, len(batch), on_device(read_rows, len(batch)), on_device(read_cols),
+                  on_device(owners, len(position_of)), on_device(tokens), int(mask.sum()))
 
 
 def score_examples(
@@ -510,7 +525,7 @@ def score_examples(
                              forward_cost=forward_cost, device=device)
     log.debug("scoring %d examples: %d batches, %d forward tokens", len(plan.indices), len(plan.batches),
               plan.n_tokens)
-    return plan.score(model)
+    return plan.score(model)[0]
 
 
 def _padded_beyond(batch: Sequence[_Job], window: int) -> bool:

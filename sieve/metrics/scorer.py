@@ -22,8 +22,9 @@ depend on whether its candidates were graphed (in-process, in Ray actors, in pla
 capture that fails — e.g. a forward that reads a tensor's value on the host, as data-dependent
 expert routing does — is reported once and that subset is scored eagerly.
 
-A scorer's graphs share one memory pool: each replay's outputs are read back before the next
-replay, so the activations of all stages cost about as much memory as the largest stage's.
+A scorer's graphs share one memory pool (replays run one after another on a stream, and each
+replay's outputs are copied out at once), so the activations of all stages cost about as much
+memory as the largest stage's.
 """
 
 from __future__ import annotations
@@ -71,39 +72,41 @@ class TaskScorer:
         self.batch_size = batch_size
         self.cuda_graphs = cuda_graphs
         self.forward_cost = forward_cost
-        self.plans: dict[tuple[int, ...], ScoringPlan] = {}
-        self.graphs: dict[tuple[int, ...], CapturedRun | None] = {}
+        self.plans: dict[tuple[tuple[int, ...], int], ScoringPlan] = {}
+        self.graphs: dict[tuple[tuple[int, ...], int], CapturedRun | None] = {}
         self.replays = 0
         self.captures = 0
         self._storage: tuple[int, ...] | None = None
         self._pool = None
 
-    def plan(self, model: torch.nn.Module, indices: Sequence[int]) -> ScoringPlan:
-        key = tuple(int(i) for i in indices)
+    def plan(self, model: torch.nn.Module, indices: Sequence[int], copies: int = 1) -> ScoringPlan:
+        key = (tuple(int(i) for i in indices), copies)
         if key not in self.plans:
-            self.plans[key] = ScoringPlan.build(model, self.encoded, key, batch_size=self.batch_size,
-                                                forward_cost=self.forward_cost)
+            self.plans[key] = ScoringPlan.build(model, self.encoded, key[0], batch_size=self.batch_size,
+                                                forward_cost=self.forward_cost, copies=copies)
         return self.plans[key]
 
     def score(self, model: torch.nn.Module, indices: Sequence[int]) -> ChoiceScores:
-        return self.launch(model, indices)()
+        return self.launch(model, indices)()[0]
 
-    def launch(self, model: torch.nn.Module, indices: Sequence[int]) -> Callable[[], ChoiceScores]:
+    def launch(self, model: torch.nn.Module, indices: Sequence[int],
+               copies: int = 1) -> Callable[[], list[ChoiceScores]]:
         """Start scoring ``indices`` — a graph replay, queued on the current CUDA stream without
-        waiting for it — and return the function that reads the scores back (eager scoring runs at
-        once). Several model replicas on their own streams can so be scored concurrently."""
-        plan = self.plan(model, indices)
+        waiting for it — and return the function that reads the scores back, one per copy (eager
+        scoring runs at once). The outputs are copied as soon as the replay is queued, so the same
+        graph may be replayed again before they are read: candidates queue back to back."""
+        plan = self.plan(model, indices, copies)
         device = next(model.parameters()).device
         if not (self.cuda_graphs and device.type == "cuda"):
             scores = plan.score(model)
             return lambda: scores
-        storage = tuple(p.data_ptr() for p in model.parameters())
+        storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
         if self._storage is None:
             self._storage = storage
         elif self._storage != storage:
             raise ValueError("a TaskScorer's CUDA graphs belong to the parameter storage they were captured on "
                              "(another model, or weights moved since)")
-        key = plan.indices
+        key = (plan.indices, copies)
         was_training = model.training
         model.eval()
         try:
@@ -115,7 +118,7 @@ class TaskScorer:
                     scores = plan.score(model)
                     return lambda: scores
                 self.replays += 1
-                outputs = run()
+                outputs = tuple(t.clone() for t in run())
         finally:
             model.train(was_training)
         return lambda: plan.collect(*outputs)
@@ -132,6 +135,6 @@ class TaskScorer:
                         str(exc).splitlines()[0])
             return None
         self.captures += 1
-        log.info("captured a CUDA graph for %d examples (%d forwards)", len(plan.indices),
+        log.info("captured a CUDA graph for %d examples × %d copies (%d forwards)", len(plan.indices), plan.copies,
                  len(plan.batches) + (plan.prefix is not None))
         return run

@@ -309,13 +309,7 @@ class ModelPruner:
         Only matrices whose level changed are written."""
         changed = []
         for m in self.matrices:
-            if m.name in allocation.ranks and allocation.ranks[m.name] < break_even_rank(*m.shape):
-                state, sparsity = ("rank", allocation.ranks[m.name]), 0.0
-            else:
-                sparsity = allocation.sparsity.get(m.name, 0.0)
-                pattern = allocation.pattern_of(m.name)
-                k = round(sparsity * pattern.m) if pattern.structured else row_prune_count(m.shape[1], sparsity)
-                state = (k, pattern if k else UNSTRUCTURED)
+            state, sparsity = self.state_of(m, allocation)
             if self.current[m.name] == state:
                 continue
             if state[0] != "rank" and state[0] and self.method is None:
@@ -325,6 +319,17 @@ class ModelPruner:
             if m.name not in self.live:
                 changed.append(m)
         self._write(changed)
+
+    @staticmethod
+    def state_of(m: Matrix, allocation: Allocation) -> tuple[tuple, float]:
+        """``(state, sparsity)`` of ``m`` under ``allocation``: ``("rank", r)``, or ``(k, pattern)`` —
+        ``k`` weights pruned per row (per group of ``pattern.m`` for N:M), ``DENSE`` for none."""
+        if m.name in allocation.ranks and allocation.ranks[m.name] < break_even_rank(*m.shape):
+            return ("rank", allocation.ranks[m.name]), 0.0
+        sparsity = allocation.sparsity.get(m.name, 0.0)
+        pattern = allocation.pattern_of(m.name)
+        k = round(sparsity * pattern.m) if pattern.structured else row_prune_count(m.shape[1], sparsity)
+        return (k, pattern if k else UNSTRUCTURED), sparsity
 
     def _write(self, changed: Sequence[Matrix]) -> None:
         """Write the current level of each of ``changed`` into the model: whole contiguous CUDA

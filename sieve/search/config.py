@@ -58,6 +58,10 @@ class SearchConfig(InputsConfig):
     lanes: int = Field(
         1, ge=1, le=64, description="in-process on a GPU: model replicas evaluating candidates side by side, each on "
         "its own CUDA stream (a small model's forward leaves the GPU mostly idle); fewer where they do not fit")
+    batch_candidates: int = Field(
+        1, ge=1, le=256, description="in-process: up to this many candidates share one forward, each with its own "
+        "pruned weights (a small model's forward on a stage's few tokens is launch-bound); part of a run's identity: "
+        "a candidate's fitness may differ in the last bits between one and several per forward")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(
@@ -84,6 +88,9 @@ class SearchConfig(InputsConfig):
         sizes = list(self.stages) + [self.validation_examples]
         if any(a >= b for a, b in zip(sizes, sizes[1:])) or any(s <= 0 for s in sizes):
             raise ValueError(f"stage sizes must increase up to validation_examples: {sizes}")
+        if self.batch_candidates > 1 and (self.lanes > 1 or not self.in_process):
+            raise ValueError("batch_candidates > 1 evaluates in this process with one model: it excludes lanes > 1, "
+                             "--workers and --ray-address")
         counts = [self.offspring, *self.promote]
         if any(a < b for a, b in zip(counts, counts[1:])) or any(k <= 0 for k in counts):
             raise ValueError(f"promote must be positive and non-increasing from offspring: {counts}")

@@ -25,6 +25,10 @@ from sieve.errors import SieveError
 from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
 from sieve.models.adapters import find_matrices
+from sieve.models.batched import CandidateModel
+from sieve.models.batched import unsupported as unsupported_matrices
+from sieve.prune.batched import CandidateWeights
+from sieve.prune.batched import unsupported as unsupported_pruner
 from sieve.prune.pruner import ModelPruner, choose_mode
 from sieve.search.config import SearchConfig
 from sieve.search.fitness import Fitness, FitnessInputs, Measurement
@@ -38,17 +42,29 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StagePlan:
     """Nested validation subsets: stage ``i`` scores the first ``sizes[i]`` of a seeded permutation;
-    the best ``promote[i]`` candidates of stage ``i`` go on to stage ``i + 1``."""
+    the best ``promote[i]`` candidates of stage ``i`` go on to stage ``i + 1``. ``offspring``: the
+    candidates a generation's first stage scores."""
 
     sizes: tuple[int, ...]
     promote: tuple[int, ...]
     order: tuple[int, ...]
+    offspring: int = 1
 
     @classmethod
-    def build(cls, n_validation: int, stages: Sequence[int], promote: Sequence[int], seed: int) -> StagePlan:
+    def build(cls, n_validation: int, stages: Sequence[int], promote: Sequence[int], seed: int,
+              offspring: int = 1) -> StagePlan:
         sizes = tuple(min(s, n_validation) for s in stages) + (n_validation,)
         order = tuple(int(i) for i in np.random.default_rng(seed).permutation(n_validation))
-        return cls(sizes, tuple(promote), order)
+        return cls(sizes, tuple(promote), order, offspring)
+
+    def per_forward(self, stage: int, limit: int) -> int:
+        """Candidates per forward at ``stage`` with at most ``limit``: the generation's ``n`` candidates
+        of that stage in ``⌈n / limit⌉`` equal forwards, ``⌈n / ⌈n / limit⌉⌉`` each (24 in at most 16:
+        two of 12). A function of the configuration alone, so a candidate meets the same shapes in
+        every run, resumed or not."""
+        n = (self.offspring, *self.promote)[stage]
+        k = min(limit, n)
+        return -(-n // -(-n // k))
 
     @property
     def final(self) -> int:
@@ -105,6 +121,29 @@ class Lane:
 
 
 @dataclass
+class SharedForward:
+    """Candidates side by side in one forward (:mod:`sieve.models.batched`): ``weights`` holds up to
+    ``limit`` candidates' pruned matrices and ``model`` is the evaluator's model with its pruned
+    linears reading them. Built on first use and undone by :meth:`close`."""
+
+    limit: int
+    weights: CandidateWeights | None = None
+    model: CandidateModel | None = None
+
+    def open(self, evaluator: CandidateEvaluator) -> None:
+        if self.model is None:
+            self.weights = CandidateWeights(evaluator.pruner, self.limit)
+            self.model = CandidateModel(evaluator.model, evaluator.space.matrices, self.weights.weights_of())
+            log.info("%d candidates per forward at most (%s per stage)", self.limit,
+                     ", ".join(str(evaluator.plan.per_forward(s, self.limit)) for s in range(evaluator.plan.final + 1)))
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.restore()
+        self.model = self.weights = None
+
+
+@dataclass
 class CandidateEvaluator:
     """Applies genomes and measures them. With ``lanes`` (replicas of a small model, each on its own
     CUDA stream), :meth:`evaluate_many` applies one candidate per lane and queues its scoring graph,
@@ -120,11 +159,15 @@ class CandidateEvaluator:
     plan: StagePlan
     timings: Timings = field(default_factory=Timings)
     lanes: list[Lane] = field(default_factory=list)
+    shared: SharedForward | None = None
 
     def evaluate_many(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
-        """Measurements of ``genomes`` at ``stage``, in order; concurrently over lanes where there are any."""
+        """Measurements of ``genomes`` at ``stage``, in order; several per forward or concurrently over
+        lanes where set up."""
+        if self.shared is not None:
+            return self._evaluate_shared(genomes, stage)
         if not self.lanes:
-            return [self.evaluate(g, stage) for g in genomes]
+            return [self._evaluate_one(g, stage) for g in genomes]
         lanes = [Lane(self.model, self.pruner, self.inputs), *self.lanes]
         indices, fraction = self.plan.indices(stage), self.plan.fraction(stage)
         results: list[Measurement] = []
@@ -141,13 +184,39 @@ class CandidateEvaluator:
                     reads.append(self.fitness.launch(lane.model, lane.inputs, indices, fraction))
             for (lane, _), read in zip(group, reads, strict=True):
                 with lane.context():
-                    results.append(read())
+                    results.extend(read())
             total = time.perf_counter() - begin
             graphed = sum(lane.inputs.scorer.replays for lane, _ in group) - replays
             self.timings.add(Timings(apply_s, total - apply_s, total, len(group), graphed))
         return results
 
+    def _evaluate_shared(self, genomes: Sequence[np.ndarray], stage: int) -> list[Measurement]:
+        """Groups of ``per_forward(stage)`` candidates (the last one padded with copies of its last
+        genome), each written into the shared weights and scored by one forward — graph replays queued
+        back to back, read at the end."""
+        self.shared.open(self)
+        k = self.plan.per_forward(stage, self.shared.limit)
+        indices, fraction = self.plan.indices(stage), self.plan.fraction(stage)
+        begin, apply_s, replays = time.perf_counter(), 0.0, self.inputs.scorer.replays
+        reads = []
+        for start in range(0, len(genomes), k):
+            group = genomes[start:start + k]
+            t0 = time.perf_counter()
+            self.shared.weights.write([self.space.allocation(g) for g in group])
+            apply_s += time.perf_counter() - t0
+            self.shared.model.count.value = k
+            reads.append((len(group), self.fitness.launch(self.model, self.inputs, indices, fraction, copies=k)))
+        results = [m for n, read in reads for m in read()[:n]]
+        total = time.perf_counter() - begin
+        graphed = (self.inputs.scorer.replays - replays) * k
+        self.timings.add(Timings(apply_s, total - apply_s, total, len(genomes), min(graphed, len(genomes))))
+        return results
+
     def evaluate(self, genome: np.ndarray, stage: int) -> Measurement:
+        """One candidate's measurement (through the shared forward where set up, as in a search)."""
+        return self.evaluate_many([genome], stage)[0]
+
+    def _evaluate_one(self, genome: np.ndarray, stage: int) -> Measurement:
         start, replays = time.perf_counter(), self.inputs.scorer.replays
         self.pruner.apply(self.space.allocation(genome))
         _sync(self.model)
@@ -158,12 +227,22 @@ class CandidateEvaluator:
         self.timings.add(Timings(applied - start, end - applied, end - start, 1, int(self.inputs.scorer.replays > replays)))
         return result
 
+    def close(self) -> None:
+        """Dense weights and the model's own modules back; lanes and shared weights freed."""
+        if self.shared is not None:
+            self.shared.close()
+        self.pruner.restore()
+        for lane in self.lanes:
+            lane.pruner.release()
+        self.lanes.clear()
+
 
 def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, stats: Statistics,
                     lanes: int = 1) -> CandidateEvaluator:
     """The candidate evaluator every backend runs: pruner (dense copy + level thresholds), fitness
     with its dense references, and the stage plan. Built identically in-process and in Ray actors;
-    ``lanes`` replicas (:meth:`CandidateEvaluator.evaluate_many`) where they can be used and fit."""
+    ``lanes`` replicas (:meth:`CandidateEvaluator.evaluate_many`) where they can be used and fit;
+    ``config.batch_candidates`` per forward where more than one."""
     streamed = ws.loaded.streamer is not None
     matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in space.matrices)
     mode = choose_mode(config.pruner_mode, ws.device, matrix_bytes, free_memory(ws.device, config.max_gpu_memory),
@@ -187,8 +266,10 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     graphs = config.cuda_graphs and mode == "in_place" and not streamed and ws.device.type == "cuda"
     inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs)
     fitness.prepare(ws.model, inputs)
-    plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed)
+    plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed, config.offspring)
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
+    if config.batch_candidates > 1:
+        evaluator.shared = SharedForward(_shared_limit(config, fitness, pruner, space, ws))
     if lanes > 1:
         usable = _usable_lanes(lanes, graphs, fitness, ws, config.max_gpu_memory)
         evaluator.lanes = [_replica(ws.model, space, pruner, inputs) for _ in range(usable - 1)]
@@ -196,6 +277,31 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
             torch.cuda.synchronize(ws.device)
             log.info("%d lanes: model replicas evaluating candidates side by side on %s", usable, ws.device)
     return evaluator
+
+
+def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, space: SearchSpace,
+                  ws: Workspace) -> int:
+    """``config.batch_candidates``, or why not (one error line): it needs in-place pruning with a
+    per-weight score and unstructured levels, plain ``Linear`` matrices and a fitness read from task
+    scores alone; the candidates' weights (``limit`` × the pruned matrices) must fit in half the
+    free memory, else fewer are used (said once: per-candidate results then differ in the last bits
+    from a run that used more, :mod:`sieve.models.batched`)."""
+    reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices)
+              or ("the space has factorised (low-rank) levels" if space.factorisable() else None)
+              or ("the space prunes in N:M patterns" if space.pattern.structured else None)
+              or (None if fitness.asynchronous else "the fitness is not computed from task scores alone "
+                  "(task_nll or task_acc without --general-weight)"))
+    if reason is not None:
+        raise SieveError(f"--batch-candidates {config.batch_candidates}: {reason}; use --batch-candidates 1")
+    matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in space.matrices)
+    free = free_memory(ws.device, config.max_gpu_memory)
+    limit = config.batch_candidates
+    if free is not None and limit * matrix_bytes > free // 2:
+        limit = max(1, int(free // 2 // matrix_bytes))
+        log.warning("--batch-candidates %d: the candidates' weights fit %d times in half the free memory; using %d "
+                    "(results may differ in the last bits from a run with more)", config.batch_candidates, limit,
+                    limit)
+    return limit
 
 
 def _usable_lanes(requested: int, graphs: bool, fitness: Fitness, ws: Workspace, max_gpu_memory: float | None) -> int:
@@ -251,7 +357,4 @@ class InProcessBackend:
         return self.evaluator.timings
 
     def close(self) -> None:
-        self.evaluator.pruner.restore()
-        for lane in self.evaluator.lanes:
-            lane.pruner.release()
-        self.evaluator.lanes.clear()
+        self.evaluator.close()

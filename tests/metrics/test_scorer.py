@@ -12,6 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sieve.metrics.loglik import EncodedTask, ScoringPlan, bucket_bounds, score_examples
 from sieve.metrics.scorer import TaskScorer
+from sieve.models.adapters import find_matrices
+from sieve.models.batched import CandidateModel
 
 VOCAB = 300
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -35,6 +37,60 @@ def few_shot(n: int, seed: int = 0, prefix: int = 24, single_token: bool = True)
         conts.append(tuple(tuple(int(t) for t in rng.integers(2, VOCAB, m)) for m in lens))
         golds.append(int(rng.integers(0, 2)))
     return EncodedTask(tuple(contexts), tuple(conts), tuple(golds), 256)
+
+
+def _variants(model, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``n`` weight sets of the model's matrices: each a random half of every matrix zeroed."""
+    g = torch.Generator().manual_seed(seed)
+    return [{m.name: m.weight * (torch.rand(m.weight.shape, generator=g) > 0.5) for m in find_matrices(model)}
+            for _ in range(n)]
+
+
+def _logprobs(scores) -> np.ndarray:
+    return np.concatenate(scores.logprobs)
+
+
+def test_copies_score_their_own_candidates() -> None:
+    """A plan of ``copies`` through a model holding several candidates' weights
+    (:mod:`sieve.models.batched`; the shared prefix cache, left padding, several buckets): copy ``c``
+    gets candidate ``c``'s scores, those of the model holding its weights alone up to rounding, and
+    the same bits wherever the candidate sits in the forward."""
+    model, encoded = llama(), few_shot(10)
+    matrices = find_matrices(model)
+    variants = _variants(model, 3)
+    alone = []
+    dense = {m.name: m.weight.clone() for m in matrices}
+    single = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8)
+    assert single.prefix is not None and len(single.batches) > 1  # the prefix cache and several buckets
+    for weights in variants:
+        with torch.no_grad():
+            for m in matrices:
+                m.weight.copy_(weights[m.name])
+        alone.append(_logprobs(single.score(model)[0]))
+    with torch.no_grad():
+        for m in matrices:
+            m.weight.copy_(dense[m.name])
+
+    def stacked(order):
+        return {m.name: torch.stack([variants[i][m.name] for i in order]) for m in matrices}
+
+    plan = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, copies=3)
+    swapped = CandidateModel(model, matrices, stacked([0, 1, 2]))
+    swapped.count.value = 3
+    together = [_logprobs(s) for s in plan.score(model)]
+    for weights in (stacked([2, 0, 1]),):
+        for name, tensor in weights.items():
+            model.get_submodule(name).weights.copy_(tensor)
+    rotated = [_logprobs(s) for s in plan.score(model)]
+    swapped.restore()
+    assert all(type(model.get_submodule(m.name)) is torch.nn.Linear for m in matrices)
+    for c in range(3):
+        np.testing.assert_allclose(together[c], alone[c], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(alone[0], alone[1])
+    for c, was in enumerate([2, 0, 1]):  # the same candidate elsewhere in the forward: the same bits
+        np.testing.assert_array_equal(rotated[c], together[was])
+    np.testing.assert_array_equal(_logprobs(single.score(model)[0]), _logprobs(ScoringPlan.build(
+        model, encoded, batch_size=4, forward_cost=8).score(model)[0]))
 
 
 def padded(lengths, bounds, cost):
@@ -75,7 +131,7 @@ def test_buckets_cut_padding_and_keep_scores(naive_scores) -> None:
     assert buckets.n_tokens == one.n_tokens == 24 + sum(len(c) - 24 for c in encoded.contexts)  # prefix once
     reference = naive_scores(model, encoded)
     for plan in (one, buckets):
-        np.testing.assert_allclose(np.concatenate(plan.score(model).logprobs), np.concatenate(reference), atol=1e-5)
+        np.testing.assert_allclose(np.concatenate(plan.score(model)[0].logprobs), np.concatenate(reference), atol=1e-5)
 
 
 def test_shared_prefix_runs_once_per_scoring_run() -> None:
@@ -88,11 +144,11 @@ def test_shared_prefix_runs_once_per_scoring_run() -> None:
     hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
                                            with_kwargs=True)
     try:
-        first = plan.score(model)
+        first = plan.score(model)[0]
     finally:
         hook.remove()
     assert calls[0] == plan.prefix["input_ids"].shape and len(calls) == 7
-    second = plan.score(model)
+    second = plan.score(model)[0]
     for a, b in zip(first.logprobs, second.logprobs, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -101,9 +157,9 @@ def test_task_scorer_caches_one_plan_per_subset_and_needs_a_gpu_for_graphs() -> 
     model, encoded = llama(), few_shot(20)
     scorer = TaskScorer(encoded, 8, cuda_graphs=True)
     got = scorer.score(model, [3, 1, 7])
-    plan = scorer.plans[(3, 1, 7)]
+    plan = scorer.plans[((3, 1, 7), 1)]
     assert scorer.score(model, [3, 1, 7]).logprobs[0][0] == got.logprobs[0][0]
-    assert scorer.plans[(3, 1, 7)] is plan and len(scorer.plans) == 1
+    assert scorer.plans[((3, 1, 7), 1)] is plan and len(scorer.plans) == 1
     assert scorer.replays == scorer.captures == 0  # CPU: eager
     want = score_examples(model, encoded, indices=[3, 1, 7], batch_size=8)
     for a, b in zip(got.logprobs, want.logprobs, strict=True):

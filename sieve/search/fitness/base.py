@@ -156,15 +156,20 @@ class Fitness:
         """Whether :meth:`launch` queues the work and returns before it finishes."""
         return self.task.from_scores and self.general is None
 
-    def launch(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int],
-               fraction: float) -> Callable[[], Measurement]:
-        """Start measuring; the returned function gives the :class:`Measurement`. Asynchronous
-        (a CUDA graph queued on the current stream) where :attr:`asynchronous`, else measured at once."""
+    def launch(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float,
+               copies: int = 1) -> Callable[[], list[Measurement]]:
+        """Start measuring; the returned function gives one :class:`Measurement` per copy (``copies``
+        candidates side by side in one forward, :mod:`sieve.models.batched`: asynchronous fitnesses
+        only). Asynchronous (a CUDA graph queued on the current stream) where :attr:`asynchronous`,
+        else measured at once."""
         if self.asynchronous:
-            read = inputs.scorer.launch(model, indices)
-            return lambda: self.task.value_of(read())
+            read = inputs.scorer.launch(model, indices, copies)
+            return lambda: [self.task.value_of(scores) for scores in read()]
+        if copies != 1:
+            raise SieveError(f"{self.task.name}{' with --general-weight' if self.general else ''} measures one "
+                             "candidate per forward")
         result = self.measure(model, inputs, indices, fraction)
-        return lambda: result
+        return lambda: [result]
 
     def measure(self, model: nn.Module, inputs: FitnessInputs, indices: Sequence[int], fraction: float) -> Measurement:
         result = self.task.measure(model, inputs, indices)

@@ -1,0 +1,150 @@
+"""Several candidates' pruned weights at once, for a forward that evaluates them side by side.
+
+:class:`CandidateWeights` holds, for every group of same-shaped matrices, one ``(G, K, out, in)``
+tensor: slot ``c`` of member ``g`` is that matrix pruned as candidate ``c`` prunes it
+(:mod:`sieve.models.batched` runs a forward over all slots). Writing ``K`` candidates is one
+elementwise pass per group, the :mod:`~sieve.prune.pruner`'s threshold rule with each (member,
+candidate)'s thresholds gathered from a per-group table of every precomputed level,
+
+    slot_{g,c} = level index of member g in candidate c      (0: dense, a keep-everything threshold)
+    W[g, c] = D_g ⊙ keep(S_g, s*[g, slot_{g,c}], c*[g, slot_{g,c}])
+
+so the host sends one small integer tensor per candidate group and the GPU does the rest (on CUDA
+one static-shape compiled kernel per group, unchanged whatever the candidates). The weights are
+those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
+comparisons per element; tested). Mask-only scoring methods with unstructured levels only: N:M
+patterns and low-rank factors are written by the one-candidate path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sieve.errors import SieveError
+from sieve.models.matrix import Matrix
+from sieve.prune.allocation import Allocation
+from sieve.prune.pruner import ModelPruner, _fused, _shape_room, threshold_mask
+
+
+def gathered_threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor,
+                                 score_table: torch.Tensor, column_table: torch.Tensor, slots: torch.Tensor,
+                                 columns: torch.Tensor) -> None:
+    """``out[g, c] ← threshold_mask(dense[g], factor[g], s*[g, slots[g, c]], c*[g, slots[g, c]])``.
+
+    ``out``: ``(G, K, rows, cols)``; ``dense``: ``(G, rows, cols)``; ``factor``: ``(G, 1, cols)``;
+    ``score_table`` / ``column_table``: ``(G, L, rows)``, every level's per-row threshold;
+    ``slots``: ``(G, K)`` level indices."""
+    index = slots.unsqueeze(-1).expand(-1, -1, dense.shape[1])
+    t_score = torch.gather(score_table, 1, index).unsqueeze(-1)
+    t_col = torch.gather(column_table, 1, index).unsqueeze(-1)
+    out.copy_(threshold_mask(dense.unsqueeze(1), factor.unsqueeze(1), t_score, t_col, columns))
+
+
+@dataclass
+class _Group:
+    """Same-shaped matrices: dense weights, factors and every level's thresholds, and ``K`` slots."""
+
+    names: list[str]
+    dense: torch.Tensor  # (G, rows, cols)
+    factor: torch.Tensor  # (G, 1, cols) float32
+    score_table: torch.Tensor  # (G, L, rows) float32; level 0 keeps everything (−1)
+    column_table: torch.Tensor  # (G, L, rows) int32
+    level_slot: list[dict[int, int]]  # per member: prune count k → its index in the tables
+    weights: torch.Tensor  # (G, K, rows, cols): what the candidates' forward reads
+
+
+def unsupported(pruner: ModelPruner) -> str | None:
+    """Why ``pruner``'s matrices cannot be written for several candidates at once, or ``None``."""
+    if pruner.mode != "in_place":
+        return "the pruner computes weights on the fly"
+    if pruner.method is None or not pruner.method.mask_only:
+        return "the scoring method is not a per-weight score (mask-only)"
+    return None
+
+
+class CandidateWeights:
+    """``candidates`` slots of pruned weights for every matrix of ``pruner`` (sharing its dense copy,
+    factors and thresholds, which :meth:`ModelPruner.precompute_levels` must have filled for every
+    level a search can choose)."""
+
+    def __init__(self, pruner: ModelPruner, candidates: int) -> None:
+        reason = unsupported(pruner)
+        if reason is not None:
+            raise SieveError(f"candidates cannot share a forward: {reason}")
+        if candidates < 1:
+            raise SieveError(f"candidates per forward must be at least 1, got {candidates}")
+        self.pruner, self.candidates = pruner, candidates
+        by_shape: dict[tuple, list[Matrix]] = {}
+        for m in pruner.matrices:
+            dense = pruner.dense[m.name]
+            by_shape.setdefault((m.shape, dense.dtype, str(dense.device)), []).append(m)
+        self.groups = [self._group(members) for members in by_shape.values()]
+        self.group_of = {name: (group, i) for group in self.groups for i, name in enumerate(group.names)}
+        self.writes = 0
+
+    def _group(self, members: list[Matrix]) -> _Group:
+        pruner = self.pruner
+        names = [m.name for m in members]
+        stack = pruner.stacks.get(names[0])
+        if stack is not None and stack.names == names:
+            dense, factor = stack.dense, stack.factor
+        else:
+            dense = torch.stack([pruner.dense[n] for n in names])
+            factor = torch.stack([pruner.factor[n] for n in names]).unsqueeze(1)
+        rows, device = dense.shape[1], dense.device
+        levels = [sorted(pruner.thresholds.get(n, {})) for n in names]
+        width = 1 + max((len(ks) for ks in levels), default=0)
+        score_table = torch.full((len(names), width, rows), -1.0, device=device)
+        column_table = torch.zeros((len(names), width, rows), dtype=torch.int32, device=device)
+        level_slot = []
+        for g, (name, ks) in enumerate(zip(names, levels, strict=True)):
+            for j, k in enumerate(ks, start=1):
+                t_score, t_col = pruner.thresholds[name][k]
+                score_table[g, j] = t_score[:, 0]
+                column_table[g, j] = t_col[:, 0]
+            level_slot.append({0: 0, **{k: j for j, k in enumerate(ks, start=1)}})
+        weights = torch.empty((len(names), self.candidates, *dense.shape[1:]), dtype=dense.dtype, device=device)
+        return _Group(names, dense, factor, score_table, column_table, level_slot, weights)
+
+    def weights_of(self) -> dict[str, torch.Tensor]:
+        """Each matrix's ``(K, out, in)`` slots (views: they follow every :meth:`write`)."""
+        return {name: group.weights[i] for name, (group, i) in self.group_of.items()}
+
+    def slots(self, allocations: Sequence[Allocation]) -> list[np.ndarray]:
+        """Per group, the ``(G, K)`` level indices of ``allocations`` (the last one repeated into the
+        unused slots, so a partial group writes valid weights everywhere)."""
+        if not 1 <= len(allocations) <= self.candidates:
+            raise SieveError(f"{len(allocations)} candidates for {self.candidates} slots")
+        out = [np.empty((len(g.names), self.candidates), dtype=np.int64) for g in self.groups]
+        for c in range(self.candidates):
+            allocation = allocations[min(c, len(allocations) - 1)]
+            for group, table in zip(self.groups, out, strict=True):
+                for g, name in enumerate(group.names):
+                    state, _ = self.pruner.state_of(self.pruner.by_name[name], allocation)
+                    slot = None if state[0] == "rank" or state[1].structured else group.level_slot[g].get(state[0])
+                    if slot is None:
+                        raise SieveError(f"{name}: level {state} has no precomputed unstructured threshold; "
+                                         "candidates cannot share a forward")
+                    table[g, c] = slot
+        return out
+
+    def write(self, allocations: Sequence[Allocation]) -> None:
+        """Slots ``0 … len(allocations) − 1`` ← the pruned weights of ``allocations`` (the rest: the last
+        one again)."""
+        tables = self.slots(allocations)
+        flat = torch.from_numpy(np.concatenate([t.ravel() for t in tables]))
+        device = self.groups[0].dense.device
+        flat = flat.to(device, non_blocking=device.type == "cuda")
+        at = 0
+        for group, table in zip(self.groups, tables, strict=True):
+            slots = flat[at:at + table.size].view(table.shape)
+            at += table.size
+            columns = self.pruner._column_index(group.dense.shape[-1], device)
+            with _shape_room():
+                _fused(gathered_threshold_mask_into, device, dynamic=False)(
+                    group.weights, group.dense, group.factor, group.score_table, group.column_table, slots, columns)
+        self.writes += 1

@@ -1,0 +1,102 @@
+"""Several candidates per forward (``batch_candidates``): each candidate's own pruned weights, side by
+side in one forward. Checked on the CPU: the weights written are the one-candidate pruner's bit for
+bit, a candidate's fitness does not depend on the other candidates of its forward nor on its place
+among them, and it agrees with one-candidate evaluation up to float rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sieve.errors import SieveError
+from sieve.search.checkpoint import Checkpoint
+from sieve.search.evaluator import StagePlan
+from sieve.search.operators import repair_budget
+from sieve.search.run import prepare
+from sieve.search.rundir import RunDir
+
+
+def _genomes(prepared, n: int, seed: int = 0) -> list[np.ndarray]:
+    space, rng = prepared.space, np.random.default_rng(seed)
+    costs = [g.costs for g in space.genes]
+    return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
+                          prepared.window, rng) for _ in range(n)]
+
+
+def test_candidates_per_forward_depend_on_the_stage_alone() -> None:
+    plan = StagePlan.build(64, [8, 16], [6, 2], seed=0, offspring=24)
+    assert [plan.per_forward(s, 16) for s in range(3)] == [12, 6, 2]
+    assert [plan.per_forward(s, 5) for s in range(3)] == [5, 3, 2]  # 24 in five forwards of 5; 6 in two of 3
+    assert [plan.per_forward(s, 1) for s in range(3)] == [1, 1, 1]
+
+
+def test_shared_forward_weights_and_fitness(search_config, tmp_path) -> None:
+    cfg = search_config(batch_candidates=3)
+    prepared = prepare(cfg, RunDir(tmp_path / "r").stats)
+    evaluator, space = prepared.evaluator, prepared.space
+    genomes = _genomes(prepared, 5)
+    k = evaluator.plan.per_forward(0, 3)
+    assert k == 2  # 4 offspring in forwards of at most 3: two of 2
+    together = [m.value for m in evaluator.evaluate_many(genomes, 0)]
+    shared = evaluator.shared
+    # the last forward held genome 4 alone: every slot holds its weights, the one-candidate pruner's bits
+    evaluator.pruner.apply(space.allocation(genomes[4]))
+    for m in space.matrices:
+        slots = shared.weights.weights_of()[m.name]
+        assert slots.shape[0] == 3 and all(torch.equal(slots[c], m.weight) for c in range(3))
+    evaluator.evaluate_many(genomes[1:3], 0)
+    for slot, genome in enumerate(genomes[1:3]):
+        evaluator.pruner.apply(space.allocation(genome))
+        assert all(torch.equal(shared.weights.weights_of()[m.name][slot], m.weight) for m in space.matrices)
+    # a candidate's fitness does not depend on its neighbours or its place in the forward
+    reordered = [m.value for m in evaluator.evaluate_many([genomes[4], genomes[2], genomes[0], genomes[1],
+                                                           genomes[3]], 0)]
+    assert reordered == [together[4], together[2], together[0], together[1], together[3]]
+    assert evaluator.evaluate(genomes[2], 0).value == together[2]
+    # and it is the one-candidate fitness up to rounding
+    evaluator.close()
+    assert all(type(m.module).__name__ == "Linear" for m in space.matrices)
+    assert type(evaluator.model.get_submodule(space.matrices[0].name)).__name__ == "Linear"
+    evaluator.shared = None
+    alone = [evaluator.evaluate(g, 0).value for g in genomes]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    assert together != [alone[0]] * 5
+
+
+def test_shared_forward_refuses_what_it_cannot_do(search_config, tmp_path) -> None:
+    with pytest.raises(SieveError, match="excludes lanes"):
+        search_config(batch_candidates=2, lanes=2)
+    with pytest.raises(SieveError, match="excludes lanes"):
+        search_config(batch_candidates=2, workers=2)
+    with pytest.raises(SieveError, match="computed from task scores alone"):
+        prepare(search_config(batch_candidates=2, fitness={"name": "kl"}), RunDir(tmp_path / "r").stats)
+
+
+def test_search_with_shared_forwards_resumes_bit_identically(search_config, run_search, tmp_path) -> None:
+    """Two candidates per forward, a search stopped after one generation and resumed: the same cache
+    (every fitness to the bit), population and best allocation as the search run at once."""
+    whole = run_search(search_config(batch_candidates=2, generations=3), tmp_path / "whole", report=False)
+    assert whole["timings"]["candidates"] == whole["evaluations"]
+    run_search(search_config(batch_candidates=2, generations=1), tmp_path / "part", report=False)
+    resumed = run_search(None, tmp_path / "part", overrides={"generations": 3}, report=False)
+    assert resumed["best_genome"] == whole["best_genome"]
+    a, b = (Checkpoint.load(tmp_path / name / "checkpoint" / "state.json") for name in ("whole", "part"))
+    assert a.cache == b.cache and a.pop_x == b.pop_x and a.pop_f == b.pop_f
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, tmp_path) -> None:
+    """On a GPU: each group's forward replayed as a CUDA graph (queued back to back, read at the end)
+    gives eager scoring's bits, and a candidate alone in a (padded) forward its in-group bits."""
+    values = {}
+    for graphs in (True, False):
+        prepared = prepare(search_config(batch_candidates=3, device="cuda", cuda_graphs=graphs),
+                           RunDir(tmp_path / f"r{graphs}").stats)
+        evaluator = prepared.evaluator
+        genomes = _genomes(prepared, 7)
+        values[graphs] = [m.value for stage in (0, 1) for m in evaluator.evaluate_many(genomes, stage)]
+        assert evaluator.evaluate(genomes[5], 1).value == values[graphs][7 + 5]
+        assert evaluator.timings.graphed == (evaluator.timings.candidates if graphs else 0)
+        evaluator.close()
+    assert values[True] == values[False]
