@@ -84,6 +84,7 @@ class CandidateWeights:
             by_shape.setdefault((m.shape, dense.dtype, str(dense.device)), []).append(m)
         self.groups = [self._group(members) for members in by_shape.values()]
         self.group_of = {name: (group, i) for group in self.groups for i, name in enumerate(group.names)}
+        self._slot_of: dict[tuple, int] = {}
         self.writes = 0
 
     def _group(self, members: list[Matrix]) -> _Group:
@@ -120,17 +121,25 @@ class CandidateWeights:
         if not 1 <= len(allocations) <= self.candidates:
             raise SieveError(f"{len(allocations)} candidates for {self.candidates} slots")
         out = [np.empty((len(g.names), self.candidates), dtype=np.int64) for g in self.groups]
-        for c in range(self.candidates):
-            allocation = allocations[min(c, len(allocations) - 1)]
+        for c, allocation in enumerate(allocations):
             for group, table in zip(self.groups, out, strict=True):
                 for g, name in enumerate(group.names):
-                    state, _ = self.pruner.state_of(self.pruner.by_name[name], allocation)
-                    slot = None if state[0] == "rank" or state[1].structured else group.level_slot[g].get(state[0])
-                    if slot is None:
-                        raise SieveError(f"{name}: level {state} has no precomputed unstructured threshold; "
-                                         "candidates cannot share a forward")
-                    table[g, c] = slot
+                    table[g, c] = self._slot(group, g, name, allocation)
+        for table in out:
+            table[:, len(allocations):] = table[:, len(allocations) - 1:len(allocations)]
         return out
+
+    def _slot(self, group: _Group, g: int, name: str, allocation: Allocation) -> int:
+        key = (name, allocation.sparsity.get(name, 0.0), allocation.pattern_of(name), allocation.ranks.get(name))
+        slot = self._slot_of.get(key)
+        if slot is None:
+            state, _ = self.pruner.state_of(self.pruner.by_name[name], allocation)
+            slot = None if state[0] == "rank" or state[1].structured else group.level_slot[g].get(state[0])
+            if slot is None:
+                raise SieveError(f"{name}: level {state} has no precomputed unstructured threshold; "
+                                 "candidates cannot share a forward")
+            self._slot_of[key] = slot
+        return slot
 
     def write(self, allocations: Sequence[Allocation]) -> None:
         """Slots ``0 … len(allocations) − 1`` ← the pruned weights of ``allocations`` (the rest: the last
@@ -138,7 +147,8 @@ class CandidateWeights:
         tables = self.slots(allocations)
         flat = torch.from_numpy(np.concatenate([t.ravel() for t in tables]))
         device = self.groups[0].dense.device
-        flat = flat.to(device, non_blocking=device.type == "cuda")
+        if device.type == "cuda":  # from pinned memory: a copy from pageable memory would wait for the GPU
+            flat = flat.pin_memory().to(device, non_blocking=True)
         at = 0
         for group, table in zip(self.groups, tables, strict=True):
             slots = flat[at:at + table.size].view(table.shape)

@@ -26,6 +26,7 @@ from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
 from sieve.models.adapters import find_matrices
 from sieve.models.batched import CandidateModel
+from sieve.models.forward import forward_features
 from sieve.models.batched import unsupported as unsupported_matrices
 from sieve.prune.batched import CandidateWeights
 from sieve.prune.batched import unsupported as unsupported_pruner
@@ -132,6 +133,7 @@ class SharedForward:
 
     def open(self, evaluator: CandidateEvaluator) -> None:
         if self.model is None:
+            forward_features(evaluator.model)  # probed (and cached) on the model's own modules
             self.weights = CandidateWeights(evaluator.pruner, self.limit)
             self.model = CandidateModel(evaluator.model, evaluator.space.matrices, self.weights.weights_of())
             log.info("%d candidates per forward at most (%s per stage)", self.limit,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sieve.errors import SieveError
+from sieve.models.forward import forward_features
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.evaluator import StagePlan
 from sieve.search.operators import repair_budget
@@ -39,6 +40,8 @@ def test_shared_forward_weights_and_fitness(search_config, tmp_path) -> None:
     k = evaluator.plan.per_forward(0, 3)
     assert k == 2  # 4 offspring in forwards of at most 3: two of 2
     together = [m.value for m in evaluator.evaluate_many(genomes, 0)]
+    features = forward_features(evaluator.model)  # probed before the swap: every fast path kept
+    assert features.position_ids and features.logits_to_keep and features.cache_argument
     shared = evaluator.shared
     # the last forward held genome 4 alone: every slot holds its weights, the one-candidate pruner's bits
     evaluator.pruner.apply(space.allocation(genomes[4]))
