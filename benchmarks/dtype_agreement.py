@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
         for _ in range(args.candidates - len(prepared.seeds))]
     final = prepared.evaluator.plan.final
     full = np.array([prepared.evaluator.evaluate(g, final).value for g in genomes])
+    prepared.evaluator.close()
     prepared.pruner.release()
     ws = prepared.workspace
     ws.loaded.model.to(getattr(torch, low))
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     low_config = validate(SearchConfig, {**base, "budget": args.budget, "dtype": low})
     evaluator = build_evaluator(low_config, ws, space, prepared.statistics)  # same statistics and data
     half = np.array([evaluator.evaluate(g, final).value for g in genomes])
+    evaluator.close()
     evaluator.pruner.release()
     body: dict[str, Any] = {
         **provenance(), "candidates": len(genomes), "budget": args.budget, "low_dtype": low,

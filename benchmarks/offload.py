@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
         from sieve.resources import builtin_file
 
         name, inputs = args.model, {"model": "smollm2-135m", "task": "rotten_tomatoes"}
-        search = load_yaml(builtin_file("configs", "gpu"))
+        search = {**load_yaml(builtin_file("configs", "gpu")), "batch_candidates": 1}  # one candidate per forward, both arms
     model, _, _ = build_model(name, device)  # built on the device; the capped run moves it to host memory
     free = uncapped = evaluate(model, name, device, None, search, inputs, args.candidates)
     if device.type == "cuda":

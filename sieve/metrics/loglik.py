@@ -38,7 +38,8 @@ then scores any model on it (:func:`score_examples`):
 * **Copies**: a plan built with ``copies=K`` runs every input ``K`` times in one forward, candidate-
   major (rows ``c·n … (c+1)·n − 1`` are copy ``c``), and returns ``K`` sets of scores. Through a
   model whose pruned linears hold ``K`` weight sets (:mod:`sieve.models.batched`) that scores ``K``
-  candidates with the kernels of one forward.
+  candidates with the kernels of one forward. A padded row then costs ``K`` times, a forward's
+  launch once: buckets are cut with a forward cost of ``F / K`` per copy.
 """
 
 from __future__ import annotations
@@ -366,6 +367,8 @@ class ScoringPlan:
             prefix = 0
         if forward_cost == "auto":
             forward_cost = forward_cost_tokens(model)
+        if forward_cost is not None:  # a padded row costs K copies, a forward's launch once: F/K per copy
+            forward_cost = -(-forward_cost // copies)
         bounds = bucket_bounds([len(j.tokens) - prefix for j in jobs], batch_size, forward_cost)
         batches, spans = [], []
         for start, stop in bounds:

@@ -26,8 +26,8 @@ from sieve.metrics.loglik import encode_task
 from sieve.metrics.quality import MAX_LENGTH
 from sieve.models.adapters import find_matrices
 from sieve.models.batched import CandidateModel
-from sieve.models.forward import forward_features
 from sieve.models.batched import unsupported as unsupported_matrices
+from sieve.models.forward import forward_features
 from sieve.prune.batched import CandidateWeights
 from sieve.prune.batched import unsupported as unsupported_pruner
 from sieve.prune.pruner import ModelPruner, choose_mode
@@ -270,8 +270,9 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed, config.offspring)
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
-    if config.batch_candidates > 1:
-        evaluator.shared = SharedForward(_shared_limit(config, fitness, pruner, space, ws))
+    limit = _shared_limit(config, fitness, pruner, space, ws) if config.batch_candidates > 1 else 1
+    if limit > 1:
+        evaluator.shared = SharedForward(limit)
     if lanes > 1:
         usable = _usable_lanes(lanes, graphs, fitness, ws, config.max_gpu_memory)
         evaluator.lanes = [_replica(ws.model, space, pruner, inputs) for _ in range(usable - 1)]
@@ -286,8 +287,8 @@ def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, s
     """``config.batch_candidates``, or why not (one error line): it needs in-place pruning with a
     per-weight score and unstructured levels, plain ``Linear`` matrices and a fitness read from task
     scores alone; the candidates' weights (``limit`` × the pruned matrices) must fit in half the
-    free memory, else fewer are used (said once: per-candidate results then differ in the last bits
-    from a run that used more, :mod:`sieve.models.batched`)."""
+    free memory, else fewer are used — one: the one-candidate path — said once (per-candidate results
+    then differ in the last bits from a run that used more, :mod:`sieve.models.batched`)."""
     reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices)
               or ("the space has factorised (low-rank) levels" if space.factorisable() else None)
               or ("the space prunes in N:M patterns" if space.pattern.structured else None)
@@ -300,9 +301,9 @@ def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, s
     limit = config.batch_candidates
     if free is not None and limit * matrix_bytes > free // 2:
         limit = max(1, int(free // 2 // matrix_bytes))
-        log.warning("--batch-candidates %d: the candidates' weights fit %d times in half the free memory; using %d "
+        log.warning("--batch-candidates %d: the candidates' weights fit %d times in half the free memory; %s "
                     "(results may differ in the last bits from a run with more)", config.batch_candidates, limit,
-                    limit)
+                    f"using {limit}" if limit > 1 else "candidates are scored one per forward")
     return limit
 
 
