@@ -22,9 +22,8 @@ depend on whether its candidates were graphed (in-process, in Ray actors, in pla
 capture that fails — e.g. a forward that reads a tensor's value on the host, as data-dependent
 expert routing does — is reported once and that subset is scored eagerly.
 
-A scorer's graphs share one memory pool (replays run one after another on a stream, and each
-replay's outputs are copied out at once), so the activations of all stages cost about as much
-memory as the largest stage's.
+A scorer's graphs share one memory pool (replays run one after another on a stream), so the
+activations of all stages cost about as much memory as the largest stage's.
 """
 
 from __future__ import annotations
@@ -93,8 +92,9 @@ class TaskScorer:
                copies: int = 1) -> Callable[[], list[ChoiceScores]]:
         """Start scoring ``indices`` — a graph replay, queued on the current CUDA stream without
         waiting for it — and return the function that reads the scores back, one per copy (eager
-        scoring runs at once). The outputs are copied as soon as the replay is queued, so the same
-        graph may be replayed again before they are read: candidates queue back to back."""
+        scoring runs at once). With ``copies`` the outputs are copied as soon as the replay is queued,
+        so the same graph may be replayed again before they are read (shared forwards queue back to
+        back); otherwise read them before the next call."""
         plan = self.plan(model, indices, copies)
         device = next(model.parameters()).device
         if not (self.cuda_graphs and device.type == "cuda"):
@@ -118,7 +118,9 @@ class TaskScorer:
                     scores = plan.score(model)
                     return lambda: scores
                 self.replays += 1
-                outputs = tuple(t.clone() for t in run())
+                outputs = run()
+                if copies > 1:  # candidates queue back to back: the same graph may replay before the read
+                    outputs = tuple(t.clone() for t in outputs)
         finally:
             model.train(was_training)
         return lambda: plan.collect(*outputs)
