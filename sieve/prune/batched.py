@@ -10,8 +10,7 @@ candidate)'s thresholds gathered from a per-group table of every precomputed lev
     W[g, c] = D_g ⊙ keep(S_g, s*[g, slot_{g,c}], c*[g, slot_{g,c}])
 
 so the host sends one small integer tensor per candidate group and the GPU does the rest (on CUDA
-one compiled kernel for every group: dynamic shapes, compiled once — four static-shape kernels
-cost SmolLM2-135M's search about 10 s of compilation, more than they save in its writes). The weights are
+one static-shape compiled kernel per group, unchanged whatever the candidates). The weights are
 those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
 comparisons per element; tested). Mask-only scoring methods with unstructured levels only: N:M
 patterns and low-rank factors are written by the one-candidate path.
@@ -28,7 +27,7 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, _fused, threshold_mask
+from sieve.prune.pruner import ModelPruner, _fused, _shape_room, threshold_mask
 
 
 def gathered_threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor,
@@ -155,6 +154,7 @@ class CandidateWeights:
             slots = flat[at:at + table.size].view(table.shape)
             at += table.size
             columns = self.pruner._column_index(group.dense.shape[-1], device)
-            _fused(gathered_threshold_mask_into, device)(
-                group.weights, group.dense, group.factor, group.score_table, group.column_table, slots, columns)
+            with _shape_room():
+                _fused(gathered_threshold_mask_into, device, dynamic=False)(
+                    group.weights, group.dense, group.factor, group.score_table, group.column_table, slots, columns)
         self.writes += 1
