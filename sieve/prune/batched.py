@@ -9,8 +9,9 @@ candidate)'s thresholds gathered from a per-group table of every precomputed lev
     slot_{g,c} = level index of member g in candidate c      (0: dense, a keep-everything threshold)
     W[g, c] = D_g ⊙ keep(S_g, s*[g, slot_{g,c}], c*[g, slot_{g,c}])
 
-so the host sends one small integer tensor per candidate group and the GPU does the rest (on CUDA
-one static-shape compiled kernel per group, unchanged whatever the candidates). The weights are
+so the host sends one small integer tensor per candidate group and the GPU does the rest: two small
+gathers and, on CUDA, the pruner's static-shape compiled mask kernel over ``(G, K, out, in)`` (the
+gather kept out of the compiled kernel: inside it, compiling cost SmolLM2-135M's search 4–16 s). The weights are
 those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
 comparisons per element; tested). Mask-only scoring methods with unstructured levels only: N:M
 patterns and low-rank factors are written by the one-candidate path.
@@ -27,21 +28,15 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, _fused, _shape_room, threshold_mask
+from sieve.prune.pruner import ModelPruner, _fused, _shape_room, threshold_mask_into
 
 
-def gathered_threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor,
-                                 score_table: torch.Tensor, column_table: torch.Tensor, slots: torch.Tensor,
-                                 columns: torch.Tensor) -> None:
-    """``out[g, c] ← threshold_mask(dense[g], factor[g], s*[g, slots[g, c]], c*[g, slots[g, c]])``.
-
-    ``out``: ``(G, K, rows, cols)``; ``dense``: ``(G, rows, cols)``; ``factor``: ``(G, 1, cols)``;
-    ``score_table`` / ``column_table``: ``(G, L, rows)``, every level's per-row threshold;
-    ``slots``: ``(G, K)`` level indices."""
-    index = slots.unsqueeze(-1).expand(-1, -1, dense.shape[1])
-    t_score = torch.gather(score_table, 1, index).unsqueeze(-1)
-    t_col = torch.gather(column_table, 1, index).unsqueeze(-1)
-    out.copy_(threshold_mask(dense.unsqueeze(1), factor.unsqueeze(1), t_score, t_col, columns))
+def gathered_thresholds(score_table: torch.Tensor, column_table: torch.Tensor,
+                        slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s*, c*)`` of every (member, candidate): ``(G, K, rows, 1)`` each, from ``(G, L, rows)`` tables
+    of every level and ``(G, K)`` level indices ``slots``."""
+    index = slots.unsqueeze(-1).expand(-1, -1, score_table.shape[-1])
+    return (torch.gather(score_table, 1, index).unsqueeze(-1), torch.gather(column_table, 1, index).unsqueeze(-1))
 
 
 @dataclass
@@ -103,10 +98,9 @@ class CandidateWeights:
         column_table = torch.zeros((len(names), width, rows), dtype=torch.int32, device=device)
         level_slot = []
         for g, (name, ks) in enumerate(zip(names, levels, strict=True)):
-            for j, k in enumerate(ks, start=1):
-                t_score, t_col = pruner.thresholds[name][k]
-                score_table[g, j] = t_score[:, 0]
-                column_table[g, j] = t_col[:, 0]
+            if ks:
+                score_table[g, 1:1 + len(ks)] = torch.stack([pruner.thresholds[name][k][0][:, 0] for k in ks])
+                column_table[g, 1:1 + len(ks)] = torch.stack([pruner.thresholds[name][k][1][:, 0] for k in ks])
             level_slot.append({0: 0, **{k: j for j, k in enumerate(ks, start=1)}})
         weights = torch.empty((len(names), self.candidates, *dense.shape[1:]), dtype=dense.dtype, device=device)
         return _Group(names, dense, factor, score_table, column_table, level_slot, weights)
@@ -154,7 +148,8 @@ class CandidateWeights:
             slots = flat[at:at + table.size].view(table.shape)
             at += table.size
             columns = self.pruner._column_index(group.dense.shape[-1], device)
+            t_score, t_col = gathered_thresholds(group.score_table, group.column_table, slots)
             with _shape_room():
-                _fused(gathered_threshold_mask_into, device, dynamic=False)(
-                    group.weights, group.dense, group.factor, group.score_table, group.column_table, slots, columns)
+                _fused(threshold_mask_into, device, dynamic=False)(
+                    group.weights, group.dense.unsqueeze(1), group.factor.unsqueeze(1), t_score, t_col, columns)
         self.writes += 1
