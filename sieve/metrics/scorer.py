@@ -22,8 +22,9 @@ depend on whether its candidates were graphed (in-process, in Ray actors, in pla
 capture that fails — e.g. a forward that reads a tensor's value on the host, as data-dependent
 expert routing does — is reported once and that subset is scored eagerly.
 
-A scorer's graphs share one memory pool (replays run one after another on a stream), so the
-activations of all stages cost about as much memory as the largest stage's.
+A scorer's graphs share one memory pool and one capture stream (its replays run one after another
+on a stream), so the activations of all stages cost about as much memory as the largest stage's;
+scorers of model replicas replayed side by side have their own (:class:`CapturedRun`).
 """
 
 from __future__ import annotations
@@ -39,18 +40,26 @@ log = logging.getLogger(__name__)
 
 
 class CapturedRun:
-    """``fn()`` captured as one CUDA graph; calling replays it and returns the same output tensors,
-    now holding the new values. ``fn`` must only launch kernels (no host synchronisation)."""
+    """``fn()`` captured as one CUDA graph on ``stream``; calling replays it (on the current stream) and
+    returns the same output tensors, now holding the new values. ``fn`` must only launch kernels (no
+    host synchronisation).
 
-    def __init__(self, fn: Callable[[], tuple[torch.Tensor, ...]], device: torch.device, pool=None) -> None:
-        stream = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(stream)
-        with torch.cuda.stream(side):
+    A captured matmul keeps the cuBLAS workspace of the stream it was captured on, so graphs that
+    may replay at the same time on different streams need capture streams of their own
+    (``torch.cuda.graph``'s default is one stream for every graph of the process: model replicas
+    replaying side by side then wrote each other's workspace — wrong values and NaNs in 3 of 4
+    four-lane runs on an H100, none with one capture stream per scorer)."""
+
+    def __init__(self, fn: Callable[[], tuple[torch.Tensor, ...]], device: torch.device, pool=None,
+                 stream: torch.cuda.Stream | None = None) -> None:
+        current = torch.cuda.current_stream(device)
+        stream = stream if stream is not None else torch.cuda.Stream(device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
             fn()  # warm-up outside the capture: lazy initialisation (cuBLAS workspaces, compiled kernels)
-        stream.wait_stream(side)
+        current.wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream):
             self.outputs = fn()
 
     def __call__(self) -> tuple[torch.Tensor, ...]:
@@ -77,6 +86,7 @@ class TaskScorer:
         self.captures = 0
         self._storage: tuple[int, ...] | None = None
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None  # this scorer's capture stream (see CapturedRun)
 
     def plan(self, model: torch.nn.Module, indices: Sequence[int], copies: int = 1) -> ScoringPlan:
         key = (tuple(int(i) for i in indices), copies)
@@ -128,8 +138,8 @@ class TaskScorer:
     def _capture(self, plan: ScoringPlan, model: torch.nn.Module, device: torch.device) -> CapturedRun | None:
         try:
             if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            run = CapturedRun(lambda: plan.run(model), device, self._pool)
+                self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(device)
+            run = CapturedRun(lambda: plan.run(model), device, self._pool, self._stream)
         except Exception as exc:  # noqa: BLE001 - any capture failure: the same scores, eagerly
             torch.cuda.synchronize(device)
             log.warning("CUDA graph capture of a %d-example scoring plan failed (%s: %s); it is scored eagerly "

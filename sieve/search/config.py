@@ -56,7 +56,7 @@ class SearchConfig(InputsConfig):
         True, description="on a GPU with in-place pruning, each stage's scoring is captured once as a CUDA graph and "
         "replayed for every candidate (a small model's forward is launch-bound)")
     lanes: int = Field(
-        1, ge=1, le=64, description="in-process on a GPU: model replicas evaluating candidates side by side, each on "
+        1, ge=1, le=16, description="in-process on a GPU: model replicas evaluating candidates side by side, each on "
         "its own CUDA stream (a small model's forward leaves the GPU mostly idle); fewer where they do not fit")
     batch_candidates: int = Field(
         1, ge=1, le=256, description="in-process: up to this many candidates share one forward, each with its own "
