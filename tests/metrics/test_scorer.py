@@ -191,6 +191,12 @@ def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool) -
     other = llama(device="cuda")
     with pytest.raises(ValueError, match="parameter storage"):
         graphs.score(other, subsets[0])
+    # a scorer captures on a stream of its own: graphs of two scorers (model replicas, lanes) replayed
+    # side by side must not share the cuBLAS workspace of one capture stream
+    second = TaskScorer(encoded, 16, cuda_graphs=True)
+    second.score(other, subsets[0])
+    assert graphs._stream is not None and second._stream is not None and graphs._stream != second._stream
+    assert torch.cuda.current_stream() not in (graphs._stream, second._stream)
 
 
 def test_every_forward_carries_a_masked_column() -> None:
