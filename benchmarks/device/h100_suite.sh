@@ -27,9 +27,10 @@ case ${1:?step} in
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models smollm2-135m,llama-8b --modes in_place \
       --graphs on,off --search-candidates 8 --out-dir "$out" --tag speed
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models smollm2-135m --modes in_place --graphs on \
-      --lanes 1,4,8 --search-candidates 24 --no-candidate-rows --out-dir "$out" --tag lanes ;;
+      --lanes 1,4 --batch-candidates 24 --search-candidates 24 --no-candidate-rows --out-dir "$out" --tag shared ;;
   gpu-tests)  # the tests that need CUDA (graph replay, compiled whole-stack writes); skipped on the CPU
-    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/prune/test_pruner.py tests/search/test_lanes.py ;;
+    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/prune/test_pruner.py \
+      tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
     for dtype in bfloat16 agreement float32; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi
