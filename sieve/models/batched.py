@@ -50,7 +50,6 @@ class CandidateLinear(nn.Module):
         self.register_buffer("weights", weights, persistent=False)
         self.bias = linear.bias
         self.count = count
-        self.original = (linear,)  # a tuple: not a submodule, so its dense weight is not this model's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.count.value

@@ -11,8 +11,8 @@ candidate)'s thresholds gathered from a per-group table of every precomputed lev
 
 so the host sends one small integer tensor per candidate group and the GPU does the rest: two small
 gathers and, on CUDA, the pruner's static-shape compiled mask kernel over ``(G, K, out, in)`` (the
-gather kept out of the compiled kernel: inside it, compiling cost SmolLM2-135M's search 4–16 s). The weights are
-those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
+gather kept out of the compiled kernel: inside it, compiling cost SmolLM2-135M's search 4–16 s).
+The weights are those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
 comparisons per element; tested). Mask-only scoring methods with unstructured levels only: N:M
 patterns and low-rank factors are written by the one-candidate path.
 """
@@ -28,7 +28,7 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, _fused, _shape_room, threshold_mask_into
+from sieve.prune.pruner import ModelPruner, compiled, shape_room, threshold_mask_into
 
 
 def gathered_thresholds(score_table: torch.Tensor, column_table: torch.Tensor,
@@ -80,7 +80,6 @@ class CandidateWeights:
         self.groups = [self._group(members) for members in by_shape.values()]
         self.group_of = {name: (group, i) for group in self.groups for i, name in enumerate(group.names)}
         self._slot_of: dict[tuple, int] = {}
-        self.writes = 0
 
     def _group(self, members: list[Matrix]) -> _Group:
         pruner = self.pruner
@@ -147,9 +146,8 @@ class CandidateWeights:
         for group, table in zip(self.groups, tables, strict=True):
             slots = flat[at:at + table.size].view(table.shape)
             at += table.size
-            columns = self.pruner._column_index(group.dense.shape[-1], device)
+            columns = self.pruner.column_index(group.dense.shape[-1], device)
             t_score, t_col = gathered_thresholds(group.score_table, group.column_table, slots)
-            with _shape_room():
-                _fused(threshold_mask_into, device, dynamic=False)(
+            with shape_room():
+                compiled(threshold_mask_into, device, dynamic=False)(
                     group.weights, group.dense.unsqueeze(1), group.factor.unsqueeze(1), t_score, t_col, columns)
-        self.writes += 1

@@ -86,7 +86,7 @@ def threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Te
 _FUSED: dict[tuple[str, bool], object] = {}
 
 
-def _fused(function, device: torch.device, dynamic: bool = True):
+def compiled(function, device: torch.device, dynamic: bool = True):
     """``function`` compiled for ``device`` (CUDA), or itself with one warning where it cannot be.
 
     ``dynamic=False`` compiles once per input shape: the kernel's index arithmetic then divides by
@@ -105,7 +105,7 @@ def _fused(function, device: torch.device, dynamic: bool = True):
     return _FUSED[key]
 
 
-def _shape_room():
+def shape_room():
     """Room for one static compile per stack shape (dynamo's default limit is 8 per function)."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -362,14 +362,14 @@ class ModelPruner:
                 t_score = torch.stack([self.thresholds[n][self.current[n][0]][0] for n in chosen])
                 t_col = torch.stack([self.thresholds[n][self.current[n][0]][1] for n in chosen])
                 dense = stack.select(stack.dense, part)
-                columns = self._column_index(dense.shape[-1], dense.device)
+                columns = self.column_index(dense.shape[-1], dense.device)
                 factor = stack.select(stack.factor, part)
                 if stack.weights is not None:
                     out = stack.weights[part[0] : part[0] + len(part)]
-                    _fused(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
+                    compiled(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
                     self.writes.update(direct=len(part))
                     continue
-                pruned = _fused(threshold_mask, dense.device)(dense, factor, t_score, t_col, columns)
+                pruned = compiled(threshold_mask, dense.device)(dense, factor, t_score, t_col, columns)
                 torch._foreach_copy_([self.by_name[n].weight for n in chosen], list(pruned.unbind(0)))
         for m in single:
             m.weight.copy_(self.weight_at(m.name))
@@ -396,9 +396,9 @@ class ModelPruner:
         """Every member of ``stack`` at its current level (dense ones through a keep-everything
         threshold, ``s* = −1``: scores are ``≥ 0``), by one static-shape kernel into the model."""
         t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
-        columns = self._column_index(stack.dense.shape[-1], stack.dense.device)
-        with _shape_room():
-            _fused(threshold_mask_into, stack.dense.device, dynamic=False)(
+        columns = self.column_index(stack.dense.shape[-1], stack.dense.device)
+        with shape_room():
+            compiled(threshold_mask_into, stack.dense.device, dynamic=False)(
                 stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col), columns)
 
     def _threshold(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,13 +433,14 @@ class ModelPruner:
             return self.method.prune(dense, self.stats.get(name, MatrixStats()), self._sparsity[name], pattern)
         if self._thresholded(name, state):
             t_score, t_col = self.thresholds[name][k]
-            columns = self._column_index(dense.shape[1], dense.device)
+            columns = self.column_index(dense.shape[1], dense.device)
             # detached: a Parameter's shapes would be static to the compiler, one recompile per shape
-            return _fused(threshold_mask, dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
+            return compiled(threshold_mask, dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
         scores = dense.float().abs() * self.factor[name]
         return dense * mask_from_scores(scores, self._sparsity[name], pattern)
 
-    def _column_index(self, cols: int, device: torch.device) -> torch.Tensor:
+    def column_index(self, cols: int, device: torch.device) -> torch.Tensor:
+        """``0 … cols − 1`` (int32) on ``device``, made once: the ``j`` of the threshold rule."""
         key = (cols, str(device))
         if key not in self._columns:
             self._columns[key] = torch.arange(cols, device=device, dtype=torch.int32)
