@@ -188,6 +188,21 @@ def search_config(tiny_model_dir, tiny_task, tiny_corpus):
 
 
 @pytest.fixture(scope="session")
+def feasible_genomes():
+    """``feasible_genomes(prepared, n, seed=0)``: ``n`` random genomes of a prepared search, repaired
+    into its budget window (what a generation's offspring look like)."""
+    from sieve.search.operators import repair_budget
+
+    def make(prepared, n: int, seed: int = 0) -> list[np.ndarray]:
+        space, rng = prepared.space, np.random.default_rng(seed)
+        costs = [g.costs for g in space.genes]
+        return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
+                              prepared.window, rng) for _ in range(n)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def run_search():
     """``run_search(config, path, **execute_options)`` starts a search; ``run_search(None, path,
     overrides={...})`` resumes one. Returns the outcome (``results.json``)."""

@@ -6,30 +6,21 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
 from sieve.search.evaluator import _replica, _usable_lanes
-from sieve.search.operators import repair_budget
 from sieve.search.run import prepare
 from sieve.search.rundir import RunDir
 
 
-def _genomes(prepared, n: int, seed: int = 0) -> list[np.ndarray]:
-    space, rng = prepared.space, np.random.default_rng(seed)
-    costs = [g.costs for g in space.genes]
-    return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
-                          prepared.window, rng) for _ in range(n)]
-
-
-def test_every_lane_gives_a_genome_the_single_lane_result(search_config, tmp_path, caplog):
+def test_every_lane_gives_a_genome_the_single_lane_result(search_config, feasible_genomes, tmp_path, caplog):
     cfg = search_config(lanes=3)
     prepared = prepare(cfg, RunDir(tmp_path / "r").stats)
     evaluator = prepared.evaluator
     assert evaluator.lanes == []  # prepare asked for 3; the CPU has no CUDA graphs: one, with a warning
     assert "lanes: 3 requested, 1 used" in caplog.text
-    genomes = _genomes(prepared, 7)
+    genomes = feasible_genomes(prepared, 7)
     alone = [evaluator.evaluate(g, stage).value for stage in (0, 1) for g in genomes]
     evaluator.lanes = [_replica(evaluator.model, prepared.space, evaluator.pruner, evaluator.inputs) for _ in range(2)]
     before = evaluator.timings.candidates
@@ -52,13 +43,13 @@ def test_lanes_are_refused_where_they_cannot_help(search_config, tmp_path, caplo
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="lanes run on CUDA streams")
-def test_cuda_lanes_on_their_streams_equal_one_lane(search_config, tmp_path):
+def test_cuda_lanes_on_their_streams_equal_one_lane(search_config, feasible_genomes, tmp_path):
     """On a GPU every lane replays its own graphs on its own stream; the results are those of the
     main lane bit for bit (a missing stream dependency would show here as a different value)."""
     prepared = prepare(search_config(lanes=3, device="cuda"), RunDir(tmp_path / "r").stats)
     evaluator = prepared.evaluator
     assert len(evaluator.lanes) == 2 and all(lane.stream is not None for lane in evaluator.lanes)
-    genomes = _genomes(prepared, 11)
+    genomes = feasible_genomes(prepared, 11)
     alone = [evaluator.evaluate(g, stage).value for stage in (0, 1) for g in genomes]
     together = [m.value for stage in (0, 1) for m in evaluator.evaluate_many(genomes, stage)]
     assert together == alone

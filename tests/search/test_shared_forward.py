@@ -13,16 +13,8 @@ from sieve.errors import SieveError
 from sieve.models.forward import forward_features
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.evaluator import StagePlan
-from sieve.search.operators import repair_budget
 from sieve.search.run import prepare
 from sieve.search.rundir import RunDir
-
-
-def _genomes(prepared, n: int, seed: int = 0) -> list[np.ndarray]:
-    space, rng = prepared.space, np.random.default_rng(seed)
-    costs = [g.costs for g in space.genes]
-    return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
-                          prepared.window, rng) for _ in range(n)]
 
 
 def test_candidates_per_forward_depend_on_the_stage_alone() -> None:
@@ -32,11 +24,11 @@ def test_candidates_per_forward_depend_on_the_stage_alone() -> None:
     assert [plan.per_forward(s, 1) for s in range(3)] == [1, 1, 1]
 
 
-def test_shared_forward_weights_and_fitness(search_config, tmp_path) -> None:
+def test_shared_forward_weights_and_fitness(search_config, feasible_genomes, tmp_path) -> None:
     cfg = search_config(batch_candidates=3)
     prepared = prepare(cfg, RunDir(tmp_path / "r").stats)
     evaluator, space = prepared.evaluator, prepared.space
-    genomes = _genomes(prepared, 5)
+    genomes = feasible_genomes(prepared, 5)
     k = evaluator.plan.per_forward(0, 3)
     assert k == 2  # 4 offspring in forwards of at most 3: two of 2
     together = [m.value for m in evaluator.evaluate_many(genomes, 0)]
@@ -89,7 +81,7 @@ def test_search_with_shared_forwards_resumes_bit_identically(search_config, run_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, tmp_path) -> None:
+def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, feasible_genomes, tmp_path) -> None:
     """On a GPU: each group's forward replayed as a CUDA graph (queued back to back, read at the end)
     gives eager scoring's bits, and a candidate alone in a (padded) forward its in-group bits."""
     values = {}
@@ -97,7 +89,7 @@ def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, tmp_p
         prepared = prepare(search_config(batch_candidates=3, device="cuda", cuda_graphs=graphs),
                            RunDir(tmp_path / f"r{graphs}").stats)
         evaluator = prepared.evaluator
-        genomes = _genomes(prepared, 7)
+        genomes = feasible_genomes(prepared, 7)
         values[graphs] = [m.value for stage in (0, 1) for m in evaluator.evaluate_many(genomes, stage)]
         assert evaluator.evaluate(genomes[5], 1).value == values[graphs][7 + 5]
         assert evaluator.timings.graphed == (evaluator.timings.candidates if graphs else 0)
