@@ -270,7 +270,7 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed, config.offspring)
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
-    limit = _shared_limit(config, fitness, pruner, space, ws) if config.batch_candidates > 1 else 1
+    limit = _shared_limit(config, fitness, pruner, space, ws, matrix_bytes) if config.batch_candidates > 1 else 1
     if limit > 1:
         evaluator.shared = SharedForward(limit)
     if lanes > 1:
@@ -283,10 +283,10 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
 
 
 def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, space: SearchSpace,
-                  ws: Workspace) -> int:
+                  ws: Workspace, matrix_bytes: int) -> int:
     """``config.batch_candidates``, or why not (one error line): it needs in-place pruning with a
     per-weight score and unstructured levels, plain ``Linear`` matrices and a fitness read from task
-    scores alone; the candidates' weights (``limit`` × the pruned matrices) must fit in half the
+    scores alone; the candidates' weights (``limit`` × ``matrix_bytes``) must fit in half the
     free memory, else fewer are used — one: the one-candidate path — said once (per-candidate results
     then differ in the last bits from a run that used more, :mod:`sieve.models.batched`)."""
     reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices)
@@ -296,7 +296,6 @@ def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, s
                   "(task_nll or task_acc without --general-weight)"))
     if reason is not None:
         raise SieveError(f"--batch-candidates {config.batch_candidates}: {reason}; use --batch-candidates 1")
-    matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in space.matrices)
     free = free_memory(ws.device, config.max_gpu_memory)
     limit = config.batch_candidates
     if free is not None and limit * matrix_bytes > free // 2:
