@@ -102,9 +102,8 @@ class TaskScorer:
                copies: int = 1) -> Callable[[], list[ChoiceScores]]:
         """Start scoring ``indices`` — a graph replay, queued on the current CUDA stream without
         waiting for it — and return the function that reads the scores back, one per copy (eager
-        scoring runs at once). With ``copies`` the outputs are copied as soon as the replay is queued,
-        so the same graph may be replayed again before they are read (shared forwards queue back to
-        back); otherwise read them before the next call."""
+        scoring runs at once). The outputs are copied as soon as the replay is queued, so the same
+        graph may replay again before they are read (shared forwards queue back to back)."""
         plan = self.plan(model, indices, copies)
         device = next(model.parameters()).device
         if not (self.cuda_graphs and device.type == "cuda"):
@@ -128,9 +127,7 @@ class TaskScorer:
                     scores = plan.score(model)
                     return lambda: scores
                 self.replays += 1
-                outputs = run()
-                if copies > 1:  # candidates queue back to back: the same graph may replay before the read
-                    outputs = tuple(t.clone() for t in outputs)
+                outputs = tuple(t.clone() for t in run())
         finally:
             model.train(was_training)
         return lambda: plan.collect(*outputs)
