@@ -28,7 +28,7 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, compiled, shape_room, threshold_mask_into
+from sieve.prune.pruner import KEEP_ALL, ModelPruner, compiled, shape_room, threshold_mask_into
 
 
 def gathered_thresholds(score_table: torch.Tensor, column_table: torch.Tensor,
@@ -46,7 +46,7 @@ class _Group:
     names: list[str]
     dense: torch.Tensor  # (G, rows, cols)
     factor: torch.Tensor  # (G, 1, cols) float32
-    score_table: torch.Tensor  # (G, L, rows) float32; level 0 keeps everything (−1)
+    score_table: torch.Tensor  # (G, L, rows) float32; level 0 keeps everything (KEEP_ALL)
     column_table: torch.Tensor  # (G, L, rows) int32
     level_slot: list[dict[int, int]]  # per member: prune count k → its index in the tables
     weights: torch.Tensor  # (G, K, rows, cols): what the candidates' forward reads
@@ -93,7 +93,7 @@ class CandidateWeights:
         rows, device = dense.shape[1], dense.device
         levels = [sorted(pruner.thresholds.get(n, {})) for n in names]
         width = 1 + max((len(ks) for ks in levels), default=0)
-        score_table = torch.full((len(names), width, rows), -1.0, device=device)
+        score_table = torch.full((len(names), width, rows), KEEP_ALL, device=device)
         column_table = torch.zeros((len(names), width, rows), dtype=torch.int32, device=device)
         level_slot = []
         for g, (name, ks) in enumerate(zip(names, levels, strict=True)):

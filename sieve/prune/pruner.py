@@ -23,9 +23,9 @@ one fused kernel that writes straight into the model (no temporary: one read of 
 one write of the weights) — on CUDA the whole stack by one static-shape kernel (unchanged members
 too: a fixed shape per stack compiles to constant index arithmetic, 4× the bandwidth of a
 dynamic-shape kernel), elsewhere one kernel per run of consecutive changed members; without
-``contiguous`` by one fused pass per chunk of the stack and a multi-tensor copy back. Either way a handful of kernel launches per shape instead of
-several per matrix, which is what a small model's apply is made of (SmolLM2-135M: 210 matrices,
-4 shapes). The bits are those of the per-matrix pass (the same float32 products and comparisons
+``contiguous`` by one fused pass per chunk of the stack and a multi-tensor copy back. Either way a
+handful of kernel launches per shape instead of several per matrix, which is what a small model's
+apply is made of (SmolLM2-135M: 210 matrices, 4 shapes). The bits are those of the per-matrix pass (the same float32 products and comparisons
 per element; tested).
 
 Factorised matrices (``allocation.ranks``, the :mod:`~sieve.primitives.lowrank` primitive) keep
@@ -55,6 +55,9 @@ from sieve.stats import MatrixStats
 log = logging.getLogger(__name__)
 
 DENSE = (0, UNSTRUCTURED)
+#: a threshold score that keeps every weight (scores ``|W|·f`` are ``≥ 0``): dense members of a
+#: stack written by the threshold rule, with column threshold 0
+KEEP_ALL = -1.0
 
 
 def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -394,7 +397,7 @@ class ModelPruner:
 
     def _rewrite(self, stack: _Stack) -> None:
         """Every member of ``stack`` at its current level (dense ones through a keep-everything
-        threshold, ``s* = −1``: scores are ``≥ 0``), by one static-shape kernel into the model."""
+        threshold, :data:`KEEP_ALL`), by one static-shape kernel into the model."""
         t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
         columns = self.column_index(stack.dense.shape[-1], stack.dense.device)
         with shape_room():
@@ -408,7 +411,7 @@ class ModelPruner:
         rows, device = self.by_name[name].shape[0], self.exec_device[name]
         key = (rows, -1, str(device))
         if key not in self._keep_all:
-            self._keep_all[key] = (torch.full((rows, 1), -1.0, device=device),
+            self._keep_all[key] = (torch.full((rows, 1), KEEP_ALL, device=device),
                                    torch.zeros((rows, 1), dtype=torch.int32, device=device))
         return self._keep_all[key]
 
