@@ -3,7 +3,8 @@ it scales over actors.
 
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
                                     [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
-                                    [--graphs on,off] [--lanes 1,8] [--batch-candidates 1,16] [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
+                                    [--graphs on,off] [--lanes 1,8] [--batch-candidates 1,16] [--packed-rows on,off]
+                                    [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
 
 **Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
 forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
@@ -179,10 +180,11 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
 
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
                         inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool,
-                        lanes: int = 1, batch_candidates: int = 1) -> dict[str, Any]:
+                        lanes: int = 1, batch_candidates: int = 1, packed_rows: bool = True) -> dict[str, Any]:
     """Forward tokens/s of the real candidate-evaluation path (pruner ``mode``, CUDA graphs on or
-    off, lanes, candidates per forward) vs the dense forward's tokens/s, with the per-candidate split
-    into apply and scoring."""
+    off, lanes, candidates per forward, packed rows or length buckets only) vs the dense forward's
+    tokens/s, with the per-candidate split into apply and scoring and each stage's forwards per
+    scoring run (the shared prefix's included)."""
     from sieve.config import validate
     from sieve.models.loading import LoadedModel
     from sieve.search.config import SearchConfig
@@ -191,7 +193,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     from sieve.workspace import Workspace
 
     cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode, "cuda_graphs": graphs,
-                                  "lanes": lanes, "batch_candidates": batch_candidates,
+                                  "lanes": lanes, "batch_candidates": batch_candidates, "packed_rows": packed_rows,
                                   "space": {"name": "throughput", "method": {"name": "magnitude"}}})
     task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
                              split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
@@ -220,6 +222,8 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
         rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
                        (t.forward - before.forward) / n, t.graphed - before.graphed)
     used_lanes = 1 + len(evaluator.lanes)
+    forwards = {s: sorted({len(p.batches) + (p.prefix is not None) for (i, _), p in evaluator.inputs.scorer.plans.items()
+                           if i == tuple(evaluator.plan.indices(s))}) for s in (0, evaluator.plan.final)}
     per_forward = [evaluator.plan.per_forward(s, evaluator.shared.limit) if evaluator.shared else 1
                    for s in (0, evaluator.plan.final)]
     evaluator.close()
@@ -230,7 +234,8 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     forward()
     dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
     out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "lanes": used_lanes,
-           "batch_candidates": batch_candidates, "candidates_per_forward": per_forward, "batch_size": cfg.batch_size,
+           "batch_candidates": batch_candidates, "candidates_per_forward": per_forward, "packed_rows": packed_rows,
+           "batch_size": cfg.batch_size,
            "dense_tokens_per_s": round(dense_tokens_s)}
     for stage, (tok_s, cand_s, examples, apply_s, score_s, graphed) in rows.items():
         key = "first" if stage == 0 else "final"
@@ -238,7 +243,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
                     f"{key}_stage_candidates_per_s": round(cand_s, 3),
                     f"{key}_stage_over_dense": round(tok_s / dense_tokens_s, 4),
                     f"{key}_stage_apply_ms": round(1e3 * apply_s, 2), f"{key}_stage_score_ms": round(1e3 * score_s, 2),
-                    f"{key}_stage_graphed": graphed})
+                    f"{key}_stage_graphed": graphed, f"{key}_stage_forwards": forwards[stage]})
     return out
 
 
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--lanes", default="1", help="search-loop rows (with graphs) for these lane counts")
     p.add_argument("--batch-candidates", default="1",
                    help="search-loop rows (one lane) for these limits of candidates per forward")
+    p.add_argument("--packed-rows", default="on", help="search-loop rows with packed rows on (where cheaper) and/or off")
     p.add_argument("--candidate-rows", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ray-actors", default="")
     p.add_argument("--ray-candidates", type=int, default=24)
@@ -327,9 +333,12 @@ def main(argv: list[str] | None = None) -> Path:
             for graphs in [False] if args.smoke else [g == "on" for g in args.graphs.split(",")]:
                 lanes_ = [int(n) for n in args.lanes.split(",")] if graphs else [1]
                 batches = [int(k) for k in args.batch_candidates.split(",") if int(k) > 1 and mode == "in_place"]
-                for lanes, batch in [(n, 1) for n in lanes_] + [(1, k) for k in batches]:
+                packings = [v == "on" for v in args.packed_rows.split(",")]
+                for lanes, batch, packed in [(n, 1, v) for n in lanes_ for v in packings] + [
+                        (1, k, v) for k in batches for v in packings]:
                     loop = measure_search_loop(model, tokenizer, name, device, search, inputs,
-                                               2 if args.smoke else args.search_candidates, mode, graphs, lanes, batch)
+                                               2 if args.smoke else args.search_candidates, mode, graphs, lanes, batch,
+                                               packed)
                     if loop is not None:
                         body["search_loop"].append(loop)
                     log.warning("%s", loop)

@@ -228,6 +228,7 @@ def search(
     lanes: Annotated[Optional[int], typer.Option(help="In-process on a GPU: model replicas evaluating candidates side by side (small models).")] = None,
     batch_candidates: Annotated[Optional[int], typer.Option(help="In-process: up to this many candidates share one forward, each with its own pruned weights (small models on a GPU).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU with in-place pruning, replay each stage's scoring as a CUDA graph (default on).")] = None,
+    packed_rows: Annotated[Optional[bool], typer.Option("--packed-rows/--no-packed-rows", help="Score several examples in one unpadded row where that is cheaper than padded length buckets (large models; default on).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed, resumable)."""
@@ -242,7 +243,7 @@ def search(
                    offspring=offspring, population=population, seed=seed, fitness=fitness,
                    general_weight=general_weight, tolerance=tolerance, workers=workers, ray_address=ray_address,
                    dtype=dtype, device=device, max_gpu_memory=max_gpu_memory, pruner_mode=pruner_mode,
-                   cuda_graphs=cuda_graphs, lanes=lanes, batch_candidates=batch_candidates)
+                   cuda_graphs=cuda_graphs, lanes=lanes, batch_candidates=batch_candidates, packed_rows=packed_rows)
     if resume is not None:
         if config is not None or run_dir is not None:
             raise SieveError("--resume takes the run's own config; drop --config / --run-dir")

@@ -35,15 +35,17 @@ def test_throughput_smoke(tmp_path):
     import throughput
 
     path = throughput.main(["--smoke", "--out-dir", str(tmp_path), "--ray-actors", "1,2", "--search-loop",
-                            "--batch-candidates", "1,2"])
+                            "--batch-candidates", "1,2", "--packed-rows", "on,off"])
     body = json.loads(Path(path).read_text())
     assert [(r["model"], r["mode"]) for r in body["rows"]] == [("llama-tiny", "in_place"), ("llama-tiny", "on_the_fly")]
     for row in body["rows"]:
         assert row["candidate_s"] > 0
         assert row["candidate_s"] == pytest.approx(row["apply_s"] + row["forward_s"] + row["overhead_s"], abs=3e-4)
-    assert [(loop["mode"], loop["batch_candidates"]) for loop in body["search_loop"]] == [
-        ("in_place", 1), ("in_place", 2), ("on_the_fly", 1)]
-    assert body["search_loop"][1]["candidates_per_forward"] == [2, 2]
+    assert [(loop["mode"], loop["batch_candidates"], loop["packed_rows"]) for loop in body["search_loop"]] == [
+        ("in_place", 1, True), ("in_place", 1, False), ("in_place", 2, True), ("in_place", 2, False),
+        ("on_the_fly", 1, True), ("on_the_fly", 1, False)]
+    assert body["search_loop"][2]["candidates_per_forward"] == [2, 2]
+    assert all(loop["first_stage_forwards"] and loop["final_stage_forwards"] for loop in body["search_loop"])
     for loop in body["search_loop"]:
         assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
         assert loop["cuda_graphs"] is False and loop["final_stage_graphed"] == 0  # CPU: no graphs

@@ -5,7 +5,7 @@
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
 # device's copy of the tree reports the last landed commit, not the working tree.
-#   bash benchmarks/device/h100_suite.sh before|throughput|speed|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
+#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -28,6 +28,10 @@ case ${1:?step} in
       --graphs on,off --search-candidates 8 --out-dir "$out" --tag speed
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models smollm2-135m --modes in_place --graphs on \
       --lanes 1,4 --batch-candidates 24 --search-candidates 24 --no-candidate-rows --out-dir "$out" --tag shared ;;
+  packing)  # search-loop rows with packed rows on (where the plan's cost model picks them) and off, side by side
+    PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models ${MODELS:-llama-8b} --modes in_place \
+      --graphs on --packed-rows on,off --batch-candidates ${BATCH:-1} --search-candidates ${CANDIDATES:-8} \
+      --no-candidate-rows --out-dir "$out" --tag packing-${MODELS:-llama-8b} ;;
   gpu-tests)  # the tests that need CUDA (graph replay, compiled whole-stack writes); skipped on the CPU
     PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/prune/test_pruner.py \
       tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;

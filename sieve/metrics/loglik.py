@@ -54,7 +54,8 @@ import numpy as np
 import torch
 
 from sieve.errors import SieveError
-from sieve.models.forward import forward_features, output_cache
+from sieve.metrics.packing import pack_rows, pair_cost
+from sieve.models.forward import ForwardFeatures, forward_features, output_cache, packed_mask, packed_positions
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 MIN_SHARED_PREFIX = 16
 ForwardCost = int | Literal["auto"] | None
+#: ``"auto"``: packed rows where cheaper than length buckets; ``True``: packed rows (an error where the
+#: model cannot run them); ``False``: length buckets only
+PackingChoice = bool | Literal["auto"]
 
 
 def forward_cost_tokens(model: torch.nn.Module) -> int:
@@ -343,7 +347,8 @@ class ScoringPlan:
     @classmethod
     def build(cls, model: torch.nn.Module, encoded: EncodedTask, indices: Sequence[int] | None = None, *,
               batch_size: int = 16, padding: Padding = "auto", forward_cost: ForwardCost = "auto",
-              device: torch.device | str | None = None, copies: int = 1) -> ScoringPlan:
+              device: torch.device | str | None = None, copies: int = 1,
+              packing: PackingChoice = "auto") -> ScoringPlan:
         if batch_size < 1:
             raise SieveError(f"batch_size must be at least 1, got {batch_size}")
         if copies < 1:
@@ -369,9 +374,14 @@ class ScoringPlan:
             forward_cost = forward_cost_tokens(model)
         if forward_cost is not None:  # a padded row costs K copies, a forward's launch once: F/K per copy
             forward_cost = -(-forward_cost // copies)
-        bounds = bucket_bounds([len(j.tokens) - prefix for j in jobs], batch_size, forward_cost)
+        lengths = [len(j.tokens) - prefix for j in jobs]
+        bounds = bucket_bounds(lengths, batch_size, forward_cost)
+        rows = _packed_rows(model, features, jobs, lengths, bounds, packing, forward_cost, batch_size, prefix)
         batches, spans = [], []
-        for start, stop in bounds:
+        for members in rows or ():
+            batches.append(_plan_packed([jobs[i] for i in members], prefix, device, spans, copies,
+                                        next(model.parameters()).dtype))
+        for start, stop in () if rows else bounds:
             batch = jobs[start:stop]
             shared = prefix > 0 and not (
                 features.attention_window is not None and _padded_beyond(batch, features.attention_window))
@@ -507,6 +517,69 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
                   on_device(owners, len(position_of)), on_device(tokens), int(mask.sum()))
 
 
+def _packed_rows(model: torch.nn.Module, features: ForwardFeatures, jobs: Sequence[_Job], lengths: Sequence[int],
+                 bounds: Sequence[tuple[int, int]], packing: PackingChoice, forward_cost: int | None, batch_size: int,
+                 prefix: int) -> tuple[tuple[int, ...], ...] | None:
+    """The jobs of each packed row (:mod:`sieve.metrics.packing`), or ``None`` for length buckets:
+    with ``packing="auto"`` where packing costs less than the buckets ``bounds`` by the same model
+    (padded tokens, a fixed cost per forward, every attended pair), with ``True`` always — or one
+    error naming why the model cannot."""
+    if packing is False or not jobs or (packing == "auto" and forward_cost is None):
+        return None
+    pair = pair_cost(model)
+    window = features.attention_window
+    why = None
+    if not features.packed_rows:
+        why = "its forward does not honour a 4-D attention mask with logits_to_keep indices (see the probe's warning)"
+    elif pair is None:
+        why = "its config names no hidden size or layer count to weigh attention by"
+    elif window is not None and max(len(j.tokens) for j in jobs) > window:
+        why = f"a sequence is longer than its {window}-token sliding attention window, which a 4-D mask does not apply"
+    if why is not None:
+        if packing is True:
+            raise SieveError(f"packed rows: {why}")
+        return None
+    fixed = forward_cost or 0
+    context = 1 + prefix if prefix else 0
+    packed = pack_rows(lengths, fixed, pair, context, max_tokens=batch_size * max(lengths))
+    buckets = sum((stop - start) * (lengths[start] + pair * lengths[start] * (context + lengths[start])) + fixed
+                  for start, stop in bounds)
+    return packed.rows if packing is True or packed.cost < buckets else None
+
+
+def _plan_packed(batch: Sequence[_Job], prefix: int, device: torch.device, spans: list[tuple[int, int, int]],
+                 copies: int, dtype: torch.dtype) -> _Batch:
+    """One packed row (rows without the first ``prefix`` tokens, one after another, ``copies`` times)
+    and the gather indices of its targets; appends the targets' spans to ``spans``. The logits are
+    computed at the read positions only (``logits_to_keep`` as indices), in first-read order."""
+    rows_tokens = [job.tokens[prefix:] for job in batch]
+    lengths = [len(t) for t in rows_tokens]
+    context = _prefix_mask(prefix)[0] if prefix else torch.zeros(0, dtype=torch.long)
+    ids = torch.tensor([[token for tokens in rows_tokens for token in tokens]], dtype=torch.long)
+    position_of: dict[int, int] = {}
+    owners, tokens = [], []
+    stop = 0
+    for job, n in zip(batch, lengths, strict=True):
+        stop += n
+        for slot, choice, cont in job.targets:
+            for offset, token in enumerate(cont):
+                owners.append(position_of.setdefault(stop - len(cont) + offset, len(position_of)))
+                tokens.append(token)
+            spans.append((slot, choice, len(cont)))
+    read = len(position_of)
+
+    def on_device(values: list[int], step: int = 0) -> torch.Tensor:
+        one = torch.tensor(values, dtype=torch.long)
+        return torch.cat([one + c * step for c in range(copies)]).to(device)
+
+    kwargs = {"input_ids": ids.repeat(copies, 1).to(device), "use_cache": prefix > 0,
+              "attention_mask": packed_mask(lengths, context, dtype).repeat(copies, 1, 1, 1).to(device),
+              "position_ids": packed_positions(lengths, prefix).repeat(copies, 1).to(device),
+              "logits_to_keep": torch.tensor(list(position_of), dtype=torch.long).to(device)}
+    return _Batch(kwargs, prefix > 0, 1, on_device([0] * read, 1), on_device(list(range(read))),
+                  on_device(owners, read), on_device(tokens), sum(lengths))
+
+
 def score_examples(
     model: torch.nn.Module,
     encoded: EncodedTask,
@@ -516,6 +589,7 @@ def score_examples(
     device: torch.device | str | None = None,
     padding: Padding = "auto",
     forward_cost: ForwardCost = "auto",
+    packing: PackingChoice = "auto",
 ) -> ChoiceScores:
     """Log-likelihood of every continuation of the selected examples (see module docstring).
 
@@ -525,7 +599,7 @@ def score_examples(
     :func:`forward_cost_tokens`; ``None``: plain slices).
     """
     plan = ScoringPlan.build(model, encoded, indices, batch_size=batch_size, padding=padding,
-                             forward_cost=forward_cost, device=device)
+                             forward_cost=forward_cost, device=device, packing=packing)
     log.debug("scoring %d examples: %d batches, %d forward tokens", len(plan.indices), len(plan.batches),
               plan.n_tokens)
     return plan.score(model)[0]

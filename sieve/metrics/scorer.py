@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, ScoringPlan
+from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, PackingChoice, ScoringPlan
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,12 @@ class TaskScorer:
     """
 
     def __init__(self, encoded: EncodedTask, batch_size: int, *, cuda_graphs: bool = False,
-                 forward_cost: ForwardCost = "auto") -> None:
+                 forward_cost: ForwardCost = "auto", packing: PackingChoice = "auto") -> None:
         self.encoded = encoded
         self.batch_size = batch_size
         self.cuda_graphs = cuda_graphs
         self.forward_cost = forward_cost
+        self.packing = packing
         self.plans: dict[tuple[tuple[int, ...], int], ScoringPlan] = {}
         self.graphs: dict[tuple[tuple[int, ...], int], CapturedRun | None] = {}
         self.replays = 0
@@ -92,7 +93,7 @@ class TaskScorer:
         key = (tuple(int(i) for i in indices), copies)
         if key not in self.plans:
             self.plans[key] = ScoringPlan.build(model, self.encoded, key[0], batch_size=self.batch_size,
-                                                forward_cost=self.forward_cost, copies=copies)
+                                                forward_cost=self.forward_cost, copies=copies, packing=self.packing)
         return self.plans[key]
 
     def score(self, model: torch.nn.Module, indices: Sequence[int]) -> ChoiceScores:

@@ -13,6 +13,12 @@ with a plain forward:
 * ``cache_argument``: the prefix's cache, repeated over two rows (``batch_repeat_interleave``) and
   passed back under that name with left-padded suffixes, gives the full sequences' logits. Both the
   current and the previous name are tried.
+* ``packed_rows``: two suffixes one after the other in one row, after the prefix's cache, under a
+  4-D additive mask (:func:`packed_mask`: each token sees the prefix and its own sequence's earlier
+  tokens) with positions restarting per sequence (:func:`packed_positions`) and ``logits_to_keep``
+  as a tensor of positions, give each sequence's own logits. transformers returns a 4-D mask as it
+  is, for every layer type: a sliding window is not applied to it (the scorer packs only sequences
+  within the window).
 
 A feature that fails is switched off with one warning naming it (once per model class); results
 stay the same, only slower. The probe costs a handful of forwards of under ten tokens and is cached
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +57,9 @@ class ForwardFeatures:
     cache_argument: str | None
     #: sliding attention window in tokens (``None``: every layer sees the whole sequence)
     attention_window: int | None = None
+    #: several sequences in one row: a 4-D additive attention mask, restarting ``position_ids`` and
+    #: ``logits_to_keep`` as a tensor of positions (:mod:`sieve.metrics.packing`)
+    packed_rows: bool = False
 
     def lost(self) -> list[str]:
         lost = []
@@ -59,6 +69,9 @@ class ForwardFeatures:
             lost.append("logits_to_keep (the vocabulary projection runs on every position)")
         if self.cache_argument is None:
             lost.append("shared few-shot prefix through the KV cache (about 2.5x more forward tokens)")
+        if not self.packed_rows:
+            lost.append("packed rows (a 4-D attention mask with logits_to_keep indices; every row is padded to its "
+                        "length bucket)")
         return lost
 
 
@@ -88,6 +101,25 @@ def attention_window(config: Any) -> int | None:
     return window
 
 
+def packed_mask(lengths: Sequence[int], context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask ``(1, 1, T, C + T)`` of one packed row of sequences of ``lengths``
+    (``T = Σ lengths``) after ``C`` context columns, ``context`` saying which of those every token
+    may see: 0 where token ``i`` may attend key ``j``, the dtype's minimum elsewhere. Every token
+    sees at least itself, so no row of the softmax is empty."""
+    total = sum(lengths)
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths), dtype=torch.long))
+    causal = torch.ones(total, total, dtype=torch.bool).tril()
+    own = (segment[:, None] == segment[None, :]) & causal
+    allowed = torch.cat([context.to(torch.bool).expand(total, -1), own], 1)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def packed_positions(lengths: Sequence[int], start: int) -> torch.Tensor:
+    """``(1, T)`` position ids: every sequence counts from ``start`` (the shared prefix's length)."""
+    return torch.cat([torch.arange(n) for n in lengths]).add_(start).unsqueeze(0)
+
+
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, ForwardFeatures] = weakref.WeakKeyDictionary()
 _WARNED: set[tuple[str, str]] = set()
 
@@ -115,6 +147,7 @@ class _Probe:
         vocab = int(getattr(model.config, "vocab_size", 0) or 0) or 2
         self.model = model
         self.ids = (torch.arange(8, device=param.device) * 7 + 3).remainder(vocab).unsqueeze(0)
+        self.dtype = param.dtype
         self.tolerance = 1e-3 if param.dtype == torch.float32 else 3e-2
         self.reference = model(input_ids=self.ids, use_cache=False).logits
 
@@ -168,6 +201,30 @@ class _Probe:
         ref_b = model(input_ids=full_b, use_cache=False).logits[:, prefix:]
         return self.close(logits[:1], self.reference[:, prefix:]) and self.close(logits[1:, width - short:], ref_b)
 
+    def packed_rows(self, name: str | None) -> bool:
+        """The scorer's packed use: after a 4-token prefix's cache (under ``name``; none: no prefix), two
+        suffixes in one row under a 4-D additive mask with restarting positions, the logits asked for
+        at every position but the first, by index."""
+        model, ids = self.model, self.ids
+        prefix = 4 if name else 0
+        suffix_a, suffix_b = ids[0, prefix:], ids[0, prefix + 1:]
+        ref_b = model(input_ids=torch.cat([ids[:, :prefix], suffix_b[None]], 1), use_cache=False).logits[:, prefix:]
+        lengths = [len(suffix_a), len(suffix_b)]
+        kwargs: dict[str, Any] = {}
+        if name:
+            kwargs[name] = output_cache(model(input_ids=ids[:, :prefix], use_cache=True))
+            if kwargs[name] is None:
+                return False
+        context = torch.ones(prefix, dtype=torch.bool)
+        mask = packed_mask(lengths, context, self.dtype).to(ids.device)
+        keep = torch.arange(1, sum(lengths), device=ids.device)
+        logits = model(input_ids=torch.cat([suffix_a, suffix_b])[None], attention_mask=mask,
+                       position_ids=packed_positions(lengths, prefix).to(ids.device), use_cache=bool(name),
+                       logits_to_keep=keep, **kwargs).logits
+        a = len(suffix_a)
+        return (self.close(logits[:, :a - 1], self.reference[:, prefix + 1:])
+                and self.close(logits[:, a - 1:], ref_b))
+
 
 @torch.inference_mode()
 def _probe(model: torch.nn.Module) -> ForwardFeatures:
@@ -180,6 +237,7 @@ def _probe(model: torch.nn.Module) -> ForwardFeatures:
         cache = None
         if positions:
             cache = next((name for name in CACHE_ARGUMENTS if probe.passes(lambda: probe.cache(name))), None)
-        return ForwardFeatures(positions, keep, cache, attention_window(getattr(model, "config", None)))
+        packed = positions and probe.passes(lambda: probe.packed_rows(cache))
+        return ForwardFeatures(positions, keep, cache, attention_window(getattr(model, "config", None)), packed)
     finally:
         model.train(was_training)

@@ -62,6 +62,10 @@ class SearchConfig(InputsConfig):
         1, ge=1, le=256, description="in-process: up to this many candidates share one forward, each with its own "
         "pruned weights (a small model's forward on a stage's few tokens is launch-bound); part of a run's identity: "
         "a candidate's fitness may differ in the last bits between one and several per forward")
+    packed_rows: bool = Field(
+        True, description="score several validation examples side by side in one row, unpadded, where the scoring "
+        "plan's cost model finds that cheaper than padded length buckets (large models); false: buckets only. Part "
+        "of a run's identity (the last bits differ)")
     workers: int = Field(0, ge=0)
     ray_address: str | None = None
     calibration: CalibrationConfig = Field(

@@ -266,7 +266,8 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
             ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
         )
     graphs = config.cuda_graphs and mode == "in_place" and not streamed and ws.device.type == "cuda"
-    inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs)
+    inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs,
+                           packing="auto" if config.packed_rows else False)
     fitness.prepare(ws.model, inputs)
     plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed, config.offspring)
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan)
@@ -333,7 +334,8 @@ def _replica(model: torch.nn.Module, space: SearchSpace, pruner: ModelPruner, in
             m.weight.copy_(pruner.dense[m.name])
     lane_pruner = ModelPruner(matrices, pruner.method, pruner.stats, pruner.lowrank, mode="in_place", contiguous=True)
     lane_pruner.thresholds, lane_pruner.factors = pruner.thresholds, pruner.factors
-    lane_inputs = FitnessInputs(inputs.task, inputs.general_blocks, inputs.batch_size, cuda_graphs=inputs.cuda_graphs)
+    lane_inputs = FitnessInputs(inputs.task, inputs.general_blocks, inputs.batch_size, cuda_graphs=inputs.cuda_graphs,
+                                packing=inputs.packing)
     device = next(model.parameters()).device
     return Lane(copy_, lane_pruner, lane_inputs, torch.cuda.Stream(device) if device.type == "cuda" else None)
 

@@ -50,18 +50,20 @@ def _logprobs(scores) -> np.ndarray:
     return np.concatenate(scores.logprobs)
 
 
-def test_copies_score_their_own_candidates() -> None:
+@pytest.mark.parametrize("packing", [False, True], ids=["buckets", "packed"])
+def test_copies_score_their_own_candidates(packing: bool) -> None:
     """A plan of ``copies`` through a model holding several candidates' weights
-    (:mod:`sieve.models.batched`; the shared prefix cache, left padding, several buckets): copy ``c``
-    gets candidate ``c``'s scores, those of the model holding its weights alone up to rounding, and
-    the same bits wherever the candidate sits in the forward."""
+    (:mod:`sieve.models.batched`; the shared prefix cache, left padding, several buckets or packed
+    rows): copy ``c`` gets candidate ``c``'s scores, those of the model holding its weights alone up
+    to rounding, and the same bits wherever the candidate sits in the forward."""
     model, encoded = llama(), few_shot(10)
     matrices = find_matrices(model)
     variants = _variants(model, 3)
     alone = []
     dense = {m.name: m.weight.clone() for m in matrices}
-    single = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8)
-    assert single.prefix is not None and len(single.batches) > 1  # the prefix cache and several buckets
+    single = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, packing=packing)
+    assert single.prefix is not None and len(single.batches) > 1  # the prefix cache and several forwards
+    assert all((b.kwargs["attention_mask"].dim() == 4) == packing for b in single.batches)
     for weights in variants:
         with torch.no_grad():
             for m in matrices:
@@ -74,7 +76,7 @@ def test_copies_score_their_own_candidates() -> None:
     def stacked(order):
         return {m.name: torch.stack([variants[i][m.name] for i in order]) for m in matrices}
 
-    plan = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, copies=3)
+    plan = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, copies=3, packing=packing)
     swapped = CandidateModel(model, matrices, stacked([0, 1, 2]))
     swapped.count.value = 3
     together = [_logprobs(s) for s in plan.score(model)]
@@ -90,7 +92,7 @@ def test_copies_score_their_own_candidates() -> None:
     for c, was in enumerate([2, 0, 1]):  # the same candidate elsewhere in the forward: the same bits
         np.testing.assert_array_equal(rotated[c], together[was])
     np.testing.assert_array_equal(_logprobs(single.score(model)[0]), _logprobs(ScoringPlan.build(
-        model, encoded, batch_size=4, forward_cost=8).score(model)[0]))
+        model, encoded, batch_size=4, forward_cost=8, packing=packing).score(model)[0]))
 
 
 def padded(lengths, bounds, cost):
@@ -121,7 +123,7 @@ def test_bucket_bounds_are_the_cheapest_partition() -> None:
 def test_buckets_cut_padding_and_keep_scores(naive_scores) -> None:
     model, encoded = llama(), few_shot(40)
     one = ScoringPlan.build(model, encoded, batch_size=40, forward_cost=None)
-    buckets = ScoringPlan.build(model, encoded, batch_size=40, forward_cost=16)
+    buckets = ScoringPlan.build(model, encoded, batch_size=40, forward_cost=16, packing=False)
     assert len(one.batches) == 1 and len(buckets.batches) > 1
 
     def padded_tokens(plan):
@@ -167,14 +169,15 @@ def test_task_scorer_caches_one_plan_per_subset_and_needs_a_gpu_for_graphs() -> 
 
 
 @cuda
+@pytest.mark.parametrize("packing", [False, True], ids=["buckets", "packed"])
 @pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
-def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool) -> None:
+def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool, packing: bool) -> None:
     """One capture per subset; each replay scores the weights as they are now (written in place, as
-    the in-place pruner does), equal to eager scoring bit for bit."""
+    the in-place pruner does), equal to eager scoring bit for bit, with length buckets or packed rows."""
     device = torch.device("cuda")
     model, encoded = llama(device="cuda"), few_shot(48, single_token=single_token)
-    graphs = TaskScorer(encoded, 16, cuda_graphs=True)
-    eager = TaskScorer(encoded, 16, cuda_graphs=False)
+    graphs = TaskScorer(encoded, 16, cuda_graphs=True, packing=packing)
+    eager = TaskScorer(encoded, 16, cuda_graphs=False, packing=packing)
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.shape[0] < VOCAB]
     dense = [w.detach().clone() for w in weights]
     generator = torch.Generator(device).manual_seed(0)
@@ -187,6 +190,7 @@ def test_cuda_graph_replays_follow_in_place_weight_changes(single_token: bool) -
             got, want = graphs.score(model, subset), eager.score(model, subset)
             np.testing.assert_array_equal(np.concatenate(got.logprobs), np.concatenate(want.logprobs))
             assert got.n_tokens == want.n_tokens
+    assert all((b.kwargs["attention_mask"].dim() == 4) == packing for p in graphs.plans.values() for b in p.batches)
     assert graphs.captures == 2 and graphs.replays == 8 and eager.replays == 0
     other = llama(device="cuda")
     with pytest.raises(ValueError, match="parameter storage"):

@@ -32,7 +32,7 @@ from torch import nn
 
 from sieve.config import Frozen
 from sieve.errors import SieveError
-from sieve.metrics.loglik import ChoiceScores, EncodedTask
+from sieve.metrics.loglik import ChoiceScores, EncodedTask, PackingChoice
 from sieve.metrics.scorer import TaskScorer
 from sieve.registry import Registry
 
@@ -46,10 +46,11 @@ class FitnessInputs:
     general_blocks: torch.Tensor | None = None
     batch_size: int = 16
     cuda_graphs: bool = False
+    packing: PackingChoice = "auto"
     scorer: TaskScorer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scorer = TaskScorer(self.task, self.batch_size, cuda_graphs=self.cuda_graphs)
+        self.scorer = TaskScorer(self.task, self.batch_size, cuda_graphs=self.cuda_graphs, packing=self.packing)
 
 
 @dataclass

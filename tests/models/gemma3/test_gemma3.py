@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sieve.data.general import GeneralCorpus, token_blocks
+from sieve.errors import SieveError
 from sieve.metrics import loglik
 from sieve.metrics.loglik import EncodedTask, encode_task, metrics, score_examples
 from sieve.metrics.perplexity import perplexity
@@ -60,7 +61,7 @@ def test_adapter_finds_the_seven_projections_of_every_layer(gemma3):
 
 def test_every_fast_path_is_on_and_the_window_is_known(gemma3):
     features = forward_features(gemma3)
-    assert features == ForwardFeatures(True, True, CACHE_ARGUMENTS[0], WINDOW)
+    assert features == ForwardFeatures(True, True, CACHE_ARGUMENTS[0], WINDOW, packed_rows=True)
     assert features.lost() == []
 
 
@@ -89,6 +90,9 @@ def test_scorer_equals_one_unpadded_forward_per_request(gemma3, single_token, pa
     for batch_size in (1, 4, 9):
         scores = score_examples(gemma3, encoded, batch_size=batch_size, padding=padding)
         np.testing.assert_allclose(np.concatenate(scores.logprobs), np.concatenate(reference), rtol=0, atol=1e-5)
+    if padding == "left":  # packed rows: a 4-D mask, which transformers applies to sliding layers as it is
+        packed = score_examples(gemma3, encoded, batch_size=9, packing=True)
+        np.testing.assert_allclose(np.concatenate(packed.logprobs), np.concatenate(reference), rtol=0, atol=1e-5)
 
 
 def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch, naive_scores):
@@ -102,6 +106,8 @@ def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch, naive_sc
     for batch_size in (3, 8):
         got = np.concatenate(score_examples(gemma3, encoded, batch_size=batch_size).logprobs)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    with pytest.raises(SieveError, match="packed rows: a sequence is longer than its 24-token sliding attention"):
+        score_examples(gemma3, encoded, batch_size=8, packing=True)  # its 4-D mask would not apply the window
     windowless = ForwardFeatures(True, True, CACHE_ARGUMENTS[0], None)
     monkeypatch.setattr(loglik, "forward_features", lambda model: windowless)
     wrong = np.concatenate(score_examples(gemma3, encoded, batch_size=8, forward_cost=None).logprobs)
@@ -147,7 +153,7 @@ def test_gemma3_270m_converts_exactly(gemma_270m):
     assert [m.kind for m in mats] == KINDS * 18
     per_layer = 1024 * 640 + 2 * 256 * 640 + 640 * 1024 + 3 * 2048 * 640
     assert sum(m.numel for m in mats) == 18 * per_layer == 100_270_080
-    assert forward_features(model) == ForwardFeatures(True, True, CACHE_ARGUMENTS[0], 512)
+    assert forward_features(model) == ForwardFeatures(True, True, CACHE_ARGUMENTS[0], 512, packed_rows=True)
 
     ids = tok("The Eiffel Tower is in Paris.\n\nReview: warm, funny and moving.\nSentiment:", return_tensors="pt")
     assert ids["input_ids"][0, 0] == tok.bos_token_id == 2
