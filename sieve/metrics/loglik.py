@@ -55,6 +55,7 @@ import torch
 
 from sieve.errors import SieveError
 from sieve.metrics.packing import pack_rows, pair_cost
+from sieve.models.batched import parameter_count
 from sieve.models.forward import ForwardFeatures, forward_features, output_cache, packed_mask, packed_positions
 
 log = logging.getLogger(__name__)
@@ -269,8 +270,9 @@ def forward_cost_tokens(model: torch.nn.Module) -> int:
     """A forward's fixed cost in tokens of a dense forward: what one more length bucket must save in
     padding. It is a few milliseconds at both ends of the scale — launching a small model's kernels,
     streaming a large model's weights once — i.e. ``≈ 2^39 / parameters`` tokens (SmolLM2-135M runs
-    ≈ 610 k tok/s on an H100, a random 8B Llama ≈ 35 k tok/s), clamped to ``[128, 1024]``."""
-    params = sum(p.numel() for p in model.parameters())
+    ≈ 610 k tok/s on an H100, a random 8B Llama ≈ 35 k tok/s), clamped to ``[128, 1024]``; parameters
+    as one candidate sees them (:func:`~sieve.models.batched.parameter_count`)."""
+    params = parameter_count(model)
     return int(min(1024, max(128, 2**39 // max(params, 1))))
 
 
@@ -341,7 +343,7 @@ class ScoringPlan:
     choices: tuple[int, ...]  # per slot: its number of continuations
     indices: tuple[int, ...]
     golds: tuple[int, ...]
-    n_tokens: int  # per copy
+    n_tokens: int  # per copy: the examples' tokens run through the model, a shared prefix once
     copies: int = 1
 
     @classmethod
@@ -378,8 +380,8 @@ class ScoringPlan:
         bounds = bucket_bounds(lengths, batch_size, forward_cost)
         rows = _packed_rows(model, features, jobs, lengths, bounds, packing, forward_cost, batch_size, prefix)
         batches, spans = [], []
-        for members in rows or ():
-            batches.append(_plan_packed([jobs[i] for i in members], prefix, device, spans, copies,
+        for members in rows.members if rows else ():
+            batches.append(_plan_packed([jobs[i] for i in members], prefix, rows.inline, device, spans, copies,
                                         next(model.parameters()).dtype))
         for start, stop in () if rows else bounds:
             batch = jobs[start:stop]
@@ -397,7 +399,7 @@ class ScoringPlan:
             choices=tuple(len(encoded.continuations[i]) for i in indices),
             indices=tuple(indices),
             golds=tuple(encoded.golds[i] for i in indices),
-            n_tokens=(prefix if used else 0) + sum(b.real_tokens for b in batches),
+            n_tokens=(prefix if used or (rows and rows.inline) else 0) + sum(b.real_tokens for b in batches),
             copies=copies,
         )
 
@@ -517,13 +519,24 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
                   on_device(owners, len(position_of)), on_device(tokens), int(mask.sum()))
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """A packed layout: the jobs of each row, and whether each row starts with the shared prefix
+    (``inline``) instead of reading its cache from one prefix forward."""
+
+    members: tuple[tuple[int, ...], ...]
+    inline: bool
+
+
 def _packed_rows(model: torch.nn.Module, features: ForwardFeatures, jobs: Sequence[_Job], lengths: Sequence[int],
                  bounds: Sequence[tuple[int, int]], packing: PackingChoice, forward_cost: int | None, batch_size: int,
-                 prefix: int) -> tuple[tuple[int, ...], ...] | None:
-    """The jobs of each packed row (:mod:`sieve.metrics.packing`), or ``None`` for length buckets:
-    with ``packing="auto"`` where packing costs less than the buckets ``bounds`` by the same model
-    (padded tokens, a fixed cost per forward, every attended pair), with ``True`` always — or one
-    error naming why the model cannot."""
+                 prefix: int) -> _Rows | None:
+    """Packed rows (:mod:`sieve.metrics.packing`), or ``None`` for length buckets: with
+    ``packing="auto"`` where packing costs less than the buckets ``bounds`` by the same model
+    (tokens run, padding included, a fixed cost per forward, every attended pair), with ``True``
+    always — or one error naming why the model cannot. A shared prefix either runs once and every
+    row reads its cache (one more forward) or opens every row (``prefix`` more tokens per row),
+    whichever costs less."""
     if packing is False or not jobs or (packing == "auto" and forward_cost is None):
         return None
     pair = pair_cost(model)
@@ -540,25 +553,36 @@ def _packed_rows(model: torch.nn.Module, features: ForwardFeatures, jobs: Sequen
             raise SieveError(f"packed rows: {why}")
         return None
     fixed = forward_cost or 0
+    cap = batch_size * max(lengths)
     context = 1 + prefix if prefix else 0
-    packed = pack_rows(lengths, fixed, pair, context, max_tokens=batch_size * max(lengths))
-    buckets = sum((stop - start) * (lengths[start] + pair * lengths[start] * (context + lengths[start])) + fixed
-                  for start, stop in bounds)
-    return packed.rows if packing is True or packed.cost < buckets else None
+    prefix_forward = context + fixed + pair * context * context if prefix else 0.0
+    cached = pack_rows(lengths, fixed, pair, context, max_tokens=cap)
+    layouts = [(cached.cost + prefix_forward, _Rows(cached.rows, False))]
+    if prefix:
+        inline = pack_rows(lengths, fixed, pair, max_tokens=cap + prefix, lead=prefix)
+        layouts.append((inline.cost, _Rows(inline.rows, True)))
+    cost, rows = min(layouts, key=lambda layout: layout[0])
+    buckets = prefix_forward + sum(
+        (stop - start) * (lengths[start] + pair * lengths[start] * (context + lengths[start])) + fixed
+        for start, stop in bounds)
+    return rows if packing is True or cost < buckets else None
 
 
-def _plan_packed(batch: Sequence[_Job], prefix: int, device: torch.device, spans: list[tuple[int, int, int]],
-                 copies: int, dtype: torch.dtype) -> _Batch:
-    """One packed row (rows without the first ``prefix`` tokens, one after another, ``copies`` times)
-    and the gather indices of its targets; appends the targets' spans to ``spans``. The logits are
-    computed at the read positions only (``logits_to_keep`` as indices), in first-read order."""
+def _plan_packed(batch: Sequence[_Job], prefix: int, inline: bool, device: torch.device,
+                 spans: list[tuple[int, int, int]], copies: int, dtype: torch.dtype) -> _Batch:
+    """One packed row (the jobs without their first ``prefix`` tokens one after another, after the
+    prefix itself where ``inline``, ``copies`` times) and the gather indices of its targets; appends
+    the targets' spans to ``spans``. The logits are computed at the read positions only
+    (``logits_to_keep`` as indices), in first-read order."""
     rows_tokens = [job.tokens[prefix:] for job in batch]
     lengths = [len(t) for t in rows_tokens]
-    context = _prefix_mask(prefix)[0] if prefix else torch.zeros(0, dtype=torch.long)
-    ids = torch.tensor([[token for tokens in rows_tokens for token in tokens]], dtype=torch.long)
+    lead = prefix if inline else 0
+    context = _prefix_mask(prefix)[0] if prefix and not inline else torch.zeros(0, dtype=torch.long)
+    ids = torch.tensor([[*batch[0].tokens[:lead], *(token for tokens in rows_tokens for token in tokens)]],
+                       dtype=torch.long)
     position_of: dict[int, int] = {}
     owners, tokens = [], []
-    stop = 0
+    stop = lead
     for job, n in zip(batch, lengths, strict=True):
         stop += n
         for slot, choice, cont in job.targets:
@@ -572,11 +596,12 @@ def _plan_packed(batch: Sequence[_Job], prefix: int, device: torch.device, spans
         one = torch.tensor(values, dtype=torch.long)
         return torch.cat([one + c * step for c in range(copies)]).to(device)
 
-    kwargs = {"input_ids": ids.repeat(copies, 1).to(device), "use_cache": prefix > 0,
-              "attention_mask": packed_mask(lengths, context, dtype).repeat(copies, 1, 1, 1).to(device),
-              "position_ids": packed_positions(lengths, prefix).repeat(copies, 1).to(device),
+    shared = prefix > 0 and not inline
+    kwargs = {"input_ids": ids.repeat(copies, 1).to(device), "use_cache": shared,
+              "attention_mask": packed_mask(lengths, context, dtype, lead).repeat(copies, 1, 1, 1).to(device),
+              "position_ids": packed_positions(lengths, prefix, lead).repeat(copies, 1).to(device),
               "logits_to_keep": torch.tensor(list(position_of), dtype=torch.long).to(device)}
-    return _Batch(kwargs, prefix > 0, 1, on_device([0] * read, 1), on_device(list(range(read))),
+    return _Batch(kwargs, shared, 1, on_device([0] * read, 1), on_device(list(range(read))),
                   on_device(owners, read), on_device(tokens), sum(lengths))
 
 

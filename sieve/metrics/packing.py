@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sieve.models.batched import parameter_count
+
 
 def pair_cost(model: torch.nn.Module) -> float | None:
     """``2 · d · L / P``: one attended (query, key) pair in tokens of a dense forward (see the module
@@ -35,7 +37,7 @@ def pair_cost(model: torch.nn.Module) -> float | None:
     config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    params = sum(p.numel() for p in model.parameters())
+    params = parameter_count(model)
     if not isinstance(hidden, int) or not isinstance(layers, int) or params == 0:
         return None
     return 2.0 * hidden * layers / params
@@ -50,20 +52,22 @@ class Packing:
 
 
 def pack_rows(lengths: Sequence[int], forward_cost: float, pair: float, context: int = 0,
-              max_tokens: int | None = None) -> Packing:
+              max_tokens: int | None = None, lead: int = 0) -> Packing:
     """The cheapest packing of sequences of ``lengths`` into rows, one forward each.
 
     For every row count ``n`` the sequences go longest first to the least-filled row (LPT, which
     keeps rows within one sequence of each other); the ``n`` of the lowest cost (module docstring)
-    wins, the scan stopping where ``n`` forwards' fixed costs alone reach the best cost. ``context``: key columns every row sees before its own (a shared prefix); ``max_tokens``:
-    no row longer (a memory bound; at least the longest sequence). Within a row, sequences keep the
-    order of their indices.
+    wins, the scan stopping where ``n`` forwards' fixed costs alone reach the best cost.
+    ``context``: key columns every row sees before its own (a shared prefix's cache); ``lead``:
+    tokens every row starts with (the shared prefix run inside the row instead), counted in each
+    row's tokens; ``max_tokens``: no row longer (a memory bound; at least the longest sequence plus
+    ``lead``). Within a row, sequences keep the order of their indices.
     """
     if not lengths:
         return Packing((), 0.0)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     total = sum(lengths)
-    cap = max(max(lengths), max_tokens or total)
+    cap = max(max(lengths), (max_tokens or total + lead) - lead)
     best: Packing | None = None
     for n in range(max(1, -(-total // cap)), len(lengths) + 1):
         heap = [(0, r) for r in range(n)]
@@ -73,11 +77,11 @@ def pack_rows(lengths: Sequence[int], forward_cost: float, pair: float, context:
             members[r].append(i)
             heapq.heappush(heap, (load + lengths[i], r))
         loads = [sum(lengths[i] for i in row) for row in members]
-        if best is not None and total + n * forward_cost >= best.cost:
+        if best is not None and total + n * (forward_cost + lead) >= best.cost:
             break  # a lower bound of every cost from n rows on
         if max(loads) > cap:
             continue
-        cost = sum(t + forward_cost + pair * t * (context + t) for t in loads)
+        cost = sum(lead + t + forward_cost + pair * (lead + t) * (context + lead + t) for t in loads)
         if best is None or cost < best.cost:  # ties keep fewer rows
             best = Packing(tuple(tuple(sorted(row)) for row in members), cost)
     assert best is not None

@@ -62,6 +62,18 @@ class CandidateLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, candidates={self.weights.shape[0]}"
 
 
+def parameter_count(model: nn.Module) -> int:
+    """The parameters one candidate's forward multiplies by: every parameter once (tied ones once) and,
+    for a :class:`CandidateLinear`, one candidate's weight (its ``K`` sets are buffers, and the vocabulary
+    head's is a view of the tied embedding). On a plain model, ``sum(p.numel())`` over its parameters."""
+    sizes = {(p.data_ptr(), tuple(p.shape)): p.numel() for p in model.parameters()}
+    for module in model.modules():
+        if isinstance(module, CandidateLinear):
+            one = module.weights[0]
+            sizes[(one.data_ptr(), tuple(one.shape))] = one.numel()
+    return sum(sizes.values())
+
+
 def unsupported(matrices: Sequence[Matrix]) -> str | None:
     """Why these matrices cannot hold several candidates' weights, or ``None``: plain ``nn.Linear``
     modules only (not GPT-2's transposed ``Conv1D``, not an expert's slice of a 3-D tensor)."""

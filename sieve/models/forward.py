@@ -101,23 +101,25 @@ def attention_window(config: Any) -> int | None:
     return window
 
 
-def packed_mask(lengths: Sequence[int], context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The additive mask ``(1, 1, T, C + T)`` of one packed row of sequences of ``lengths``
-    (``T = Σ lengths``) after ``C`` context columns, ``context`` saying which of those every token
-    may see: 0 where token ``i`` may attend key ``j``, the dtype's minimum elsewhere. Every token
-    sees at least itself, so no row of the softmax is empty."""
-    total = sum(lengths)
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths), dtype=torch.long))
+def packed_mask(lengths: Sequence[int], context: torch.Tensor, dtype: torch.dtype, lead: int = 0) -> torch.Tensor:
+    """The additive mask ``(1, 1, T, C + T)`` of one packed row of ``lead`` tokens then sequences of
+    ``lengths`` (``T = lead + Σ lengths``) after ``C`` context columns, ``context`` saying which of
+    those every token may see: 0 where token ``i`` may attend key ``j`` (a context column it may
+    see, an earlier token of its own sequence or of the lead, a prefix every sequence shares), the
+    dtype's minimum elsewhere. Every token sees itself, so no row of the softmax is empty."""
+    segment = torch.repeat_interleave(torch.arange(-1, len(lengths)), torch.tensor([lead, *lengths], dtype=torch.long))
+    total = len(segment)
     causal = torch.ones(total, total, dtype=torch.bool).tril()
-    own = (segment[:, None] == segment[None, :]) & causal
+    own = ((segment[:, None] == segment[None, :]) | (segment[None, :] == -1)) & causal
     allowed = torch.cat([context.to(torch.bool).expand(total, -1), own], 1)
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
 
 
-def packed_positions(lengths: Sequence[int], start: int) -> torch.Tensor:
-    """``(1, T)`` position ids: every sequence counts from ``start`` (the shared prefix's length)."""
-    return torch.cat([torch.arange(n) for n in lengths]).add_(start).unsqueeze(0)
+def packed_positions(lengths: Sequence[int], start: int, lead: int = 0) -> torch.Tensor:
+    """``(1, T)`` position ids: the ``lead`` tokens count from 0, every sequence from ``start`` (the
+    shared prefix's length)."""
+    return torch.cat([torch.arange(lead), *(torch.arange(n) + start for n in lengths)]).unsqueeze(0)
 
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, ForwardFeatures] = weakref.WeakKeyDictionary()

@@ -35,10 +35,10 @@ def task(seed: int, n: int, *, prefix: int, single_token: bool) -> EncodedTask:
     return EncodedTask(tuple(contexts), tuple(conts), tuple(i % 3 for i in range(n)), 256)
 
 
-def lpt_cost(lengths, n, fixed, pair, context, cap) -> float | None:
+def lpt_cost(lengths, n, fixed, pair, context, cap, lead) -> float | None:
     """Longest first onto the least-filled of ``n`` rows, written out plainly; the module's cost, or
-    ``None`` where a row exceeds ``cap``."""
-    loads = [0] * n
+    ``None`` where a row (its lead included) exceeds ``cap``."""
+    loads = [lead] * n
     for length in sorted(lengths, reverse=True):
         loads[loads.index(min(loads))] += length
     return None if max(loads) > cap else sum(t + fixed + pair * t * (context + t) for t in loads)
@@ -49,15 +49,16 @@ def test_pack_rows_partitions_and_takes_the_cheapest_row_count() -> None:
     for trial in range(60):
         lengths = [int(x) for x in rng.integers(1, 80, int(rng.integers(1, 25)))]
         fixed, pair, context = float(rng.integers(0, 300)), float(rng.choice([0.0, 1e-4, 3e-3])), int(rng.integers(0, 20))
-        cap = int(rng.integers(max(lengths), 2 * sum(lengths) + 1))
-        packing = pack_rows(lengths, fixed, pair, context, max_tokens=cap)
+        lead = int(rng.choice([0, 0, 12]))
+        cap = int(rng.integers(max(lengths), 2 * sum(lengths) + 1)) + lead
+        packing = pack_rows(lengths, fixed, pair, context, max_tokens=cap, lead=lead)
         members = sorted(i for row in packing.rows for i in row)
         assert members == list(range(len(lengths))), trial
-        loads = [sum(lengths[i] for i in row) for row in packing.rows]
+        loads = [lead + sum(lengths[i] for i in row) for row in packing.rows]
         assert max(loads) <= cap and max(loads) - min(loads) <= max(lengths)
         assert all(list(row) == sorted(row) for row in packing.rows)
         assert packing.cost == pytest.approx(sum(t + fixed + pair * t * (context + t) for t in loads))
-        costs = [lpt_cost(lengths, n, fixed, pair, context, cap) for n in range(1, len(lengths) + 1)]
+        costs = [lpt_cost(lengths, n, fixed, pair, context, cap, lead) for n in range(1, len(lengths) + 1)]
         assert packing.cost == pytest.approx(min(c for c in costs if c is not None)), trial
     assert pack_rows([], 10, 0.1).rows == ()
 
@@ -79,25 +80,38 @@ def test_packed_mask_lets_each_token_see_the_context_and_its_own_past() -> None:
                     [0, 1, 1, 0, 0, 1, 1, 1]]
     assert float(mask.min()) == torch.finfo(torch.float32).min
     assert packed_positions([2, 3], 5).tolist() == [[5, 6, 5, 6, 7]]
+    lead = packed_mask([1, 2], torch.zeros(0), torch.float32, lead=2)[0, 0]  # the prefix inside the row
+    assert (lead == 0).int().tolist() == [[1, 0, 0, 0, 0],
+                                         [1, 1, 0, 0, 0],
+                                         [1, 1, 1, 0, 0],
+                                         [1, 1, 0, 1, 0],
+                                         [1, 1, 0, 1, 1]]
+    assert packed_positions([1, 2], 2, lead=2).tolist() == [[0, 1, 2, 2, 3]]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("prefix", [0, 20], ids=["no-prefix", "shared-prefix"])
 @pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
 def test_packed_rows_score_like_one_unpadded_forward_per_request(family, prefix, single_token, naive_scores) -> None:
+    """Rows of one sequence each (``batch_size=1`` caps a row at the longest), a few rows, one row; a
+    shared prefix read from its cache by many rows, inside the one row where that saves a forward."""
     model, encoded = tiny(family), task(1, 14, prefix=prefix, single_token=single_token)
     assert forward_features(model).packed_rows
     reference = np.concatenate(naive_scores(model, encoded))
     buckets = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, packing=False)
-    for batch_size in (1, 4, 14):
-        plan = ScoringPlan.build(model, encoded, batch_size=batch_size, forward_cost=8, packing=True)
-        assert (plan.prefix is not None) == (prefix > 0) and len(plan.batches) >= 1
+    assert (buckets.prefix is not None) == (prefix > 0)
+    shared = buckets.prefix["input_ids"].shape[1] - 1 if prefix else 0  # the prefix, less its pad column
+    for batch_size, forward_cost in ((1, 8), (4, 8), (14, 1024)):
+        plan = ScoringPlan.build(model, encoded, batch_size=batch_size, forward_cost=forward_cost, packing=True)
+        inline = prefix > 0 and plan.prefix is None
+        if prefix:
+            assert inline == (batch_size == 14)
         for batch in plan.batches:
             ids, mask = batch.kwargs["input_ids"], batch.kwargs["attention_mask"]
             assert ids.shape[0] == 1 and mask.dim() == 4 and mask.shape[2] == ids.shape[1]
-        shared = plan.prefix["input_ids"].shape[1] - 1 if plan.prefix is not None else 0  # less its pad
-        assert sum(b.kwargs["input_ids"].numel() for b in plan.batches) + shared == plan.n_tokens  # nothing padded
-        assert plan.n_tokens == buckets.n_tokens
+        run = sum(b.kwargs["input_ids"].numel() for b in plan.batches)
+        run += shared if plan.prefix is not None else -shared * (len(plan.batches) - 1) if inline else 0
+        assert run == plan.n_tokens == buckets.n_tokens  # nothing padded; the prefix counted once
         got = np.concatenate(plan.score(model)[0].logprobs)
         np.testing.assert_allclose(got, reference, rtol=0, atol=1e-5)
 

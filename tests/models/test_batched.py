@@ -31,3 +31,22 @@ def test_only_plain_linears_hold_candidates(llama, gpt2) -> None:
     assert "Conv1D" in unsupported(find_matrices(gpt2))
     with pytest.raises(ValueError, match="Conv1D"):
         CandidateModel(gpt2, find_matrices(gpt2), {})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_swapped_model_counts_the_parameters_of_one_candidate(tied: bool) -> None:
+    """The plan's cost model sizes a model by its parameters; a swapped model keeps its ``K`` weight
+    sets in buffers and its head as a view of the (tied) embedding: still one candidate's count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sieve.models.batched import parameter_count
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied))
+    dense = sum(p.numel() for p in model.parameters())
+    matrices = find_matrices(model)
+    swapped = CandidateModel(model, matrices, {m.name: m.weight.detach().expand(3, -1, -1).clone() for m in matrices})
+    assert sum(p.numel() for p in model.parameters()) < dense == parameter_count(model)
+    swapped.restore()
+    assert parameter_count(model) == dense
