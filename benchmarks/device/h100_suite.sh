@@ -5,7 +5,7 @@
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
 # device's copy of the tree reports the last landed commit, not the working tree.
-#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
+#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|search-8b|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -32,9 +32,20 @@ case ${1:?step} in
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models ${MODELS:-llama-8b} --modes in_place \
       --graphs on --packed-rows on,off --batch-candidates ${BATCH:-1} --search-candidates ${CANDIDATES:-8} \
       --no-candidate-rows --out-dir "$out" --tag packing-${MODELS:-llama-8b} ;;
+  search-8b)  # the gpu preset's whole search on a random 8B Llama saved as a transformers folder (SmolLM2's
+    # tokenizer); SEARCH_FLAGS e.g. --no-packed-rows. Loop tokens/s = results.json tokens / timings.total_s
+    [ -d /tmp/llama-8b ] || python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
+import torch; from large_model import save_random_model; save_random_model('llama-8b', Path('/tmp/llama-8b'), torch.device('cuda'))"
+    tag=${TAG:-8b}
+    timed "search-$tag" env PYTHONPATH=$here python3 -m sieve.cli search --model /tmp/llama-8b --config gpu --budget 0.5 \
+      ${SEARCH_FLAGS:-} --run-dir /tmp/run-$tag > "$out/search-$tag.log" 2>&1
+    cp /tmp/run-$tag/results.json "$out/search-$tag-results.json"
+    python3 -c "import json; r = json.load(open('/tmp/run-$tag/results.json')); t = r['timings']; \
+print('$tag loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 'score', round(t['forward_s'], 1), \
+'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt" ;;
   gpu-tests)  # the tests that need CUDA (graph replay, compiled whole-stack writes); skipped on the CPU
-    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/prune/test_pruner.py \
-      tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
+    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/metrics/test_packing.py \
+      tests/prune/test_pruner.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
     for dtype in bfloat16 agreement float32; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi

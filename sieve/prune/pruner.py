@@ -139,6 +139,9 @@ def choose_mode(requested: str, device: torch.device, matrix_bytes: int, free_by
 
 
 _CHUNK_BYTES = 1 << 28  # the largest masked slice of a stack materialised at once (256 MiB)
+#: what a GPU streams in about the host time of one compiled kernel launch (~20 µs at ~3 TB/s): a
+#: member written on its own costs at least this much, a whole-stack rewrite streams every member
+_LAUNCH_BYTES = 1 << 26
 
 
 @dataclass
@@ -339,8 +342,14 @@ class ModelPruner:
         stacks by one static-shape kernel each, dense ones by one multi-tensor copy, thresholded ones
         stack by stack, the rest one by one."""
         whole = self._whole_stacks(changed)
-        for stack in whole.values():
-            self._rewrite(stack)
+        for key, stack in whole.items():
+            members = sorted(stack.index[m.name] for m in changed if id(self.stacks.get(m.name)) == key)
+            member_bytes = stack.dense[0].numel() * stack.dense.element_size()
+            if len(members) * max(member_bytes, _LAUNCH_BYTES) < len(stack.names) * member_bytes:
+                self._rewrite(stack, members)
+                self.writes.update(member=len(members))
+            else:
+                self._rewrite(stack)
         restored, masked, single = [], {}, []
         for m in changed:
             state = self.current[m.name]
@@ -379,9 +388,11 @@ class ModelPruner:
         self.writes.update(stacked=len(changed) - len(single), single=len(single))
 
     def _whole_stacks(self, changed: Sequence[Matrix]) -> dict[int, _Stack]:
-        """The stacks of ``changed`` rewritten whole: contiguous, on CUDA, every member dense or
-        thresholded. Rewriting unchanged members too keeps one fixed shape per stack, whose static
-        kernel streams a whole stack faster than a dynamic-shape kernel writes part of it."""
+        """The stacks of ``changed`` written by static-shape kernels: contiguous, on CUDA, every member
+        dense or thresholded. A stack is rewritten whole (unchanged members too: one fixed shape per
+        stack, whose static kernel streams it faster than a dynamic-shape kernel writes part of it),
+        or member by member with the static kernel of one member's shape where its changed members
+        are few and large enough (a large model between similar candidates: fewer bytes streamed)."""
         whole: dict[int, _Stack] = {}
         seen: set[int] = set()
         for m in changed:
@@ -395,14 +406,21 @@ class ModelPruner:
                 whole[id(stack)] = stack
         return whole
 
-    def _rewrite(self, stack: _Stack) -> None:
-        """Every member of ``stack`` at its current level (dense ones through a keep-everything
-        threshold, :data:`KEEP_ALL`), by one static-shape kernel into the model."""
-        t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
+    def _rewrite(self, stack: _Stack, members: Sequence[int] | None = None) -> None:
+        """Every member of ``stack`` (or those of ``members``, one at a time) at its current level
+        (dense ones through a keep-everything threshold, :data:`KEEP_ALL`), by static-shape kernels into
+        the model: the same elementwise rule, so the same bits either way."""
         columns = self.column_index(stack.dense.shape[-1], stack.dense.device)
+        kernel = compiled(threshold_mask_into, stack.dense.device, dynamic=False)
         with shape_room():
-            compiled(threshold_mask_into, stack.dense.device, dynamic=False)(
-                stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col), columns)
+            if members is None:
+                t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
+                kernel(stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col), columns)
+                return
+            for i in members:
+                t_score, t_col = self._threshold(stack.names[i])
+                one = slice(i, i + 1)
+                kernel(stack.weights[one], stack.dense[one], stack.factor[one], t_score[None], t_col[None], columns)
 
     def _threshold(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         state = self.current[name]

@@ -169,7 +169,8 @@ def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
         choose_mode("fast", cpu, 1, None)
 
 
-@pytest.mark.parametrize("contiguous", [False, True, "whole"], ids=["copied", "contiguous", "whole-stacks"])
+@pytest.mark.parametrize("contiguous", [False, True, "whole", "members"],
+                         ids=["copied", "contiguous", "whole-stacks", "member-writes"])
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 1])
 def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypatch, chunk_bytes, contiguous):
     """Same-shaped matrices are masked a stack at a time (in chunks, members picked out of order);
@@ -183,8 +184,10 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
     monkeypatch.setattr(pruner_module, "_CHUNK_BYTES", chunk_bytes)
     params = {name: p for name, p in llama.named_parameters()}
     mats, pruner, stats = _pruner(llama, contiguous=bool(contiguous))
-    if contiguous == "whole":  # what CUDA does: a changed stack is rewritten whole, dense members included
-        pruner.whole_stack_devices = {"cpu"}
+    if contiguous in ("whole", "members"):  # what CUDA does: a changed stack is rewritten whole, dense
+        pruner.whole_stack_devices = {"cpu"}  # members included, or its few changed members one by one
+    if contiguous == "members":
+        monkeypatch.setattr(pruner_module, "_LAUNCH_BYTES", 1)
     assert len({id(s) for s in pruner.stacks.values()}) < len(mats)  # stacks formed
     storages = {m.name: m.weight.untyped_storage().data_ptr() for m in mats}
     assert (len(set(storages.values())) < len(mats)) == bool(contiguous)
@@ -193,6 +196,7 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
     before = {m.name: m.weight.clone() for m in mats}
     rng = np.random.default_rng(0)
     sparsity = {m.name: 0.5 for m in mats}
+    member_writes = 0
     for step in range(6):
         for name in rng.choice([m.name for m in mats], size=len(mats) // 2, replace=False):
             sparsity[name] = float(rng.choice(levels))
@@ -200,10 +204,12 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
         pruner.apply(Allocation(dict(sparsity)))
         if step == 0:  # every matrix changed: all written through stacks (directly when contiguous)
             assert pruner.writes == {"stacked": len(mats), "single": 0} | ({"direct": len(mats)} if contiguous else {})
+        member_writes += pruner.writes["member"]
         for m in mats:
             dense = pruner.dense[m.name]
             ref = dense * mask_from_scores(get_method("wanda").scores(dense, stats[m.name]), sparsity[m.name])
             assert torch.equal(m.weight, ref), (step, m.name)
+    assert (member_writes > 0) == (contiguous == "members")
     pruner.restore()
     assert all(torch.equal(m.weight, before[m.name]) for m in mats)
     pruner.release()
@@ -226,17 +232,20 @@ def test_live_weight_read_outside_the_forward_is_computed_where_the_pruner_compu
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled whole-stack kernels run on CUDA")
-def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit():
-    """On CUDA a contiguous pruner rewrites changed stacks whole with static-shape compiled kernels;
-    its weights equal those of the copied (chunked, dynamic-shape) path for partial changes."""
+def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit(monkeypatch):
+    """On CUDA a contiguous pruner rewrites changed stacks whole with static-shape compiled kernels, or
+    their few changed members one by one (forced here for every partial change); its weights equal
+    those of the copied (chunked, dynamic-shape) path for partial changes."""
     import copy
 
     import numpy as np
 
+    import sieve.prune.pruner as pruner_module
+
     base = _cuda_llama()
-    models = [base, copy.deepcopy(base)]
+    models = [base, copy.deepcopy(base), copy.deepcopy(base)]
     pruners, mats = [], []
-    for model, contiguous in zip(models, (False, True), strict=True):
+    for model, contiguous in zip(models, (False, True, True), strict=True):
         ms = find_matrices(model)
         pruner = ModelPruner(ms, get_method("magnitude"), {}, contiguous=contiguous)
         pruner.precompute_levels({m.name: [row_prune_count(m.shape[1], s) for s in (0.25, 0.5, 0.75)] for m in ms})
@@ -247,11 +256,13 @@ def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit():
     for step in range(5):
         for name in rng.choice(list(sparsity), size=len(sparsity) // 3, replace=False):
             sparsity[name] = float(rng.choice((0.0, 0.25, 0.5, 0.75)))
-        for pruner in pruners:
+        for i, pruner in enumerate(pruners):
+            monkeypatch.setattr(pruner_module, "_LAUNCH_BYTES", 1 if i == 2 else 1 << 26)
             pruner.apply(Allocation(dict(sparsity)))
-        for a, b in zip(*mats, strict=True):
-            assert torch.equal(a.weight, b.weight), (step, a.name)
+        for a, b, c in zip(*mats, strict=True):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight), (step, a.name)
     assert pruners[1].writes["direct"] > 0 and pruners[0].writes["direct"] == 0
+    assert pruners[2].writes["member"] > 0 and pruners[1].writes["member"] == 0
 
 
 def _cuda_llama():
