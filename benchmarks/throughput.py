@@ -111,14 +111,17 @@ def random_genomes(space: SearchSpace, window: tuple[int, int], n: int, seed: in
 
 
 def warm_up_genomes(space: SearchSpace, window: tuple[int, int], seed: int) -> list[np.ndarray]:
-    """Genomes applied before timing: three random ones, then the last with one gene moved, so that
-    the fused mask kernels are compiled for every shape class they meet (a run of one member of a
-    stack is its own specialisation) — a one-off cost of a few seconds per process, not a candidate's."""
+    """Genomes applied before timing: three random ones, then the last with one gene moved, gene after
+    gene, so that the fused mask kernels are compiled for every shape class they meet (a whole stack,
+    one member of a stack written alone) — a one-off cost of a few seconds per process, not a
+    candidate's."""
     genomes = random_genomes(space, window, 3, seed + 1000)
-    last = genomes[-1].copy()
-    gene = int(np.argmax(space.upper - space.lower))
-    last[gene] = space.lower[gene] if last[gene] != space.lower[gene] else space.upper[gene]
-    return [*genomes, last]
+    moved = []
+    for gene in range(space.n_genes):
+        last = genomes[-1].copy()
+        last[gene] = space.lower[gene] if last[gene] != space.lower[gene] else space.upper[gene]
+        moved += [last, genomes[-1]]
+    return [*genomes, *moved]
 
 
 def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: int, n_candidates: int,
