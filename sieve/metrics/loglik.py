@@ -31,6 +31,12 @@ then scores any model on it (:func:`score_examples`):
   last ``k`` columns and ``logits_to_keep=k`` skips the vocabulary projection of the rest;
   otherwise they are padded on the right. Either way the padding is masked and does not change
   the scores (tests check both against one unpadded forward per request).
+* **Packed rows**: where the model runs them (:mod:`sieve.models.forward`'s probe) and the plan's
+  cost model finds them cheaper than the buckets (:mod:`sieve.metrics.packing`; large models, whose
+  forwards are compute-bound), several sequences go one after another into one unpadded row under a
+  4-D attention mask, with positions restarting per sequence and the logits computed at the read
+  positions only; the shared prefix is then read from its cache or opens the row, whichever is
+  cheaper. Scores are those of one unpadded forward per request, up to rounding (tested).
 * **Plans**: everything above is decided once per set of examples (:class:`ScoringPlan`); running
   a plan is forwards and tensor ops only, with one device→host transfer at the end, so a search
   scoring the same examples for every candidate can replay it as a CUDA graph
@@ -328,10 +334,11 @@ class ScoringPlan:
     what lets :class:`~sieve.metrics.scorer.TaskScorer` capture it as one CUDA graph and replay it for
     every candidate — and :meth:`collect` reads the result back with one transfer.
 
-    Every forward carries at least one masked pad column (the shared prefix a leading one). Eager
-    transformers drops an all-ones mask and lets SDPA take its ``is_causal`` kernel, but not while a
-    graph is captured; with a pad in every forward both build the same explicit mask and run the
-    same kernels, so a replayed graph gives eager scoring's bits (tested on a GPU). The few-shot
+    Every bucketed forward carries at least one masked pad column (the shared prefix a leading one).
+    Eager transformers drops an all-ones mask and lets SDPA take its ``is_causal`` kernel, but not
+    while a graph is captured; with a pad in every forward both build the same explicit mask and run
+    the same kernels, so a replayed graph gives eager scoring's bits (tested on a GPU). A packed
+    forward's 4-D mask is used as it is, eager or captured. The few-shot
     prefix common to every sequence runs once per :meth:`run` and its cache is copied to each batch
     that uses it (a batch padded beyond a sliding attention window does not; see the module docstring).
     """
