@@ -518,12 +518,16 @@ def _plan_batch(batch: Sequence[_Job], prefix: int, padding: str, keep_logits: b
             spans.append((slot, choice, len(cont)))
 
     def on_device(values: list[int], step: int = 0) -> torch.Tensor:
-        """``values`` once per copy, copy ``c`` shifted by ``c · step``."""
-        one = torch.tensor(values, dtype=torch.long)
-        return torch.cat([one + c * step for c in range(copies)]).to(device)
+        return _per_copy(values, copies, device, step)
 
     return _Batch(kwargs, prefix > 0, len(batch), on_device(read_rows, len(batch)), on_device(read_cols),
                   on_device(owners, len(position_of)), on_device(tokens), int(mask.sum()))
+
+
+def _per_copy(values: list[int], copies: int, device: torch.device, step: int = 0) -> torch.Tensor:
+    """``values`` once per copy on ``device``, copy ``c`` shifted by ``c · step``."""
+    one = torch.tensor(values, dtype=torch.long)
+    return torch.cat([one + c * step for c in range(copies)]).to(device)
 
 
 @dataclass(frozen=True)
@@ -598,18 +602,14 @@ def _plan_packed(batch: Sequence[_Job], prefix: int, inline: bool, device: torch
                 tokens.append(token)
             spans.append((slot, choice, len(cont)))
     read = len(position_of)
-
-    def on_device(values: list[int], step: int = 0) -> torch.Tensor:
-        one = torch.tensor(values, dtype=torch.long)
-        return torch.cat([one + c * step for c in range(copies)]).to(device)
-
     shared = prefix > 0 and not inline
     kwargs = {"input_ids": ids.repeat(copies, 1).to(device), "use_cache": shared,
               "attention_mask": packed_mask(lengths, context, dtype, lead).repeat(copies, 1, 1, 1).to(device),
               "position_ids": packed_positions(lengths, prefix, lead).repeat(copies, 1).to(device),
               "logits_to_keep": torch.tensor(list(position_of), dtype=torch.long).to(device)}
-    return _Batch(kwargs, shared, 1, on_device([0] * read, 1), on_device(list(range(read))),
-                  on_device(owners, read), on_device(tokens), sum(lengths))
+    return _Batch(kwargs, shared, 1, _per_copy([0] * read, copies, device, 1),
+                  _per_copy(list(range(read)), copies, device), _per_copy(owners, copies, device, read),
+                  _per_copy(tokens, copies, device), sum(lengths))
 
 
 def score_examples(
@@ -628,7 +628,8 @@ def score_examples(
     ``padding="auto"`` pads on the left (with ``position_ids`` and ``logits_to_keep``) when the
     model's ``forward`` accepts them, else on the right; the result is the same. Batches hold at most
     ``batch_size`` sequences, length-bucketed by ``forward_cost`` (:func:`bucket_bounds`; ``"auto"``:
-    :func:`forward_cost_tokens`; ``None``: plain slices).
+    :func:`forward_cost_tokens`; ``None``: plain slices), or packed into unpadded rows where
+    ``packing`` says (:data:`PackingChoice`).
     """
     plan = ScoringPlan.build(model, encoded, indices, batch_size=batch_size, padding=padding,
                              forward_cost=forward_cost, device=device, packing=packing)
