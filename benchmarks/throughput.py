@@ -4,7 +4,7 @@ it scales over actors.
     python benchmarks/throughput.py [--models smollm2-135m,llama-1b,llama-8b] [--tokens 16384]
                                     [--candidates 12] [--modes in_place,on_the_fly] [--search-loop]
                                     [--graphs on,off] [--lanes 1,8] [--batch-candidates 1,16] [--packed-rows on,off]
-                                    [--no-candidate-rows] [--ray-actors 1,2] [--smoke]
+                                    [--no-candidate-rows] [--whole-search [--generations N]] [--ray-actors 1,2] [--smoke]
 
 **Candidate rows** (one per model and pruner mode): the time of one candidate split into apply /
 forward / overhead against a dense forward on the same tokens, candidates per second, peak GPU
@@ -20,6 +20,10 @@ and its forward carries the masking).
 with the task-NLL fitness, shared few-shot prefix, the ``gpu`` preset's batch size) on random
 genomes at the first and at the final stage, as forward tokens per second, next to the same
 model's dense forward tokens per second on full 64 × 512 batches.
+
+**Whole-search rows** (``--whole-search``): a whole search through the real loop (the GA's offspring,
+every stage, checkpoints) with the ``gpu`` preset and the magnitude score: forward tokens/s over the
+whole loop and over generations 2 onwards, against the dense forward's.
 
 ``--ray-actors`` measures candidates/s of the real search path
 (:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task, the ``gpu`` preset) with 1 vs N
@@ -250,6 +254,51 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     return out
 
 
+def measure_whole_search(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
+                         inputs: dict[str, str], generations: int | None = None) -> dict[str, Any] | None:
+    """A whole search on ``model`` through the real loop (:class:`~sieve.search.run.SearchRun`: the
+    GA's offspring, multi-fidelity stages, checkpoints), the ``gpu`` preset with the magnitude score
+    (no calibration statistics needed for a random model): forward tokens per second of the whole loop
+    and of generations 2 onwards (after compilation and capture) against the dense forward's."""
+    from sieve.config import validate
+    from sieve.models.loading import LoadedModel
+    from sieve.search.config import SearchConfig
+    from sieve.search.run import SearchRun
+    from sieve.search.rundir import RunDir
+    from sieve.stats.calibrate import Statistics
+    from sieve.workspace import Workspace
+
+    changes = {"generations": generations} if generations else {}
+    cfg = validate(SearchConfig, {**search, **inputs, **changes, "budget": 0.5,
+                                  "space": {"name": "throughput", "method": {"name": "magnitude"}}})
+    task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
+                             split=cfg.split())
+    if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
+        log.warning("%s: vocabulary smaller than the task tokenizer's; no whole-search row", name)
+        return None
+    ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
+    records = []
+    run = RunDir(Path(tempfile.mkdtemp(prefix="sieve-whole-")) / "run")
+    outcome = SearchRun(run, cfg).execute(workspace=ws, statistics=Statistics({}), report=False,
+                                          on_generation=records.append)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
+    forward = forward_timer(model, ids, device)
+    forward()
+    dense = ids.numel() / statistics.median(forward() for _ in range(3))
+    first, last = records[1], records[-1]
+    steady = (last.tokens - first.tokens) / (last.seconds - first.seconds)
+    whole = last.tokens / last.seconds
+    timings = outcome["timings"]
+    return {"model": name, "generations": cfg.generations, "candidates": outcome["evaluations"],
+            "tokens": last.tokens, "loop_s": round(last.seconds, 2), "apply_s": round(timings["apply_s"], 2),
+            "score_s": round(timings["forward_s"], 2), "dense_tokens_per_s": round(dense),
+            "loop_tokens_per_s": round(whole), "loop_over_dense": round(whole / dense, 4),
+            "steady_tokens_per_s": round(steady), "steady_over_dense": round(steady / dense, 4),
+            "best_fitness": outcome["best_fitness"], "batch_candidates": cfg.batch_candidates,
+            "packed_rows": cfg.packed_rows}
+
+
 def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> list[dict[str, Any]]:
     """Candidates/s of the real search evaluation path with 1..N Ray actors."""
     import ray
@@ -302,6 +351,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--lanes", default="1", help="search-loop rows (with graphs) for these lane counts")
     p.add_argument("--batch-candidates", default="1",
                    help="search-loop rows (one lane) for these limits of candidates per forward")
+    p.add_argument("--whole-search", action="store_true",
+                   help="a whole search's row per model (the gpu preset's generations, or --generations)")
+    p.add_argument("--generations", type=int, default=None)
     p.add_argument("--packed-rows", default="on", help="search-loop rows with packed rows on (where cheaper) and/or off")
     p.add_argument("--candidate-rows", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ray-actors", default="")
@@ -314,7 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
     models = ["llama-tiny"] if args.smoke else [m for m in args.models.split(",") if m and m != "none"]
     tokens, seq_len = (256, 32) if args.smoke else (args.tokens, args.seq_len)
     tag = args.tag or ("smoke" if args.smoke else "")
-    body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "search_loop": [],
+    body = {**provenance(), "peak_tflops": matmul_peak(device), "columns": COLUMNS, "rows": [], "search_loop": [], "whole_search": [],
             "ray": []}
     smoke = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else None
     if args.smoke:
@@ -346,6 +398,13 @@ def main(argv: list[str] | None = None) -> Path:
                         body["search_loop"].append(loop)
                     log.warning("%s", loop)
                     write_result("throughput", body, args.out_dir, tag)
+        if args.whole_search:
+            whole = measure_whole_search(model, tokenizer, name, device, search, inputs,
+                                         2 if args.smoke else args.generations)
+            if whole is not None:
+                body["whole_search"].append(whole)
+            log.warning("%s", whole)
+            write_result("throughput", body, args.out_dir, tag)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

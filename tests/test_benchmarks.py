@@ -35,7 +35,7 @@ def test_throughput_smoke(tmp_path):
     import throughput
 
     path = throughput.main(["--smoke", "--out-dir", str(tmp_path), "--ray-actors", "1,2", "--search-loop",
-                            "--batch-candidates", "1,2", "--packed-rows", "on,off"])
+                            "--batch-candidates", "1,2", "--packed-rows", "on,off", "--whole-search"])
     body = json.loads(Path(path).read_text())
     assert [(r["model"], r["mode"]) for r in body["rows"]] == [("llama-tiny", "in_place"), ("llama-tiny", "on_the_fly")]
     for row in body["rows"]:
@@ -50,6 +50,8 @@ def test_throughput_smoke(tmp_path):
         assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
         assert loop["cuda_graphs"] is False and loop["final_stage_graphed"] == 0  # CPU: no graphs
     assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
+    whole = body["whole_search"][0]
+    assert whole["generations"] == 2 and whole["tokens"] > 0 and 0 < whole["loop_tokens_per_s"]
 
 
 def test_report_merges_parts(tmp_path):

@@ -5,7 +5,7 @@
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
 # device's copy of the tree reports the last landed commit, not the working tree.
-#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|search-8b|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
+#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|whole|search-8b|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -32,6 +32,9 @@ case ${1:?step} in
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models ${MODELS:-llama-8b} --modes in_place \
       --graphs on --packed-rows on,off --batch-candidates ${BATCH:-1} --search-candidates ${CANDIDATES:-8} \
       --no-candidate-rows --out-dir "$out" --tag packing-${MODELS:-llama-8b} ;;
+  whole)  # whole-search rows of benchmarks/throughput.py: the real loop on the in-memory models
+    PYTHONPATH=$here python3 benchmarks/throughput.py --models ${MODELS:-llama-8b,smollm2-135m} --modes in_place \
+      --no-candidate-rows --whole-search --out-dir "$out" --tag whole ;;
   search-8b)  # the gpu preset's whole search on a random 8B Llama saved as a transformers folder (SmolLM2's
     # tokenizer); SEARCH_FLAGS e.g. --no-packed-rows. Loop tokens/s = results.json tokens / timings.total_s
     [ -d /tmp/llama-8b ] || python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
