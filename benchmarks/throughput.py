@@ -185,6 +185,37 @@ def measure_model(model, name: str, device: torch.device, mode: str, n_tokens: i
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
+def magnitude_config(search: dict[str, Any], inputs: dict[str, str], **changes: Any):
+    """The search config of a speed row: budget 0.5 and the magnitude score (no calibration statistics)."""
+    from sieve.config import validate
+    from sieve.search.config import SearchConfig
+
+    return validate(SearchConfig, {**search, **inputs, **changes, "budget": 0.5,
+                                   "space": {"name": "throughput", "method": {"name": "magnitude"}}})
+
+
+def task_workspace(model, tokenizer, name: str, cfg, inputs: dict[str, str], row: str):
+    """A workspace of ``model`` with the built-in task (and, for a random model, the built-in model's
+    tokenizer to encode it), or ``None`` with a warning where that tokenizer outgrows the embedding."""
+    from sieve.models.loading import LoadedModel
+    from sieve.workspace import Workspace
+
+    task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
+                             split=cfg.split())
+    if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
+        log.warning("%s: vocabulary smaller than the task tokenizer's; no %s row", name, row)
+        return None
+    return Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
+
+
+def dense_tokens_per_s(model, device: torch.device) -> float:
+    """The dense forward's tokens/s on 64 × 512 random tokens (median of three)."""
+    ids = torch.randint(0, model.config.vocab_size, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
+    forward = forward_timer(model, ids, device)
+    forward()
+    return ids.numel() / statistics.median(forward() for _ in range(3))
+
+
 def measure_search_loop(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
                         inputs: dict[str, str], n_candidates: int, mode: str, graphs: bool,
                         lanes: int = 1, batch_candidates: int = 1, packed_rows: bool = True) -> dict[str, Any]:
@@ -192,22 +223,14 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     off, lanes, candidates per forward, packed rows or length buckets only) vs the dense forward's
     tokens/s, with the per-candidate split into apply and scoring and each stage's forwards per
     scoring run (the shared prefix's included)."""
-    from sieve.config import validate
-    from sieve.models.loading import LoadedModel
-    from sieve.search.config import SearchConfig
     from sieve.search.evaluator import build_evaluator
     from sieve.stats.calibrate import Statistics
-    from sieve.workspace import Workspace
 
-    cfg = validate(SearchConfig, {**search, **inputs, "budget": 0.5, "pruner_mode": mode, "cuda_graphs": graphs,
-                                  "lanes": lanes, "batch_candidates": batch_candidates, "packed_rows": packed_rows,
-                                  "space": {"name": "throughput", "method": {"name": "magnitude"}}})
-    task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
-                             split=cfg.split())  # the task (and, for random models, a tokenizer to encode it)
-    if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
-        log.warning("%s: vocabulary smaller than the task tokenizer's; no search-loop row", name)
+    cfg = magnitude_config(search, inputs, pruner_mode=mode, cuda_graphs=graphs, lanes=lanes,
+                           batch_candidates=batch_candidates, packed_rows=packed_rows)
+    ws = task_workspace(model, tokenizer, name, cfg, inputs, "search-loop")
+    if ws is None:
         return None
-    ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
     space = SearchSpace(cfg.space, ws.matrices)
     window = space.budget_window(0.5)
     evaluator = build_evaluator(cfg, ws, space, Statistics({}), lanes=lanes)
@@ -235,11 +258,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
                    for s in (0, evaluator.plan.final)]
     evaluator.close()
     evaluator.pruner.release()
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
-    forward = forward_timer(model, ids, device)
-    forward()
-    dense_tokens_s = ids.numel() / statistics.median(forward() for _ in range(3))
+    dense_tokens_s = dense_tokens_per_s(model, device)
     out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "lanes": used_lanes,
            "batch_candidates": batch_candidates, "candidates_per_forward": per_forward, "packed_rows": packed_rows,
            "batch_size": cfg.batch_size,
@@ -260,32 +279,19 @@ def measure_whole_search(model, tokenizer, name: str, device: torch.device, sear
     GA's offspring, multi-fidelity stages, checkpoints), the ``gpu`` preset with the magnitude score
     (no calibration statistics needed for a random model): forward tokens per second of the whole loop
     and of generations 2 onwards (after compilation and capture) against the dense forward's."""
-    from sieve.config import validate
-    from sieve.models.loading import LoadedModel
-    from sieve.search.config import SearchConfig
     from sieve.search.run import SearchRun
     from sieve.search.rundir import RunDir
     from sieve.stats.calibrate import Statistics
-    from sieve.workspace import Workspace
 
-    changes = {"generations": generations} if generations else {}
-    cfg = validate(SearchConfig, {**search, **inputs, **changes, "budget": 0.5,
-                                  "space": {"name": "throughput", "method": {"name": "magnitude"}}})
-    task_ws = Workspace.open(inputs["model"], task=cfg.task, general=None, dtype="float32", device="cpu",
-                             split=cfg.split())
-    if len(tokenizer or task_ws.tokenizer) > model.config.vocab_size:
-        log.warning("%s: vocabulary smaller than the task tokenizer's; no whole-search row", name)
+    cfg = magnitude_config(search, inputs, **({"generations": generations} if generations else {}))
+    ws = task_workspace(model, tokenizer, name, cfg, inputs, "whole-search")
+    if ws is None:
         return None
-    ws = Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
     records = []
     run = RunDir(Path(tempfile.mkdtemp(prefix="sieve-whole-")) / "run")
     outcome = SearchRun(run, cfg).execute(workspace=ws, statistics=Statistics({}), report=False,
                                           on_generation=records.append)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
-    forward = forward_timer(model, ids, device)
-    forward()
-    dense = ids.numel() / statistics.median(forward() for _ in range(3))
+    dense = dense_tokens_per_s(model, device)
     first, last = records[1], records[-1]
     steady = (last.tokens - first.tokens) / (last.seconds - first.seconds)
     whole = last.tokens / last.seconds

@@ -28,6 +28,7 @@ from sieve.models.adapters import find_matrices
 from sieve.models.batched import CandidateModel
 from sieve.models.batched import unsupported as unsupported_matrices
 from sieve.models.forward import forward_features
+from sieve.prune.allocation import Allocation
 from sieve.prune.batched import CandidateWeights
 from sieve.prune.batched import unsupported as unsupported_pruner
 from sieve.prune.pruner import ModelPruner, choose_mode
@@ -187,9 +188,10 @@ class CandidateEvaluator:
         if self.shared is not None:
             return self._evaluate_shared(genomes, stage)
         if not self.lanes:
+            allocations = [self.space.allocation(g) for g in genomes]
             results: dict[int, Measurement] = {}
-            for i in self._write_order(genomes):
-                results[i] = self._evaluate_one(genomes[i], stage)
+            for i in self._write_order(allocations):
+                results[i] = self._evaluate_one(allocations[i], stage)
             return [results[i] for i in range(len(genomes))]
         lanes = [Lane(self.model, self.pruner, self.inputs), *self.lanes]
         indices, fraction = self.plan.indices(stage), self.plan.fraction(stage)
@@ -239,20 +241,17 @@ class CandidateEvaluator:
         """One candidate's measurement (through the shared forward where set up, as in a search)."""
         return self.evaluate_many([genome], stage)[0]
 
-    def _write_order(self, genomes: Sequence[np.ndarray]) -> list[int]:
+    def _write_order(self, allocations: Sequence[Allocation]) -> list[int]:
         """:func:`write_order` from the pruner's current state (in place; else the given order)."""
-        if self.pruner.mode != "in_place" or len(genomes) < 3:
-            return list(range(len(genomes)))
+        if self.pruner.mode != "in_place" or len(allocations) < 3:
+            return list(range(len(allocations)))
         matrices = self.pruner.matrices
-        states = []
-        for genome in genomes:
-            allocation = self.space.allocation(genome)
-            states.append([ModelPruner.state_of(m, allocation)[0] for m in matrices])
+        states = [[ModelPruner.state_of(m, allocation)[0] for m in matrices] for allocation in allocations]
         return write_order(states, [m.numel for m in matrices], [self.pruner.current[m.name] for m in matrices])
 
-    def _evaluate_one(self, genome: np.ndarray, stage: int) -> Measurement:
+    def _evaluate_one(self, allocation: Allocation, stage: int) -> Measurement:
         start, replays = time.perf_counter(), self.inputs.scorer.replays
-        self.pruner.apply(self.space.allocation(genome))
+        self.pruner.apply(allocation)
         _sync(self.model)
         applied = time.perf_counter()
         result = self.fitness.measure(self.model, self.inputs, self.plan.indices(stage), self.plan.fraction(stage))
