@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Hashable, Sequence
@@ -189,10 +190,8 @@ class CandidateEvaluator:
             return self._evaluate_shared(genomes, stage)
         if not self.lanes:
             allocations = [self.space.allocation(g) for g in genomes]
-            results: dict[int, Measurement] = {}
-            for i in self._write_order(allocations):
-                results[i] = self._evaluate_one(allocations[i], stage)
-            return [results[i] for i in range(len(genomes))]
+            by_index = {i: self._evaluate_one(allocations[i], stage) for i in self._write_order(allocations)}
+            return [by_index[i] for i in range(len(genomes))]
         lanes = [Lane(self.model, self.pruner, self.inputs), *self.lanes]
         indices, fraction = self.plan.indices(stage), self.plan.fraction(stage)
         results: list[Measurement] = []
@@ -365,10 +364,9 @@ def _replica(model: torch.nn.Module, space: SearchSpace, pruner: ModelPruner, in
             m.weight.copy_(pruner.dense[m.name])
     lane_pruner = ModelPruner(matrices, pruner.method, pruner.stats, pruner.lowrank, mode="in_place", contiguous=True)
     lane_pruner.thresholds, lane_pruner.factors = pruner.thresholds, pruner.factors
-    lane_inputs = FitnessInputs(inputs.task, inputs.general_blocks, inputs.batch_size, cuda_graphs=inputs.cuda_graphs,
-                                packing=inputs.packing)
     device = next(model.parameters()).device
-    return Lane(copy_, lane_pruner, lane_inputs, torch.cuda.Stream(device) if device.type == "cuda" else None)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    return Lane(copy_, lane_pruner, dataclasses.replace(inputs), stream)  # the same inputs, a scorer of its own
 
 
 class EvaluationBackend(Protocol):

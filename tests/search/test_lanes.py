@@ -33,6 +33,9 @@ def test_every_lane_gives_a_genome_the_single_lane_result(search_config, feasibl
     assert all(torch.equal(m.weight, mine[m.name]) for m in lane.pruner.matrices)
     assert any(bool((m.weight == 0).any()) for m in lane.pruner.matrices)
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(evaluator.model.parameters(), lane.model.parameters()))
+    mine, its = evaluator.inputs, lane.inputs  # the same fitness inputs, a scorer (plans, graphs) of its own
+    assert its.scorer is not mine.scorer and its.task is mine.task
+    assert (its.batch_size, its.cuda_graphs, its.packing) == (mine.batch_size, mine.cuda_graphs, mine.packing)
 
 
 def test_lanes_are_refused_where_they_cannot_help(search_config, tmp_path, caplog):
