@@ -116,9 +116,8 @@ def random_genomes(space: SearchSpace, window: tuple[int, int], n: int, seed: in
 
 def warm_up_genomes(space: SearchSpace, window: tuple[int, int], seed: int) -> list[np.ndarray]:
     """Genomes applied before timing: three random ones, then the last with one gene moved, gene after
-    gene, so that the fused mask kernels are compiled for every shape class they meet (a whole stack,
-    one member of a stack written alone) — a one-off cost of a few seconds per process, not a
-    candidate's."""
+    gene, so that every kernel is compiled and every write path taken (a whole stack, one member of a
+    stack written alone) — a one-off cost per process, not a candidate's."""
     genomes = random_genomes(space, window, 3, seed + 1000)
     moved = []
     for gene in range(space.n_genes):
@@ -301,6 +300,7 @@ def measure_whole_search(model, tokenizer, name: str, device: torch.device, sear
             "score_s": round(timings["forward_s"], 2), "dense_tokens_per_s": round(dense),
             "loop_tokens_per_s": round(whole), "loop_over_dense": round(whole / dense, 4),
             "steady_tokens_per_s": round(steady), "steady_over_dense": round(steady / dense, 4),
+            "generation_0_s": round(records[0].seconds, 2), "generation_1_s": round(first.seconds - records[0].seconds, 2),
             "best_fitness": outcome["best_fitness"], "batch_candidates": cfg.batch_candidates,
             "packed_rows": cfg.packed_rows}
 

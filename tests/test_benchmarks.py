@@ -96,6 +96,15 @@ def test_dtype_agreement_smoke(tmp_path):
     assert full != half  # bf16 really ran: rounding moves every fitness a little
 
 
+def test_threshold_kernel_smoke(tmp_path):
+    """The kernel benchmark's plumbing on tiny shapes, through Triton's CPU interpreter."""
+    import threshold_kernel
+
+    body = json.loads(Path(threshold_kernel.main(["--smoke", "--out-dir", str(tmp_path)])).read_text())
+    assert [r["layout"] for r in body["rows"]] == ["tiny-stack", "tiny-slots"]
+    assert all(r["bit_identical"] and r["call_ms"] > 0 for r in body["rows"])
+
+
 @pytest.mark.slow
 def test_offload_smoke(tmp_path):
     import offload

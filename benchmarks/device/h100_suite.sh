@@ -32,9 +32,12 @@ case ${1:?step} in
     PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models ${MODELS:-llama-8b} --modes in_place \
       --graphs on --packed-rows on,off --batch-candidates ${BATCH:-1} --search-candidates ${CANDIDATES:-8} \
       --no-candidate-rows --out-dir "$out" --tag packing-${MODELS:-llama-8b} ;;
-  whole)  # whole-search rows of benchmarks/throughput.py: the real loop on the in-memory models
-    PYTHONPATH=$here python3 benchmarks/throughput.py --models ${MODELS:-llama-8b,smollm2-135m} --modes in_place \
-      --no-candidate-rows --whole-search --out-dir "$out" --tag whole ;;
+  whole)  # whole-search rows of benchmarks/throughput.py: the real loop on the in-memory models. COLD=1: empty
+    # Triton and inductor caches, as on a fresh machine; CODE=<dir>: another checkout's code (a baseline)
+    code=${CODE:-$here}
+    if [ "${COLD:-0}" = 1 ]; then export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d); fi
+    (cd "$code" && PYTHONPATH=$code python3 benchmarks/throughput.py --models ${MODELS:-llama-8b,smollm2-135m} \
+      --modes in_place --no-candidate-rows --whole-search --out-dir "$out" --tag whole${TAG:+-$TAG}) ;;
   search-8b)  # the gpu preset's whole search on a random 8B Llama saved as a transformers folder (SmolLM2's
     # tokenizer); SEARCH_FLAGS e.g. --no-packed-rows. Loop tokens/s = results.json tokens / timings.total_s
     [ -d /tmp/llama-8b ] || python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
@@ -46,9 +49,9 @@ import torch; from large_model import save_random_model; save_random_model('llam
     python3 -c "import json; r = json.load(open('/tmp/run-$tag/results.json')); t = r['timings']; \
 print('$tag loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 'score', round(t['forward_s'], 1), \
 'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt" ;;
-  gpu-tests)  # the tests that need CUDA (graph replay, compiled whole-stack writes); skipped on the CPU
+  gpu-tests)  # the tests that need CUDA (graph replay, the threshold kernel, whole-stack writes); skipped on the CPU
     PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/metrics/test_packing.py \
-      tests/prune/test_pruner.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
+      tests/prune/test_threshold.py tests/prune/test_pruner.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
     for dtype in bfloat16 agreement float32; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi

@@ -10,8 +10,7 @@ candidate)'s thresholds gathered from a per-group table of every precomputed lev
     W[g, c] = D_g ⊙ keep(S_g, s*[g, slot_{g,c}], c*[g, slot_{g,c}])
 
 so the host sends one small integer tensor per candidate group and the GPU does the rest: two small
-gathers and, on CUDA, the pruner's static-shape compiled mask kernel over ``(G, K, out, in)`` (the
-gather kept out of the compiled kernel: inside it, compiling cost SmolLM2-135M's search 4–16 s).
+gathers and the pruner's threshold kernel (:mod:`~sieve.prune.threshold`) over ``(G, K, out, in)``.
 The weights are those of :class:`~sieve.prune.pruner.ModelPruner` bit for bit (the same float32 products and
 comparisons per element; tested). Mask-only scoring methods with unstructured levels only: N:M
 patterns and low-rank factors are written by the one-candidate path.
@@ -28,7 +27,8 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import KEEP_ALL, ModelPruner, compiled, shape_room, threshold_mask_into
+from sieve.prune.pruner import ModelPruner
+from sieve.prune.threshold import KEEP_ALL, threshold_mask_into
 
 
 def gathered_thresholds(score_table: torch.Tensor, column_table: torch.Tensor,
@@ -148,6 +148,5 @@ class CandidateWeights:
             at += table.size
             columns = self.pruner.column_index(group.dense.shape[-1], device)
             t_score, t_col = gathered_thresholds(group.score_table, group.column_table, slots)
-            with shape_room():
-                compiled(threshold_mask_into, device, dynamic=False)(
-                    group.weights, group.dense.unsqueeze(1), group.factor.unsqueeze(1), t_score, t_col, columns)
+            threshold_mask_into(group.weights, group.dense.unsqueeze(1), group.factor.unsqueeze(1), t_score, t_col,
+                                columns)

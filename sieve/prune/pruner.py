@@ -19,14 +19,14 @@ with no int64 keys materialised: no level database, and memory is the model, its
 In place, matrices of one shape, dtype and device form a **stack**: their dense copies live in one
 ``(G, out, in)`` tensor. With ``contiguous`` (what a search uses) the model's own weights of a stack
 are the slices of one such tensor too, and a candidate's changed matrices of a stack are masked by
-one fused kernel that writes straight into the model (no temporary: one read of the dense copy,
-one write of the weights) — on CUDA the whole stack by one static-shape kernel (unchanged members
-too: a fixed shape per stack compiles to constant index arithmetic, 4× the bandwidth of a
-dynamic-shape kernel), elsewhere one kernel per run of consecutive changed members; without
-``contiguous`` by one fused pass per chunk of the stack and a multi-tensor copy back. Either way a
-handful of kernel launches per shape instead of several per matrix, which is what a small model's
-apply is made of (SmolLM2-135M: 210 matrices, 4 shapes). The bits are those of the per-matrix pass (the same float32 products and comparisons
-per element; tested).
+one kernel (:mod:`~sieve.prune.threshold`) that writes straight into the model (no temporary: one
+read of the dense copy, one write of the weights) — on CUDA the whole stack by one launch (unchanged
+members too: one launch streams a small model's stack faster than the host launches one per changed
+member) or, where the changed members are few and large, member by member; elsewhere one pass per
+run of consecutive changed members; without ``contiguous`` by one pass per chunk of the stack and a
+multi-tensor copy back. Either way a handful of kernel launches per shape instead of several per
+matrix, which is what a small model's apply is made of (SmolLM2-135M: 210 matrices, 4 shapes). The
+bits are those of the per-matrix pass (the same float32 products and comparisons per element; tested).
 
 Factorised matrices (``allocation.ranks``, the :mod:`~sieve.primitives.lowrank` primitive) keep
 their data-aware factors up to the break-even rank — one SVD per matrix, computed once — and a rank
@@ -49,70 +49,13 @@ from sieve.models.matrix import Matrix
 from sieve.primitives.lowrank import Factors, LowRank, break_even_rank, factorize
 from sieve.primitives.mask import UNSTRUCTURED, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
+from sieve.prune.threshold import KEEP_ALL, score_keys, threshold_mask, threshold_mask_into
 from sieve.scores.base import ScoringMethod
 from sieve.stats import MatrixStats
 
 log = logging.getLogger(__name__)
 
 DENSE = (0, UNSTRUCTURED)
-#: a threshold score that keeps every weight (scores ``|W|·f`` are ``≥ 0``): dense members of a
-#: stack written by the threshold rule, with column threshold 0
-KEEP_ALL = -1.0
-
-
-def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Unique int64 keys ordering a row's weights like a stable sort of ``|W| · f``."""
-    scores = dense.float().abs() * factor
-    cols = scores.shape[1]
-    bits = scores.view(torch.int32).to(torch.int64)
-    return bits * cols + torch.arange(cols, device=scores.device)
-
-
-def threshold_mask(dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor, t_col: torch.Tensor,
-                   columns: torch.Tensor) -> torch.Tensor:
-    """``W ⊙ keep`` with ``keep_ij = S_ij > s*_i or (S_ij = s*_i and j > c*_i)``, ``S = |W|·f`` in float32.
-
-    One elementwise pass; on CUDA it runs as a single fused kernel (``torch.compile``), whose result
-    is bit-identical to the eager one (the same float32 products and comparisons; tested)."""
-    scores = dense.float().abs() * factor
-    keep = (scores > t_score) | ((scores == t_score) & (columns > t_col))
-    return dense * keep
-
-
-def threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor,
-                        t_col: torch.Tensor, columns: torch.Tensor) -> None:
-    """``out ← threshold_mask(...)``: compiled, one kernel that writes the pruned weights straight
-    into ``out`` (no temporary: half the memory traffic of masking then copying)."""
-    out.copy_(threshold_mask(dense, factor, t_score, t_col, columns))
-
-
-_FUSED: dict[tuple[str, bool], object] = {}
-
-
-def compiled(function, device: torch.device, dynamic: bool = True):
-    """``function`` compiled for ``device`` (CUDA), or itself with one warning where it cannot be.
-
-    ``dynamic=False`` compiles once per input shape: the kernel's index arithmetic then divides by
-    constants, which on an H200 ran a ``(32, 14336, 4096)`` bf16 stack at 4.0 TB/s (as fast as a
-    plain copy) against 0.9 TB/s for the dynamic-shape kernel — worth it for the few fixed shapes of
-    whole stacks."""
-    if device.type != "cuda":
-        return function
-    key = (function.__name__, dynamic)
-    if key not in _FUSED:
-        try:
-            _FUSED[key] = torch.compile(function, dynamic=dynamic)
-        except Exception as exc:  # noqa: BLE001 - no compiler: the same result, unfused
-            log.warning("torch.compile is unavailable (%s); masks are applied unfused (slower, same result)", exc)
-            _FUSED[key] = function
-    return _FUSED[key]
-
-
-def shape_room():
-    """Room for one static compile per stack shape (dynamo's default limit is 8 per function)."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    return config.patch(**{name: max(64, getattr(config, name))})
 
 
 def choose_mode(requested: str, device: torch.device, matrix_bytes: int, free_bytes: int | None,
@@ -139,7 +82,7 @@ def choose_mode(requested: str, device: torch.device, matrix_bytes: int, free_by
 
 
 _CHUNK_BYTES = 1 << 28  # the largest masked slice of a stack materialised at once (256 MiB)
-#: what a GPU streams in about the host time of one compiled kernel launch (~20 µs at ~3 TB/s): a
+#: what a GPU streams in about the host time of one kernel launch (~20 µs at ~3 TB/s): a
 #: member written on its own costs at least this much, a whole-stack rewrite streams every member
 _LAUNCH_BYTES = 1 << 26
 
@@ -338,8 +281,8 @@ class ModelPruner:
         return (k, pattern if k else UNSTRUCTURED), sparsity
 
     def _write(self, changed: Sequence[Matrix]) -> None:
-        """Write the current level of each of ``changed`` into the model: whole contiguous CUDA
-        stacks by one static-shape kernel each, dense ones by one multi-tensor copy, thresholded ones
+        """Write the current level of each of ``changed`` into the model: contiguous CUDA stacks whole
+        or member by member, dense ones by one multi-tensor copy, thresholded ones
         stack by stack, the rest one by one."""
         whole = self._whole_stacks(changed)
         for key, stack in whole.items():
@@ -378,21 +321,20 @@ class ModelPruner:
                 factor = stack.select(stack.factor, part)
                 if stack.weights is not None:
                     out = stack.weights[part[0] : part[0] + len(part)]
-                    compiled(threshold_mask_into, dense.device)(out, dense, factor, t_score, t_col, columns)
+                    threshold_mask_into(out, dense, factor, t_score, t_col, columns)
                     self.writes.update(direct=len(part))
                     continue
-                pruned = compiled(threshold_mask, dense.device)(dense, factor, t_score, t_col, columns)
+                pruned = threshold_mask(dense, factor, t_score, t_col, columns)
                 torch._foreach_copy_([self.by_name[n].weight for n in chosen], list(pruned.unbind(0)))
         for m in single:
             m.weight.copy_(self.weight_at(m.name))
         self.writes.update(stacked=len(changed) - len(single), single=len(single))
 
     def _whole_stacks(self, changed: Sequence[Matrix]) -> dict[int, _Stack]:
-        """The stacks of ``changed`` written by static-shape kernels: contiguous, on CUDA, every member
-        dense or thresholded. A stack is rewritten whole (unchanged members too: one fixed shape per
-        stack, whose static kernel streams it faster than a dynamic-shape kernel writes part of it),
-        or member by member with the static kernel of one member's shape where its changed members
-        are few and large enough (a large model between similar candidates: fewer bytes streamed)."""
+        """The stacks of ``changed`` written by the threshold kernel alone: contiguous, on CUDA, every
+        member dense or thresholded. A stack is rewritten whole (unchanged members too: one launch),
+        or member by member where its changed members are few and large enough (a large model
+        between similar candidates: fewer bytes streamed)."""
         whole: dict[int, _Stack] = {}
         seen: set[int] = set()
         for m in changed:
@@ -408,19 +350,17 @@ class ModelPruner:
 
     def _rewrite(self, stack: _Stack, members: Sequence[int] | None = None) -> None:
         """Every member of ``stack`` (or those of ``members``, one at a time) at its current level
-        (dense ones through a keep-everything threshold, :data:`KEEP_ALL`), by static-shape kernels into
+        (dense ones through a keep-everything threshold, :data:`KEEP_ALL`), by the threshold kernel into
         the model: the same elementwise rule, so the same bits either way."""
         columns = self.column_index(stack.dense.shape[-1], stack.dense.device)
-        kernel = compiled(threshold_mask_into, stack.dense.device, dynamic=False)
-        with shape_room():
-            if members is None:
-                t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
-                kernel(stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col), columns)
-                return
-            for i in members:
-                t_score, t_col = self._threshold(stack.names[i])
-                one = slice(i, i + 1)
-                kernel(stack.weights[one], stack.dense[one], stack.factor[one], t_score[None], t_col[None], columns)
+        if members is None:
+            t_score, t_col = zip(*(self._threshold(n) for n in stack.names), strict=True)
+            threshold_mask_into(stack.weights, stack.dense, stack.factor, torch.stack(t_score), torch.stack(t_col),
+                                columns)
+            return
+        for i in members:
+            t_score, t_col = self._threshold(stack.names[i])
+            threshold_mask_into(stack.weights[i], stack.dense[i], stack.factor[i], t_score, t_col, columns)
 
     def _threshold(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         state = self.current[name]
@@ -455,8 +395,7 @@ class ModelPruner:
         if self._thresholded(name, state):
             t_score, t_col = self.thresholds[name][k]
             columns = self.column_index(dense.shape[1], dense.device)
-            # detached: a Parameter's shapes would be static to the compiler, one recompile per shape
-            return compiled(threshold_mask, dense.device)(dense.detach(), self.factor[name], t_score, t_col, columns)
+            return threshold_mask(dense.detach(), self.factor[name], t_score, t_col, columns)
         scores = dense.float().abs() * self.factor[name]
         return dense * mask_from_scores(scores, self._sparsity[name], pattern)
 

@@ -1,0 +1,160 @@
+"""The threshold rule that applies a precomputed pruning level, eagerly and as one CUDA kernel.
+
+A mask-only score is ``S = |W| · f`` (``f`` a per-input-channel factor, float32). A level prunes the
+``k`` lowest-scoring weights of each row, ties broken by column like a stable sort; with the row's
+``k``-th (score, column) stored as ``(s*, c*)`` the kept weights are
+
+    keep_ij = S_ij > s*_i  or  (S_ij = s*_i and j > c*_i),     W = W_dense ⊙ keep
+
+one elementwise pass (:func:`threshold_mask`). On CUDA, :func:`threshold_mask_into` runs it as one
+Triton kernel for every layout the pruner writes — one matrix, a stack ``(G, out, in)``, or ``K``
+candidate slots of a stack ``(G, K, out, in)`` — compiled once per dtype, whatever the shapes
+(``torch.compile`` had to compile, and on a fresh machine autotune, one static-shape kernel per stack
+shape: seconds per shape before a search's first candidate). Each program masks one block of one
+row, so the index arithmetic is one division per program, none per element. The bits are those of
+the eager rule: the same float32 products and comparisons, and ``W · keep`` (tested).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: a threshold score that keeps every weight (scores ``|W|·f`` are ``≥ 0``): dense members of a
+#: stack written by the threshold rule, with column threshold 0
+KEEP_ALL = -1.0
+_BLOCK = 1024  # columns per program: 2 KiB of bf16 read and written, 4 KiB of (L2-resident) factor
+
+
+def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys ordering a row's weights like a stable sort of ``|W| · f``:
+    ``bits(S_ij) · cols + j`` (float32 bits of ``S ≥ 0`` are monotone in ``S``)."""
+    scores = dense.float().abs() * factor
+    cols = scores.shape[1]
+    bits = scores.view(torch.int32).to(torch.int64)
+    return bits * cols + torch.arange(cols, device=scores.device)
+
+
+def threshold_mask(dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor, t_col: torch.Tensor,
+                   columns: torch.Tensor) -> torch.Tensor:
+    """``W ⊙ keep`` with ``keep_ij = S_ij > s*_i or (S_ij = s*_i and j > c*_i)``, ``S = |W|·f`` in float32
+    (``columns``: ``0 … cols − 1``, int32). On CUDA the kernel of :func:`threshold_mask_into`."""
+    if _uses_kernel(dense):
+        out = torch.empty_like(dense)
+        threshold_mask_into(out, dense, factor, t_score, t_col, columns)
+        return out
+    return _eager(dense, factor, t_score, t_col, columns)
+
+
+def threshold_mask_into(out: torch.Tensor, dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Tensor,
+                        t_col: torch.Tensor, columns: torch.Tensor) -> None:
+    """``out ← threshold_mask(...)``, broadcast like the eager rule: ``out`` ``(…, out, in)``, ``dense``
+    of its shape or broadcast to it, ``factor`` ``(…, 1, in)`` or ``(in,)``, ``t_score`` (float32) and
+    ``t_col`` (int32) ``(…, out, 1)``. On CUDA one kernel that writes straight into ``out`` (no
+    temporary); elsewhere eager."""
+    if not _uses_kernel(out):
+        out.copy_(_eager(dense, factor, t_score, t_col, columns))
+        return
+    _launch(out, dense, factor, t_score, t_col)
+
+
+def _eager(dense, factor, t_score, t_col, columns) -> torch.Tensor:
+    scores = dense.float().abs() * factor
+    keep = (scores > t_score) | ((scores == t_score) & (columns > t_col))
+    return dense * keep
+
+
+def _uses_kernel(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cuda" and _kernel() is not None
+
+
+@functools.cache
+def _kernel():
+    """The Triton kernel, or ``None`` (said once) where Triton is not installed."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        log.warning("Triton is unavailable (%s); pruning levels are applied by eager kernels on CUDA "
+                    "(slower, same result)", exc)
+        return None
+    return build_kernel()
+
+
+def build_kernel(interpret: bool = False):
+    """The threshold rule as a Triton kernel (``interpret``: for Triton's CPU interpreter, in tests).
+
+    Grid ``(G · K · rows, ⌈cols / BLOCK⌉)``: program ``(r, b)`` masks columns ``b·BLOCK …`` of row
+    ``r mod rows`` of slot ``(r div rows) mod K`` of member ``(r div rows) div K``. Every size and
+    stride is a run-time value (one compile per dtype and ``ALIGNED``); ``ALIGNED`` tells the compiler
+    that rows start at multiples of 16 elements, so it issues vector loads and stores."""
+    import triton
+    import triton.language as tl
+
+    def threshold_mask_kernel(out, dense, factor, t_score, t_col, rows, slots, cols,
+                              out_g, out_k, out_r, dense_g, dense_k, dense_r, factor_g, factor_k,
+                              thr_g, thr_k, thr_r, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+        r = tl.program_id(0).to(tl.int64)
+        i = r % rows
+        member_slot = r // rows
+        k = member_slot % slots
+        g = member_slot // slots
+        j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = j < cols
+        out_row = g * out_g + k * out_k + i * out_r
+        dense_row = g * dense_g + k * dense_k + i * dense_r
+        factor_row = g * factor_g + k * factor_k
+        if ALIGNED:
+            out_row = tl.multiple_of(out_row, 16)
+            dense_row = tl.multiple_of(dense_row, 16)
+            factor_row = tl.multiple_of(factor_row, 16)
+        w = tl.load(dense + dense_row + j, mask=inside)
+        f = tl.load(factor + factor_row + j, mask=inside)
+        thr = g * thr_g + k * thr_k + i * thr_r
+        s_star = tl.load(t_score + thr)
+        c_star = tl.load(t_col + thr)
+        score = tl.abs(w.to(tl.float32)) * f
+        keep = (score > s_star) | ((score == s_star) & (j > c_star))
+        tl.store(out + out_row + j, w * keep.to(w.dtype), mask=inside)
+
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(threshold_mask_kernel)
+    sizes = ["rows", "slots", "cols", "out_g", "out_k", "out_r", "dense_g", "dense_k", "dense_r", "factor_g",
+             "factor_k", "thr_g", "thr_k", "thr_r"]
+    return triton.jit(threshold_mask_kernel, do_not_specialize=sizes)
+
+
+def _launch(out, dense, factor, t_score, t_col, kernel=None) -> None:
+    """Run the kernel (``kernel``, default :func:`_kernel`'s) over ``out`` viewed as ``(G, K, rows, cols)``
+    with every operand broadcast to it (stride 0 where broadcast)."""
+    if not 2 <= out.dim() <= 4 or out.stride(-1) != 1:
+        raise ValueError(f"threshold_mask_into: out must have 2 to 4 dimensions, the last contiguous; "
+                         f"got {tuple(out.shape)} with strides {out.stride()}")
+    if factor.dtype != torch.float32 or t_score.dtype != torch.float32 or t_col.dtype != torch.int32:
+        raise ValueError("threshold_mask_into: factor and t_score must be float32, t_col int32")
+    out4 = _as4(out)
+    shape = tuple(out4.shape)
+    dense4 = _last_contiguous(_as4(dense).expand(shape))
+    factor4 = _last_contiguous(_as4(factor).expand(*shape[:-2], 1, shape[-1]))
+    score4, col4 = (_as4(t).expand(*shape[:-1], 1) for t in (t_score, t_col))
+    if score4.stride() != col4.stride():  # one set of strides for both: materialise the small tables
+        score4, col4 = score4.contiguous(), col4.contiguous()
+    g, k, rows, cols = shape
+    rows_at = (*out4.stride()[:3], *dense4.stride()[:3], *factor4.stride()[:2])
+    aligned = all(s % 16 == 0 for s in rows_at)
+    grid = (g * k * rows, -(-cols // _BLOCK))
+    (kernel or _kernel())[grid](out4, dense4, factor4, score4, col4, rows, k, cols, *rows_at,
+                                *score4.stride()[:3], BLOCK=_BLOCK, ALIGNED=aligned)
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _as4(t: torch.Tensor) -> torch.Tensor:
+    return t[(None,) * (4 - t.dim())] if t.dim() < 4 else t
