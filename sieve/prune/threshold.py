@@ -8,11 +8,12 @@ A mask-only score is ``S = |W| · f`` (``f`` a per-input-channel factor, float32
 
 one elementwise pass (:func:`threshold_mask`). On CUDA, :func:`threshold_mask_into` runs it as one
 Triton kernel for every layout the pruner writes — one matrix, a stack ``(G, out, in)``, or ``K``
-candidate slots of a stack ``(G, K, out, in)`` — compiled once per dtype, whatever the shapes
-(``torch.compile`` had to compile, and on a fresh machine autotune, one static-shape kernel per stack
-shape: seconds per shape before a search's first candidate). Each program masks one block of one
-row, so the index arithmetic is one division per program, none per element. The bits are those of
-the eager rule: the same float32 products and comparisons, and ``W · keep`` (tested).
+candidate slots of a stack ``(G, K, out, in)`` — compiled once per dtype and tile, whatever the
+shapes (``torch.compile`` compiled one static-shape kernel per layout, 0.4–0.5 s each on an H100
+with empty caches, and past dynamo's recompile limit fell back to eager). Each program masks a tile
+of rows of one matrix, so the index arithmetic is a few divisions per tile, none per element. The
+bits are those of the eager rule: the same float32 products and comparisons, and ``W · keep``
+(tested).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 #: a threshold score that keeps every weight (scores ``|W|·f`` are ``≥ 0``): dense members of a
 #: stack written by the threshold rule, with column threshold 0
 KEEP_ALL = -1.0
-_BLOCK = 1024  # columns per program: 2 KiB of bf16 read and written, 4 KiB of (L2-resident) factor
 
 
 def score_keys(dense: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -87,38 +87,42 @@ def _kernel():
 def build_kernel(interpret: bool = False):
     """The threshold rule as a Triton kernel (``interpret``: for Triton's CPU interpreter, in tests).
 
-    Grid ``(G · K · rows, ⌈cols / BLOCK⌉)``: program ``(r, b)`` masks columns ``b·BLOCK …`` of row
-    ``r mod rows`` of slot ``(r div rows) mod K`` of member ``(r div rows) div K``. Every size and
-    stride is a run-time value (one compile per dtype and ``ALIGNED``); ``ALIGNED`` tells the compiler
-    that rows start at multiples of 16 elements, so it issues vector loads and stores."""
+    Grid ``(G · K · rows / ROWS, ⌈cols / BLOCK⌉)``: program ``(t, b)`` masks a ``ROWS × BLOCK`` tile,
+    columns ``b·BLOCK …`` of rows ``i₀ … i₀ + ROWS − 1`` of one (member, slot) — ``ROWS`` divides
+    ``rows``, so with ``r₀ = t·ROWS``: ``i₀ = r₀ mod rows``, slot ``(r₀ div rows) mod K``, member
+    ``(r₀ div rows) div K``, three 32-bit divisions per tile and one load of the factor's block for
+    all its rows. The tile's base offset is 64-bit (stacks past 2³¹ elements), offsets within it
+    32-bit. Sizes and strides are run-time values (one compile per dtype, tile and ``ALIGNED``);
+    ``ALIGNED`` tells the compiler that rows start at multiples of 16 elements (vector loads)."""
     import triton
     import triton.language as tl
 
     def threshold_mask_kernel(out, dense, factor, t_score, t_col, rows, slots, cols,
                               out_g, out_k, out_r, dense_g, dense_k, dense_r, factor_g, factor_k,
-                              thr_g, thr_k, thr_r, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-        r = tl.program_id(0).to(tl.int64)
-        i = r % rows
-        member_slot = r // rows
-        k = member_slot % slots
-        g = member_slot // slots
-        j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = j < cols
-        out_row = g * out_g + k * out_k + i * out_r
-        dense_row = g * dense_g + k * dense_k + i * dense_r
-        factor_row = g * factor_g + k * factor_k
+                              thr_g, thr_k, thr_r, ROWS: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+        r0 = tl.program_id(0) * ROWS
+        i0 = r0 % rows
+        member_slot = r0 // rows
+        k = (member_slot % slots).to(tl.int64)
+        g = (member_slot // slots).to(tl.int64)
+        out_base = g * out_g + k * out_k + i0.to(tl.int64) * out_r
+        dense_base = g * dense_g + k * dense_k + i0.to(tl.int64) * dense_r
+        factor_base = g * factor_g + k * factor_k
         if ALIGNED:
-            out_row = tl.multiple_of(out_row, 16)
-            dense_row = tl.multiple_of(dense_row, 16)
-            factor_row = tl.multiple_of(factor_row, 16)
-        w = tl.load(dense + dense_row + j, mask=inside)
-        f = tl.load(factor + factor_row + j, mask=inside)
-        thr = g * thr_g + k * thr_k + i * thr_r
-        s_star = tl.load(t_score + thr)
-        c_star = tl.load(t_col + thr)
+            out_base = tl.multiple_of(out_base, 16)
+            dense_base = tl.multiple_of(dense_base, 16)
+            factor_base = tl.multiple_of(factor_base, 16)
+        i = tl.arange(0, ROWS)
+        j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = (j < cols)[None, :]
+        thr = g * thr_g + k * thr_k + i0.to(tl.int64) * thr_r + i * thr_r
+        s_star = tl.load(t_score + thr)[:, None]
+        c_star = tl.load(t_col + thr)[:, None]
+        f = tl.load(factor + factor_base + j, mask=j < cols)[None, :]
+        w = tl.load(dense + dense_base + (i[:, None] * dense_r + j[None, :]), mask=inside)
         score = tl.abs(w.to(tl.float32)) * f
-        keep = (score > s_star) | ((score == s_star) & (j > c_star))
-        tl.store(out + out_row + j, w * keep.to(w.dtype), mask=inside)
+        keep = (score > s_star) | ((score == s_star) & (j[None, :] > c_star))
+        tl.store(out + out_base + (i[:, None] * out_r + j[None, :]), w * keep.to(w.dtype), mask=inside)
 
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction
@@ -127,6 +131,15 @@ def build_kernel(interpret: bool = False):
     sizes = ["rows", "slots", "cols", "out_g", "out_k", "out_r", "dense_g", "dense_k", "dense_r", "factor_g",
              "factor_k", "thr_g", "thr_k", "thr_r"]
     return triton.jit(threshold_mask_kernel, do_not_specialize=sizes)
+
+
+def tile(rows: int, cols: int) -> tuple[int, int]:
+    """``(ROWS, BLOCK)``: 4096 elements per program (16 per thread of 256) where ``rows`` allows —
+    ``ROWS`` the largest power of two up to 16 dividing ``rows``, ``BLOCK`` 256 columns for rows
+    narrower than 1024 (less masked-off waste), else 1024."""
+    block = 256 if cols < 1024 else 1024
+    most = 4096 // block
+    return next(r for r in (16, 8, 4, 2, 1) if r <= most and rows % r == 0), block
 
 
 def _launch(out, dense, factor, t_score, t_col, kernel=None) -> None:
@@ -147,9 +160,10 @@ def _launch(out, dense, factor, t_score, t_col, kernel=None) -> None:
     g, k, rows, cols = shape
     rows_at = (*out4.stride()[:3], *dense4.stride()[:3], *factor4.stride()[:2])
     aligned = all(s % 16 == 0 for s in rows_at)
-    grid = (g * k * rows, -(-cols // _BLOCK))
+    per, block = tile(rows, cols)
+    grid = (g * k * rows // per, -(-cols // block))
     (kernel or _kernel())[grid](out4, dense4, factor4, score4, col4, rows, k, cols, *rows_at,
-                                *score4.stride()[:3], BLOCK=_BLOCK, ALIGNED=aligned)
+                                *score4.stride()[:3], ROWS=per, BLOCK=block, ALIGNED=aligned)
 
 
 def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
