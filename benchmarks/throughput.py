@@ -19,11 +19,13 @@ and its forward carries the masking).
 (:func:`~sieve.search.evaluator.build_evaluator`: the built-in task's validation examples scored
 with the task-NLL fitness, shared few-shot prefix, the ``gpu`` preset's batch size) on random
 genomes at the first and at the final stage, as forward tokens per second, next to the same
-model's dense forward tokens per second on full 64 × 512 batches.
+model's dense forward tokens per second on full 64 × 512 batches, and the peak GPU memory over the
+weights. On the fly with ``--graphs on`` is the graph-safe pruner (one copy of the weights).
 
-**Whole-search rows** (``--whole-search``): a whole search through the real loop (the GA's offspring,
-every stage, checkpoints) with the ``gpu`` preset and the magnitude score: forward tokens/s over the
-whole loop and over generations 2 onwards, against the dense forward's.
+**Whole-search rows** (``--whole-search``, one per pruner mode): a whole search through the real loop
+(the GA's offspring, every stage, checkpoints) with the ``gpu`` preset and the magnitude score:
+forward tokens/s over the whole loop and over generations 2 onwards, against the dense forward's;
+the seconds of generations 0 and 1 (compilation and graph capture); peak GPU memory over the weights.
 
 ``--ray-actors`` measures candidates/s of the real search path
 (:class:`~sieve.search.ray_backend.RayBackend`, SmolLM2 on the task, the ``gpu`` preset) with 1 vs N
@@ -207,6 +209,20 @@ def task_workspace(model, tokenizer, name: str, cfg, inputs: dict[str, str], row
     return Workspace(LoadedModel(model, tokenizer or task_ws.tokenizer, name), task_ws.task, None)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_over_weights(model, device: torch.device) -> float | None:
+    """Peak GPU memory since :func:`reset_peak_memory` over the model's weights' bytes (CPU: ``None``)."""
+    if device.type != "cuda":
+        return None
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return round(torch.cuda.max_memory_allocated(device) / weights, 3)
+
+
 def dense_tokens_per_s(model, device: torch.device) -> float:
     """The dense forward's tokens/s on 64 × 512 random tokens (median of three)."""
     ids = torch.randint(0, model.config.vocab_size, (64, 512), generator=torch.Generator().manual_seed(2)).to(device)
@@ -232,6 +248,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
         return None
     space = SearchSpace(cfg.space, ws.matrices)
     window = space.budget_window(0.5)
+    reset_peak_memory(device)
     evaluator = build_evaluator(cfg, ws, space, Statistics({}), lanes=lanes)
     genomes = random_genomes(space, window, n_candidates + 1, 1)
     for genome in warm_up_genomes(space, window, 1):
@@ -250,6 +267,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
         n = len(genomes[1:])
         rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
                        (t.forward - before.forward) / n, t.graphed - before.graphed)
+    peak_over_weights = peak_memory_over_weights(model, device)
     used_lanes = 1 + len(evaluator.lanes)
     forwards = {s: sorted({len(p.batches) + (p.prefix is not None) for (i, _), p in evaluator.inputs.scorer.plans.items()
                            if i == tuple(evaluator.plan.indices(s))}) for s in (0, evaluator.plan.final)}
@@ -260,7 +278,7 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     dense_tokens_s = dense_tokens_per_s(model, device)
     out = {"model": name, "mode": evaluator.pruner.mode, "cuda_graphs": graphs, "lanes": used_lanes,
            "batch_candidates": batch_candidates, "candidates_per_forward": per_forward, "packed_rows": packed_rows,
-           "batch_size": cfg.batch_size,
+           "batch_size": cfg.batch_size, "peak_mem_over_weights": peak_over_weights,
            "dense_tokens_per_s": round(dense_tokens_s)}
     for stage, (tok_s, cand_s, examples, apply_s, score_s, graphed) in rows.items():
         key = "first" if stage == 0 else "final"
@@ -273,23 +291,27 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
 
 
 def measure_whole_search(model, tokenizer, name: str, device: torch.device, search: dict[str, Any],
-                         inputs: dict[str, str], generations: int | None = None) -> dict[str, Any] | None:
+                         inputs: dict[str, str], generations: int | None = None,
+                         mode: str = "auto") -> dict[str, Any] | None:
     """A whole search on ``model`` through the real loop (:class:`~sieve.search.run.SearchRun`: the
     GA's offspring, multi-fidelity stages, checkpoints), the ``gpu`` preset with the magnitude score
     (no calibration statistics needed for a random model): forward tokens per second of the whole loop
-    and of generations 2 onwards (after compilation and capture) against the dense forward's."""
+    and of generations 2 onwards (after compilation and capture) against the dense forward's, with
+    pruner ``mode``, and the peak GPU memory over the weights."""
     from sieve.search.run import SearchRun
     from sieve.search.rundir import RunDir
     from sieve.stats.calibrate import Statistics
 
-    cfg = magnitude_config(search, inputs, **({"generations": generations} if generations else {}))
+    cfg = magnitude_config(search, inputs, pruner_mode=mode, **({"generations": generations} if generations else {}))
     ws = task_workspace(model, tokenizer, name, cfg, inputs, "whole-search")
     if ws is None:
         return None
     records = []
     run = RunDir(Path(tempfile.mkdtemp(prefix="sieve-whole-")) / "run")
+    reset_peak_memory(device)
     outcome = SearchRun(run, cfg).execute(workspace=ws, statistics=Statistics({}), report=False,
                                           on_generation=records.append)
+    peak_over_weights = peak_memory_over_weights(model, device)
     dense = dense_tokens_per_s(model, device)
     first, last = records[1], records[-1]
     steady = (last.tokens - first.tokens) / (last.seconds - first.seconds)
@@ -302,7 +324,7 @@ def measure_whole_search(model, tokenizer, name: str, device: torch.device, sear
             "steady_tokens_per_s": round(steady), "steady_over_dense": round(steady / dense, 4),
             "generation_0_s": round(records[0].seconds, 2), "generation_1_s": round(first.seconds - records[0].seconds, 2),
             "best_fitness": outcome["best_fitness"], "batch_candidates": cfg.batch_candidates,
-            "packed_rows": cfg.packed_rows}
+            "packed_rows": cfg.packed_rows, "pruner_mode": cfg.pruner_mode, "peak_mem_over_weights": peak_over_weights}
 
 
 def measure_ray(actors: list[int], base: dict[str, Any], n_candidates: int) -> list[dict[str, Any]]:
@@ -404,9 +426,9 @@ def main(argv: list[str] | None = None) -> Path:
                         body["search_loop"].append(loop)
                     log.warning("%s", loop)
                     write_result("throughput", body, args.out_dir, tag)
-        if args.whole_search:
+        for mode in args.modes.split(",") if args.whole_search else []:
             whole = measure_whole_search(model, tokenizer, name, device, search, inputs,
-                                         2 if args.smoke else args.generations)
+                                         2 if args.smoke else args.generations, mode)
             if whole is not None:
                 body["whole_search"].append(whole)
             log.warning("%s", whole)

@@ -50,8 +50,10 @@ def test_throughput_smoke(tmp_path):
         assert loop["final_stage_examples"] == 12 and loop["final_stage_tokens_per_s"] > 0 and loop["dense_tokens_per_s"] > 0
         assert loop["cuda_graphs"] is False and loop["final_stage_graphed"] == 0  # CPU: no graphs
     assert [r["actors"] for r in body["ray"]] == [1, 2] and body["ray"][0]["speedup"] == 1.0
+    assert [w["pruner_mode"] for w in body["whole_search"]] == ["in_place", "on_the_fly"]
     whole = body["whole_search"][0]
     assert whole["generations"] == 2 and whole["tokens"] > 0 and 0 < whole["loop_tokens_per_s"]
+    assert body["whole_search"][1]["best_fitness"] == whole["best_fitness"]  # the same search, pruned on the fly
 
 
 def test_report_merges_parts(tmp_path):

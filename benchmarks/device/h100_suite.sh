@@ -5,7 +5,7 @@
 # pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5, carried and installed
 # first; the code before the speed work (f9ac8ff) travels in .bench-old/. Pass SIEVE_COMMIT=<hash>: the
 # device's copy of the tree reports the last landed commit, not the working tree.
-#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|whole|search-8b|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
+#   bash benchmarks/device/h100_suite.sh before|throughput|speed|packing|whole|memory|kernel|search-8b|gpu-tests|search|lowrank|offload|large|lowrank-quality|payoff
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -37,7 +37,14 @@ case ${1:?step} in
     code=${CODE:-$here}
     if [ "${COLD:-0}" = 1 ]; then export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) TRITON_CACHE_DIR=$(mktemp -d); fi
     (cd "$code" && PYTHONPATH=$code python3 benchmarks/throughput.py --models ${MODELS:-llama-8b,smollm2-135m} \
-      --modes in_place --no-candidate-rows --whole-search --out-dir "$out" --tag whole${TAG:+-$TAG}) ;;
+      --modes ${MODES:-in_place} --no-candidate-rows --whole-search --out-dir "$out" --tag whole${TAG:+-$TAG}) ;;
+  memory)  # search-loop rows in place vs on the fly (graph-safe: one copy of the weights), with peak memory
+    PYTHONPATH=$here python3 benchmarks/throughput.py --search-loop --models ${MODELS:-llama-8b} \
+      --modes in_place,on_the_fly --graphs on --search-candidates ${CANDIDATES:-8} --no-candidate-rows \
+      --out-dir "$out" --tag memory ;;
+  kernel)  # the threshold kernel against torch.compile's static kernels, with empty compile caches
+    TRITON_CACHE_DIR=$(mktemp -d) TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) PYTHONPATH=$here \
+      python3 benchmarks/threshold_kernel.py --out-dir "$out" --tag $SIEVE_COMMIT ;;
   search-8b)  # the gpu preset's whole search on a random 8B Llama saved as a transformers folder (SmolLM2's
     # tokenizer); SEARCH_FLAGS e.g. --no-packed-rows. Loop tokens/s = results.json tokens / timings.total_s
     [ -d /tmp/llama-8b ] || python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
@@ -51,7 +58,7 @@ print('$tag loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 's
 'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt" ;;
   gpu-tests)  # the tests that need CUDA (graph replay, the threshold kernel, whole-stack writes); skipped on the CPU
     PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/metrics/test_packing.py \
-      tests/prune/test_threshold.py tests/prune/test_pruner.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
+      tests/prune/test_threshold.py tests/prune/test_pruner.py tests/search/test_graph_safe.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
     for dtype in bfloat16 agreement float32; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi

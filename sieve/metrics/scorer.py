@@ -10,9 +10,10 @@ CUDA the scorer captures each plan's run once as a CUDA graph (``torch.cuda.CUDA
 it: the same kernels on the same input and parameter storage, no Python in between.
 
 That is only valid while the model's parameters keep their storage and change only in value — the
-in-place pruner's contract (it writes pruned weights with ``copy_`` into the parameters). A pruner
-that computes weights inside the forward (``on_the_fly``) or blocks streamed from host memory are
-not, so the evaluator turns graphs on only for in-place pruning.
+in-place pruner's contract (it writes pruned weights with ``copy_`` into the parameters), and the
+graph-safe on-the-fly pruner's (every forward computes every weight by the same kernel from
+thresholds it refills in place). Blocks streamed from host memory are not, so the evaluator turns
+graphs on only for those two.
 
 A graph's numbers are eager scoring's, bit for bit: transformers builds an explicit attention mask
 while a graph is captured where an eager forward over unpadded rows would pass ``is_causal`` to

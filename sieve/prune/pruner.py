@@ -49,7 +49,7 @@ from sieve.models.matrix import Matrix
 from sieve.primitives.lowrank import Factors, LowRank, break_even_rank, factorize
 from sieve.primitives.mask import UNSTRUCTURED, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.threshold import KEEP_ALL, score_keys, threshold_mask, threshold_mask_into
+from sieve.prune.threshold import KEEP_ALL, prewarm, score_keys, threshold_mask, threshold_mask_into
 from sieve.scores.base import ScoringMethod
 from sieve.stats import MatrixStats
 
@@ -149,7 +149,14 @@ class ModelPruner:
     (``torch.nn.utils.parametrize``) for the current level — no second copy (memory ≈ 1×), one
     fused elementwise pass per matrix per forward; :meth:`release` removes the parametrisations.
     Both give the same weights bit for bit (tested). An expert's slice of a 3-D MoE tensor is
-    always pruned in place. ``writes`` counts matrices written through a stack (``stacked``, of them
+    always pruned in place.
+
+    ``graph_safe`` (``on_the_fly``, a mask-only method): every live weight is computed by the
+    threshold kernel from thresholds held in one fixed buffer per matrix, which :meth:`apply` refills
+    (a dense matrix gets the keep-everything threshold). A forward then launches the same kernels on
+    the same storage whatever the candidate, so a CUDA graph captured once replays every candidate:
+    the search's speed with the memory of one copy of the weights. Only precomputed unstructured
+    levels can be applied so (anything else is an error). ``writes`` counts matrices written through a stack (``stacked``, of them
     ``direct`` straight into the model's weights) and one by one (``single``).
 
     ``contiguous`` (in place): the model's own weights of each stack become the slices of one
@@ -161,9 +168,11 @@ class ModelPruner:
 
     def __init__(self, matrices: Sequence[Matrix], method: ScoringMethod | None, stats: Mapping[str, MatrixStats],
                  lowrank: LowRank | None = None, mode: str = "in_place", device: torch.device | None = None,
-                 contiguous: bool = False) -> None:
+                 contiguous: bool = False, graph_safe: bool = False) -> None:
         if mode not in ("in_place", "on_the_fly"):
             raise ValueError(f"mode must be in_place or on_the_fly, got {mode!r}")
+        if graph_safe and (mode != "on_the_fly" or method is None or not method.mask_only):
+            raise ValueError("graph_safe needs on_the_fly mode and a mask-only scoring method")
         self.matrices = list(matrices)
         self.by_name = {m.name: m for m in self.matrices}
         self.method = method
@@ -182,6 +191,8 @@ class ModelPruner:
                     self.exec_device[m.name]
                 )
         self.thresholds: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for device in {d for d in self.exec_device.values()} if self.factor else ():
+            prewarm({(m.weight.dtype, *m.shape) for m in self.matrices if self.exec_device[m.name] == device}, device)
         self.current: dict[str, tuple] = {m.name: DENSE for m in self.matrices}
         self._sparsity: dict[str, float] = {}  # the nominal sparsity behind a (count, pattern) state
         self._columns: dict[tuple[int, str], torch.Tensor] = {}
@@ -189,6 +200,9 @@ class ModelPruner:
         self.whole_stack_devices = {"cuda"}  # where a changed contiguous stack is rewritten whole
         # on_the_fly parametrises a module's 2-D weight; an expert's slice of a 3-D tensor is pruned in place
         self.live = {m.name for m in self.matrices if mode == "on_the_fly" and m.expert is None}
+        # graph_safe: each live matrix's (s*, c*) buffers, read by every forward
+        self.live_thresholds = {name: tuple(t.clone() for t in self._threshold(name))
+                                for name in sorted(self.live)} if graph_safe else {}
         self.dense: dict[str, torch.Tensor] = {}
         self.stacks: dict[str, _Stack] = {}  # matrix name -> its stack
         self.writes: Counter[str] = Counter()
@@ -256,18 +270,29 @@ class ModelPruner:
         """Prune every matrix to its allocated sparsity or rank (unlisted matrices are restored dense).
 
         Only matrices whose level changed are written."""
-        changed = []
+        changed, states = [], []
         for m in self.matrices:
             state, sparsity = self.state_of(m, allocation)
             if self.current[m.name] == state:
                 continue
             if state[0] != "rank" and state[0] and self.method is None:
                 raise SieveError(f"{m.name} is sparsified, but no scoring method was given")
-            self.current[m.name] = state
-            self._sparsity[m.name] = sparsity
-            if m.name not in self.live:
-                changed.append(m)
-        self._write(changed)
+            if m.name in self.live_thresholds and state != DENSE and not self._thresholded(m.name, state):
+                raise SieveError(f"{m.name}: level {state} has no precomputed unstructured threshold; a graph-safe "
+                                 "pruner applies those only")
+            changed.append(m)
+            states.append((state, sparsity))
+        for m, (state, sparsity) in zip(changed, states, strict=True):
+            self.current[m.name], self._sparsity[m.name] = state, sparsity
+        self._write([m for m in changed if m.name not in self.live])
+        self._refill([m.name for m in changed if m.name in self.live_thresholds])
+
+    def _refill(self, names: Sequence[str]) -> None:
+        """The live threshold buffers of ``names`` ← their current levels' (one multi-tensor copy)."""
+        if names:
+            thresholds = [self._threshold(name) for name in names]
+            torch._foreach_copy_([b for name in names for b in self.live_thresholds[name]],
+                                 [t for pair in thresholds for t in pair])
 
     @staticmethod
     def state_of(m: Matrix, allocation: Allocation) -> tuple[tuple, float]:
@@ -383,6 +408,9 @@ class ModelPruner:
         weight (``dense``: where it is right now, for a parametrised weight)."""
         state = self.current[name]
         dense = self.dense[name] if dense is None else dense
+        if name in self.live_thresholds:  # whatever the level: the same kernel on the same buffers
+            columns = self.column_index(dense.shape[1], dense.device)
+            return threshold_mask(dense.detach(), self.factor[name], *self.live_thresholds[name], columns)
         if state == DENSE:
             return dense
         if dense.device != self.exec_device[name]:  # a streamed block's weight read outside its forward
@@ -412,6 +440,7 @@ class ModelPruner:
         for m in changed:
             self.current[m.name] = DENSE
         self._write([m for m in changed if m.name not in self.live])
+        self._refill([m.name for m in changed if m.name in self.live_thresholds])
 
     def release(self) -> None:
         """Dense weights back and, for ``on_the_fly``, the model's plain modules (no parametrisation)."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections.abc import Iterable
 
 import torch
 
@@ -44,7 +46,7 @@ def threshold_mask(dense: torch.Tensor, factor: torch.Tensor, t_score: torch.Ten
     """``W ⊙ keep`` with ``keep_ij = S_ij > s*_i or (S_ij = s*_i and j > c*_i)``, ``S = |W|·f`` in float32
     (``columns``: ``0 … cols − 1``, int32). On CUDA the kernel of :func:`threshold_mask_into`."""
     if _uses_kernel(dense):
-        out = torch.empty_like(dense)
+        out = torch.empty(dense.shape, dtype=dense.dtype, device=dense.device)  # row-major, whatever dense's strides
         threshold_mask_into(out, dense, factor, t_score, t_col, columns)
         return out
     return _eager(dense, factor, t_score, t_col, columns)
@@ -142,9 +144,40 @@ def tile(rows: int, cols: int) -> tuple[int, int]:
     return next(r for r in (16, 8, 4, 2, 1) if r <= most and rows % r == 0), block
 
 
+_compiling: list[threading.Thread] = []
+
+
+def prewarm(layouts: Iterable[tuple[torch.dtype, int, int]], device: torch.device) -> None:
+    """Compile the kernel for matrices of these ``(dtype, rows, cols)`` in a background thread, so
+    that the compilation (about 1.5 s on a fresh machine) overlaps whatever the caller does next —
+    a search's level precomputation, task encoding and dense reference forwards — instead of holding
+    up its first candidate. The first launch waits for it. A no-op off CUDA or without Triton; a
+    compilation that fails here is said once and happens at first use instead."""
+    if device.type != "cuda" or _kernel() is None:
+        return
+    kernel = _kernel()
+    variants = sorted({(dtype, *tile(rows, cols), cols % 16 == 0) for dtype, rows, cols in layouts}, key=str)
+
+    def compile_variants() -> None:
+        try:
+            with torch.cuda.device(device):
+                for dtype, per, block, aligned in variants:
+                    kernel.warmup(dtype, dtype, torch.float32, torch.float32, torch.int32, *[4096] * 14, grid=(1,),
+                                  ROWS=per, BLOCK=block, ALIGNED=aligned)
+        except Exception as exc:  # noqa: BLE001 - compiled at first use instead (the same kernel)
+            log.warning("compiling the threshold kernel ahead failed (%s: %s); it compiles at first use",
+                        type(exc).__name__, exc)
+
+    thread = threading.Thread(target=compile_variants, name="sieve-threshold-compile", daemon=True)
+    thread.start()
+    _compiling.append(thread)
+
+
 def _launch(out, dense, factor, t_score, t_col, kernel=None) -> None:
     """Run the kernel (``kernel``, default :func:`_kernel`'s) over ``out`` viewed as ``(G, K, rows, cols)``
     with every operand broadcast to it (stride 0 where broadcast)."""
+    while _compiling:
+        _compiling.pop().join()
     if not 2 <= out.dim() <= 4 or out.stride(-1) != 1:
         raise ValueError(f"threshold_mask_into: out must have 2 to 4 dimensions, the last contiguous; "
                          f"got {tuple(out.shape)} with strides {out.stride()}")

@@ -283,8 +283,11 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
         log.info("pruner mode: %s (auto; pruned matrices %.2f GiB)", mode, matrix_bytes / 2**30)
     if streamed and mode != "on_the_fly":
         raise SieveError("decoder blocks streamed from host memory need --pruner-mode on_the_fly (or auto)")
+    graphable = config.cuda_graphs and not streamed and ws.device.type == "cuda"
+    graph_safe = graphable and mode == "on_the_fly" and _thresholds_only(config, space)
     pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
-                         device=ws.device if ws.loaded.streamer is not None else None, contiguous=mode == "in_place")
+                         device=ws.device if ws.loaded.streamer is not None else None, contiguous=mode == "in_place",
+                         graph_safe=graph_safe)
     pruner.precompute_levels(space.row_counts())
     for name in space.factorisable():  # one SVD per matrix, up front: every rank afterwards is a slice
         pruner.factors_of(name)
@@ -295,7 +298,10 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
         general_blocks = token_blocks(
             ws.corpus.calibration[::-1], ws.tokenizer, config.general_fitness_blocks, config.calibration.block_len
         )
-    graphs = config.cuda_graphs and mode == "in_place" and not streamed and ws.device.type == "cuda"
+    graphs = graphable and (mode == "in_place" or graph_safe)
+    if graphable and not graphs:
+        log.warning("CUDA graphs are off: pruning on the fly replays a graph only with a per-weight score and "
+                    "unstructured levels (no N:M patterns, no low-rank levels)")
     inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=graphs,
                            packing="auto" if config.packed_rows else False)
     fitness.prepare(ws.model, inputs)
@@ -311,6 +317,13 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
             torch.cuda.synchronize(ws.device)
             log.info("%d lanes: model replicas evaluating candidates side by side on %s", usable, ws.device)
     return evaluator
+
+
+def _thresholds_only(config: SearchConfig, space: SearchSpace) -> bool:
+    """Whether every level of ``space`` is a precomputed threshold of a per-weight score (what a
+    graph-safe pruner applies)."""
+    method = config.space.method
+    return method is not None and method.mask_only and not space.pattern.structured and not space.factorisable()
 
 
 def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, space: SearchSpace,

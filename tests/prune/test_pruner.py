@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sieve.errors import SieveError
 from sieve.models.adapters import find_matrices
 from sieve.primitives.mask import Pattern, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
@@ -130,6 +131,49 @@ def test_on_the_fly_weights_equal_in_place_bit_for_bit(name, request):
         assert torch.equal(model(input_ids=ids).logits, dense_logits)
     for (w_a, l_a), (w_b, l_b) in zip(results["in_place"], results["on_the_fly"]):
         assert all(torch.equal(a, b) for a, b in zip(w_a, w_b)) and torch.equal(l_a, l_b)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_graph_safe_on_the_fly_weights_equal_in_place_bit_for_bit(name, request):
+    """A graph-safe pruner computes every live weight by the same kernel from its threshold buffers
+    (refilled by apply and restore, keep-everything when dense): the weights, logits and restored model
+    of the in-place mode, the kernels' inputs never moving; a level without a precomputed threshold
+    (N:M) is refused before anything changes."""
+    model = request.getfixturevalue(name)
+    mats = find_matrices(model)
+    ids = torch.randint(0, 200, (2, 16))
+    dense_logits = model(input_ids=ids).logits
+    levels = (0.2, 0.4, 0.6)
+    allocations = [Allocation({m.name: levels[i % 3] for i, m in enumerate(mats)}),
+                   Allocation({m.name: 0.4 for m in mats[1:]}), Allocation({m.name: levels[(i + 1) % 3]
+                                                                           for i, m in enumerate(mats)})]
+    results = {}
+    for mode, graph_safe in (("in_place", False), ("on_the_fly", True)):
+        pruner = ModelPruner(mats, get_method("magnitude"), {}, mode=mode, graph_safe=graph_safe)
+        pruner.precompute_levels({m.name: {row_prune_count(m.shape[1], s) for s in levels} for m in mats})
+        buffers = {n: tuple(t.data_ptr() for t in pair) for n, pair in pruner.live_thresholds.items()}
+        seen = []
+        for alloc in allocations:
+            pruner.apply(alloc)
+            with torch.no_grad():
+                seen.append(([m.weight.clone() for m in mats], model(input_ids=ids).logits))
+        if graph_safe:
+            assert sorted(buffers) == sorted(m.name for m in mats)
+            assert buffers == {n: tuple(t.data_ptr() for t in pair) for n, pair in pruner.live_thresholds.items()}
+            before = {n: pair[0].clone() for n, pair in pruner.live_thresholds.items()}
+            with pytest.raises(SieveError, match="graph-safe"):
+                pruner.apply(Allocation({m.name: 0.5 for m in mats}, Pattern(2, 4)))
+            assert all(torch.equal(pruner.live_thresholds[n][0], t) for n, t in before.items())
+            pruner.restore()
+            with torch.no_grad():
+                assert torch.equal(model(input_ids=ids).logits, dense_logits)
+        pruner.release()
+        results[mode] = seen
+        assert torch.equal(model(input_ids=ids).logits, dense_logits)
+    for (w_a, l_a), (w_b, l_b) in zip(results["in_place"], results["on_the_fly"], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(w_a, w_b)) and torch.equal(l_a, l_b)
+    with pytest.raises(ValueError, match="graph_safe"):
+        ModelPruner(mats, get_method("magnitude"), {}, mode="in_place", graph_safe=True)
 
 
 def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():

@@ -36,7 +36,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check_layouts(launch, g, members, rows, cols, dtype, device="cpu"):
-    """One matrix (1-D factor), a stack written in place as a slice of a larger one, and ``K``
+    """One matrix (1-D factor; also column-major), a stack written in place as a slice of a larger one, and ``K``
     candidate slots of a stack (dense broadcast over the slots, one slot keeping everything)."""
     dense, factor, t_score, t_col, columns = _case(g, members, rows, cols, dtype, device)
     want = _eager(dense, factor, t_score, t_col, columns)
@@ -44,6 +44,9 @@ def _check_layouts(launch, g, members, rows, cols, dtype, device="cpu"):
 
     out = torch.empty(rows, cols, dtype=dtype, device=device)
     launch(out, dense[0], factor[0, 0], t_score[0], t_col[0])
+    assert torch.equal(_bits(out), _bits(want[0]))
+    out.zero_()
+    launch(out, dense[0].t().contiguous().t(), factor[0, 0], t_score[0], t_col[0])  # a transposed module's weight
     assert torch.equal(_bits(out), _bits(want[0]))
 
     stack = torch.full((members + 2, rows, cols), 7.0, dtype=dtype, device=device)
@@ -123,3 +126,18 @@ def test_cuda_kernel_addresses_past_two_to_the_31():
     threshold_mask_into(out, dense, factor, t_score, t_col, torch.arange(cols, device="cuda", dtype=torch.int32))
     last = out[-1, -1, -4:].float().tolist()
     assert last == [-3.0, 0.0, 2.0, 3.0] and float(out[0, 0, -1]) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel runs on CUDA")
+def test_cuda_prewarm_compiles_what_the_first_launch_needs():
+    """The background compilation builds the very variant a later launch of that layout uses (the
+    launch compiles nothing more), and the launch waits for it."""
+    kernel = threshold._kernel()
+    cache = kernel.device_caches[torch.cuda.current_device()][0]
+    before = len(cache)
+    threshold.prewarm([(torch.float16, 3, 48)], torch.device("cuda"))  # a variant no other test compiles
+    dense, factor, t_score, t_col, columns = _case(torch.Generator().manual_seed(2), 2, 3, 48, torch.float16, "cuda")
+    out = torch.empty_like(dense)
+    threshold_mask_into(out, dense, factor, t_score, t_col, columns)
+    assert not threshold._compiling and len(cache) == before + 1
+    assert torch.equal(_bits(out), _bits(_eager(dense, factor, t_score, t_col, columns)))
