@@ -332,7 +332,14 @@ def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, s
     per-weight score and unstructured levels, plain ``Linear`` matrices and a fitness read from task
     scores alone; the candidates' weights (``limit`` × ``matrix_bytes``) must fit in half the
     free memory, else fewer are used — one: the one-candidate path — said once (per-candidate results
-    then differ in the last bits from a run that used more, :mod:`sieve.models.batched`)."""
+    then differ in the last bits from a run that used more, :mod:`sieve.models.batched`). Where
+    ``--pruner-mode auto`` chose to prune on the fly (one copy of the weights is what fits), that is
+    one too, said once."""
+    if pruner.mode == "on_the_fly" and config.pruner_mode == "auto":
+        log.warning("--batch-candidates %d: the weights fit only once, so they are pruned on the fly; candidates "
+                    "are scored one per forward (results may differ in the last bits from a run with more)",
+                    config.batch_candidates)
+        return 1
     reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices)
               or ("the space has factorised (low-rank) levels" if space.factorisable() else None)
               or ("the space prunes in N:M patterns" if space.pattern.structured else None)

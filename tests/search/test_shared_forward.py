@@ -95,3 +95,20 @@ def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, feasi
         assert evaluator.timings.graphed == (evaluator.timings.candidates if graphs else 0)
         evaluator.close()
     assert values[True] == values[False]
+
+
+def test_auto_on_the_fly_scores_one_candidate_per_forward(search_config, tmp_path, caplog) -> None:
+    """Pruning on the fly is what ``auto`` picks when the weights fit only once: a preset's
+    ``batch_candidates`` then falls back to one per forward, said once; asked for explicitly with
+    on-the-fly pruning it is an error."""
+    from sieve.search.evaluator import _shared_limit
+
+    prepared = prepare(search_config(pruner_mode="on_the_fly"), RunDir(tmp_path / "r").stats)
+    evaluator, ws = prepared.evaluator, prepared.workspace
+    matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in prepared.space.matrices)
+    args = (evaluator.fitness, evaluator.pruner, prepared.space, ws, matrix_bytes)
+    assert _shared_limit(search_config(batch_candidates=3), *args) == 1  # pruner_mode auto
+    assert "the weights fit only once" in caplog.text
+    with pytest.raises(SieveError, match="computes weights on the fly"):
+        _shared_limit(search_config(batch_candidates=3, pruner_mode="on_the_fly"), *args)
+    evaluator.close()
