@@ -302,7 +302,10 @@ def measure_whole_search(model, tokenizer, name: str, device: torch.device, sear
     from sieve.search.rundir import RunDir
     from sieve.stats.calibrate import Statistics
 
-    cfg = magnitude_config(search, inputs, pruner_mode=mode, **({"generations": generations} if generations else {}))
+    changes = {"generations": generations} if generations else {}
+    if mode == "on_the_fly":  # several candidates per forward need in-place pruning
+        changes["batch_candidates"] = 1
+    cfg = magnitude_config(search, inputs, pruner_mode=mode, **changes)
     ws = task_workspace(model, tokenizer, name, cfg, inputs, "whole-search")
     if ws is None:
         return None
