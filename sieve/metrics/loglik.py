@@ -62,7 +62,14 @@ import torch
 from sieve.errors import SieveError
 from sieve.metrics.packing import pack_rows, pair_cost
 from sieve.models.batched import parameter_count
-from sieve.models.forward import ForwardFeatures, forward_features, output_cache, packed_mask, packed_positions
+from sieve.models.forward import (
+    ForwardFeatures,
+    evaluating,
+    forward_features,
+    output_cache,
+    packed_mask,
+    packed_positions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,13 +456,8 @@ class ScoringPlan:
 
     def score(self, model: torch.nn.Module) -> list[ChoiceScores]:
         """Run eagerly (``inference_mode``, eval mode) and collect: one :class:`ChoiceScores` per copy."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                return self.collect(*self.run(model))
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.inference_mode():
+            return self.collect(*self.run(model))
 
 
 def _prefix_mask(prefix: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from sieve.errors import SieveError
+from sieve.models.forward import evaluating
 
 
 def perplexity(
@@ -29,20 +30,15 @@ def perplexity(
     if device is None:
         device = next(model.parameters()).device
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, token_blocks.shape[0], batch_size):
-                ids = token_blocks[start:start + batch_size].to(device=device, dtype=torch.long)
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-                nll = torch.nn.functional.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    ids[:, 1:].reshape(-1),
-                    reduction="none",
-                )
-                total += float(nll.double().sum())
-                count += nll.numel()
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.inference_mode():
+        for start in range(0, token_blocks.shape[0], batch_size):
+            ids = token_blocks[start:start + batch_size].to(device=device, dtype=torch.long)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                ids[:, 1:].reshape(-1),
+                reduction="none",
+            )
+            total += float(nll.double().sum())
+            count += nll.numel()
     return math.exp(total / count)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, PackingChoice, ScoringPlan
+from sieve.models.forward import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,15 @@ class TaskScorer:
             raise ValueError("a TaskScorer's CUDA graphs belong to the parameter storage they were captured on "
                              "(another model, or weights moved since)")
         key = (plan.indices, copies)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                if key not in self.graphs:
-                    self.graphs[key] = self._capture(plan, model, device)
-                run = self.graphs[key]
-                if run is None:
-                    scores = plan.score(model)
-                    return lambda: scores
-                self.replays += 1
-                outputs = tuple(t.clone() for t in run())
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.inference_mode():
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(plan, model, device)
+            run = self.graphs[key]
+            if run is None:
+                scores = plan.score(model)
+                return lambda: scores
+            self.replays += 1
+            outputs = tuple(t.clone() for t in run())
         return lambda: plan.collect(*outputs)
 
     def _capture(self, plan: ScoringPlan, model: torch.nn.Module, device: torch.device) -> CapturedRun | None:

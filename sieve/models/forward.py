@@ -36,9 +36,10 @@ without the shared prefix (``tests/models/gemma3`` shows both the error and the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,21 @@ def packed_positions(lengths: Sequence[int], start: int, lead: int = 0) -> torch
     """``(1, T)`` position ids: the ``lead`` tokens count from 0, every sequence from ``start`` (the
     shared prefix's length)."""
     return torch.cat([torch.arange(lead), *(torch.arange(n) + start for n in lengths)]).unsqueeze(0)
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block, its mode restored after. A model in eval mode already
+    (what sieve loads) is left alone: ``eval()`` and ``train()`` walk every module, milliseconds per
+    call at 8B, and a search scores thousands of times."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
 
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, ForwardFeatures] = weakref.WeakKeyDictionary()
@@ -230,9 +246,7 @@ class _Probe:
 
 @torch.inference_mode()
 def _probe(model: torch.nn.Module) -> ForwardFeatures:
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         probe = _Probe(model)
         positions = probe.passes(probe.position_ids)
         keep = probe.passes(probe.logits_to_keep)
@@ -241,5 +255,3 @@ def _probe(model: torch.nn.Module) -> ForwardFeatures:
             cache = next((name for name in CACHE_ARGUMENTS if probe.passes(lambda: probe.cache(name))), None)
         packed = positions and probe.passes(lambda: probe.packed_rows(cache))
         return ForwardFeatures(positions, keep, cache, attention_window(getattr(model, "config", None)), packed)
-    finally:
-        model.train(was_training)

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from sieve.models.forward import CACHE_ARGUMENTS, forward_features, output_cache
+from sieve.models.forward import CACHE_ARGUMENTS, evaluating, forward_features, output_cache
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
@@ -70,3 +70,18 @@ def test_attention_window_is_read_from_the_config(family, options, window):
 
     config = AutoConfig.for_model(family, num_hidden_layers=2, **options)
     assert attention_window(config) == window
+
+
+def test_evaluating_switches_only_a_training_model(llama, monkeypatch):
+    """A training model is in eval mode inside and training again after; a model in eval mode already
+    is not walked at all (``train`` is never called)."""
+    llama.train()
+    with evaluating(llama):
+        assert not any(m.training for m in llama.modules())
+    assert all(m.training for m in llama.modules())
+    llama.eval()
+    calls = []
+    monkeypatch.setattr(type(llama), "train", lambda self, mode=True: calls.append(mode) or self)
+    with evaluating(llama):
+        assert not llama.training
+    assert calls == [] and not llama.training
