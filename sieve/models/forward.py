@@ -126,8 +126,8 @@ def packed_positions(lengths: Sequence[int], start: int, lead: int = 0) -> torch
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``model`` in eval mode inside the block, its mode restored after. A model in eval mode already
-    (what sieve loads) is left alone: ``eval()`` and ``train()`` walk every module, milliseconds per
-    call at 8B, and a search scores thousands of times."""
+    (what sieve loads) is left alone: ``eval()`` and ``train()`` walk every module (~420 in an 8B
+    Llama), and a search scores thousands of times."""
     was_training = model.training
     if was_training:
         model.eval()

@@ -149,15 +149,15 @@ class ModelPruner:
     (``torch.nn.utils.parametrize``) for the current level — no second copy (memory ≈ 1×), one
     fused elementwise pass per matrix per forward; :meth:`release` removes the parametrisations.
     Both give the same weights bit for bit (tested). An expert's slice of a 3-D MoE tensor is
-    always pruned in place.
+    always pruned in place. ``writes`` counts matrices written through a stack (``stacked``, of them
+    ``direct`` straight into the model's weights) and one by one (``single``).
 
     ``graph_safe`` (``on_the_fly``, a mask-only method): every live weight is computed by the
     threshold kernel from thresholds held in one fixed buffer per matrix, which :meth:`apply` refills
     (a dense matrix gets the keep-everything threshold). A forward then launches the same kernels on
-    the same storage whatever the candidate, so a CUDA graph captured once replays every candidate:
-    the search's speed with the memory of one copy of the weights. Only precomputed unstructured
-    levels can be applied so (anything else is an error). ``writes`` counts matrices written through a stack (``stacked``, of them
-    ``direct`` straight into the model's weights) and one by one (``single``).
+    the same storage whatever the candidate, so a CUDA graph captured once replays every candidate
+    with the memory of one copy of the weights. Only precomputed unstructured levels can be applied
+    so (anything else is an error).
 
     ``contiguous`` (in place): the model's own weights of each stack become the slices of one
     ``(G, out, in)`` tensor too (the parameters keep their identity; their ``.data`` moves), so a
@@ -191,8 +191,10 @@ class ModelPruner:
                     self.exec_device[m.name]
                 )
         self.thresholds: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-        for device in {d for d in self.exec_device.values()} if self.factor else ():
-            prewarm({(m.weight.dtype, *m.shape) for m in self.matrices if self.exec_device[m.name] == device}, device)
+        if self.factor:  # the threshold kernel compiles while the caller precomputes levels
+            for device in set(self.exec_device.values()):
+                prewarm({(m.weight.dtype, *m.shape) for m in self.matrices if self.exec_device[m.name] == device},
+                        device)
         self.current: dict[str, tuple] = {m.name: DENSE for m in self.matrices}
         self._sparsity: dict[str, float] = {}  # the nominal sparsity behind a (count, pattern) state
         self._columns: dict[tuple[int, str], torch.Tensor] = {}
