@@ -9,7 +9,7 @@ A mask-only score is ``S = |W| · f`` (``f`` a per-input-channel factor, float32
 one elementwise pass (:func:`threshold_mask`). On CUDA, :func:`threshold_mask_into` runs it as one
 Triton kernel for every layout the pruner writes — one matrix, a stack ``(G, out, in)``, or ``K``
 candidate slots of a stack ``(G, K, out, in)`` — compiled once per dtype and tile, whatever the
-shapes (``torch.compile`` compiled one static-shape kernel per layout, 0.4–0.5 s each on an H100
+shapes (``torch.compile`` compiled one static-shape kernel per layout, 0.35–0.6 s each on an H100
 with empty caches, and past dynamo's recompile limit fell back to eager). Each program masks a tile
 of rows of one matrix, so the index arithmetic is a few divisions per tile, none per element. The
 bits are those of the eager rule: the same float32 products and comparisons, and ``W · keep``
