@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, sync, write_result  # noqa: E402
 
 from sieve.prune import threshold  # noqa: E402
 
@@ -48,23 +48,22 @@ def operands(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
 
 
 def eager_into(out, dense, factor, t_score, t_col, columns) -> None:
-    scores = dense.float().abs() * factor
-    out.copy_(dense * ((scores > t_score) | ((scores == t_score) & (columns > t_col))))
+    """The pruner's eager rule, written into ``out`` (the reference, and what torch.compile fuses)."""
+    out.copy_(threshold._eager(dense, factor, t_score, t_col, columns))
 
 
 def timed(fn, args, device: torch.device, reps: int) -> tuple[float, float]:
     """(first call's seconds, median seconds of ``reps`` later calls)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     fn(*args)
-    sync()
+    sync(device)
     first = time.perf_counter() - t0
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn(*args)
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return first, sorted(times)[len(times) // 2]
 

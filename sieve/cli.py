@@ -227,7 +227,7 @@ def search(
     pruner_mode: Annotated[Optional[str], typer.Option(help="auto, in_place or on_the_fly (weights computed at every forward: ~1× the model's memory).")] = None,
     lanes: Annotated[Optional[int], typer.Option(help="In-process on a GPU: model replicas evaluating candidates side by side (small models).")] = None,
     batch_candidates: Annotated[Optional[int], typer.Option(help="In-process: up to this many candidates share one forward, each with its own pruned weights (small models on a GPU).")] = None,
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU with in-place pruning, replay each stage's scoring as a CUDA graph (default on).")] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU (in-place pruning, or on the fly with a per-weight score), replay each stage's scoring as a CUDA graph (default on).")] = None,
     packed_rows: Annotated[Optional[bool], typer.Option("--packed-rows/--no-packed-rows", help="Score several examples in one unpadded row where that is cheaper than padded length buckets (large models; default on).")] = None,
     verbose: Verbose = False,
 ) -> None:

@@ -53,8 +53,9 @@ class SearchConfig(InputsConfig):
         "model instead of 2×, one pruning pass per forward); in_place: one pass per candidate; auto: in_place where "
         "twice the pruned matrices fit in free memory, else on_the_fly")
     cuda_graphs: bool = Field(
-        True, description="on a GPU with in-place pruning, each stage's scoring is captured once as a CUDA graph and "
-        "replayed for every candidate (a small model's forward is launch-bound)")
+        True, description="on a GPU with in-place pruning (or on-the-fly pruning with a per-weight score and "
+        "unstructured levels), each stage's scoring is captured once as a CUDA graph and replayed for every "
+        "candidate (a small model's forward is launch-bound)")
     lanes: int = Field(
         1, ge=1, le=16, description="in-process on a GPU: model replicas evaluating candidates side by side, each on "
         "its own CUDA stream (a small model's forward leaves the GPU mostly idle); fewer where they do not fit")
