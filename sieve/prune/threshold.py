@@ -94,8 +94,11 @@ def build_kernel(interpret: bool = False):
     ``rows``, so with ``r₀ = t·ROWS``: ``i₀ = r₀ mod rows``, slot ``(r₀ div rows) mod K``, member
     ``(r₀ div rows) div K``, three 32-bit divisions per tile and one load of the factor's block for
     all its rows. The tile's base offset is 64-bit (stacks past 2³¹ elements), offsets within it
-    32-bit. Sizes and strides are run-time values (one compile per dtype, tile and ``ALIGNED``);
-    ``ALIGNED`` tells the compiler that rows start at multiples of 16 elements (vector loads)."""
+    32-bit. Sizes and strides are run-time values (one compile per dtype, tile and ``ALIGNED``).
+    ``ALIGNED`` says that ``cols`` and every row stride are multiples of 16 elements: rewritten as
+    ``x // 16 * 16`` (the same value), they let the compiler prove each row's columns start aligned and
+    the bounds mask constant over 16 columns, so loads and stores are 16-byte vectors — without it
+    (a run-time stride proves nothing) every bf16 element was its own 2-byte load."""
     import triton
     import triton.language as tl
 
@@ -114,6 +117,7 @@ def build_kernel(interpret: bool = False):
             out_base = tl.multiple_of(out_base, 16)
             dense_base = tl.multiple_of(dense_base, 16)
             factor_base = tl.multiple_of(factor_base, 16)
+            out_r, dense_r, cols = out_r // 16 * 16, dense_r // 16 * 16, cols // 16 * 16
         i = tl.arange(0, ROWS)
         j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = (j < cols)[None, :]
@@ -191,12 +195,17 @@ def _launch(out, dense, factor, t_score, t_col, kernel=None) -> None:
     if score4.stride() != col4.stride():  # one set of strides for both: materialise the small tables
         score4, col4 = score4.contiguous(), col4.contiguous()
     g, k, rows, cols = shape
-    rows_at = (*out4.stride()[:3], *dense4.stride()[:3], *factor4.stride()[:2])
-    aligned = all(s % 16 == 0 for s in rows_at)
+    rows_at = (*_strides(out4, 3), *_strides(dense4, 3), *_strides(factor4, 2))
+    aligned = cols % 16 == 0 and all(s % 16 == 0 for s in rows_at)
     per, block = tile(rows, cols)
     grid = (g * k * rows // per, -(-cols // block))
     (kernel or _kernel())[grid](out4, dense4, factor4, score4, col4, rows, k, cols, *rows_at,
                                 *score4.stride()[:3], ROWS=per, BLOCK=block, ALIGNED=aligned)
+
+
+def _strides(t: torch.Tensor, dims: int) -> tuple[int, ...]:
+    """The first ``dims`` strides, 0 for a dimension of size 1 (never stepped, so it cannot misalign)."""
+    return tuple(0 if n == 1 else s for n, s in zip(t.shape[:dims], t.stride()[:dims]))
 
 
 def _last_contiguous(t: torch.Tensor) -> torch.Tensor:

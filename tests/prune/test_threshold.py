@@ -36,7 +36,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check_layouts(launch, g, members, rows, cols, dtype, device="cpu"):
-    """One matrix (1-D factor; also column-major), a stack written in place as a slice of a larger one, and ``K``
+    """One matrix (1-D factor; also column-major, and the first columns of a wider one), a stack written in place as a slice of a larger one, and ``K``
     candidate slots of a stack (dense broadcast over the slots, one slot keeping everything)."""
     dense, factor, t_score, t_col, columns = _case(g, members, rows, cols, dtype, device)
     want = _eager(dense, factor, t_score, t_col, columns)
@@ -48,6 +48,10 @@ def _check_layouts(launch, g, members, rows, cols, dtype, device="cpu"):
     out.zero_()
     launch(out, dense[0].t().contiguous().t(), factor[0, 0], t_score[0], t_col[0])  # a transposed module's weight
     assert torch.equal(_bits(out), _bits(want[0]))
+    wide = torch.full((2, rows, -(-cols // 16) * 16 + 16), 7.0, dtype=dtype, device=device)
+    wide[1, :, :cols] = dense[0]
+    launch(wide[0, :, :cols], wide[1, :, :cols], factor[0, 0], t_score[0], t_col[0])  # rows 16-aligned, the width not
+    assert torch.equal(_bits(wide[0, :, :cols]), _bits(want[0])) and bool((wide[0, :, cols:] == 7).all())
 
     stack = torch.full((members + 2, rows, cols), 7.0, dtype=dtype, device=device)
     launch(stack[1 : members + 1], dense, factor, t_score, t_col)
