@@ -12,6 +12,11 @@ export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse
 here=$(pwd)
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
+loop_line() {  # a CLI search's loop: results.json tokens / timings.total_s
+  python3 -c "import json; r = json.load(open('$2/results.json')); t = r['timings']; \
+print('$1 loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 'score', round(t['forward_s'], 1), \
+'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt"
+}
 timed() { local name=$1; shift; local t0=$EPOCHREALTIME; "$@"; awk -v a="$t0" -v b="$EPOCHREALTIME" -v n="$name" 'BEGIN{printf "%s %.1f s\n", n, b - a}' | tee -a "$out/wall.txt"; }
 case ${1:?step} in
   before)
@@ -53,19 +58,18 @@ import torch; from large_model import save_random_model; save_random_model('llam
     timed "search-$tag" env PYTHONPATH=$here python3 -m sieve.cli search --model /tmp/llama-8b --config gpu --budget 0.5 \
       ${SEARCH_FLAGS:-} --run-dir /tmp/run-$tag > "$out/search-$tag.log" 2>&1
     cp /tmp/run-$tag/results.json "$out/search-$tag-results.json"
-    python3 -c "import json; r = json.load(open('/tmp/run-$tag/results.json')); t = r['timings']; \
-print('$tag loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 'score', round(t['forward_s'], 1), \
-'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt" ;;
+    loop_line $tag /tmp/run-$tag ;;
   gpu-tests)  # the tests that need CUDA (graph replay, the threshold kernel, whole-stack writes); skipped on the CPU
     PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/metrics/test_packing.py \
       tests/prune/test_threshold.py tests/prune/test_pruner.py tests/search/test_graph_safe.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
-  search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype)
-    for dtype in bfloat16 agreement float32; do
+  search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype); DTYPES picks
+    for dtype in ${DTYPES:-bfloat16 agreement float32}; do
       if [ $dtype = agreement ]; then PYTHONPATH=$here python3 benchmarks/dtype_agreement.py --out-dir "$out"; continue; fi
       timed "search-after-$dtype" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.5 \
         --dtype $dtype --run-dir /tmp/run-$dtype > "$out/search-$dtype.log" 2>&1
       cp /tmp/run-$dtype/results.json "$out/search-$dtype-results.json"
       cp /tmp/run-$dtype/best_allocation.json "$out/search-$dtype-allocation.json"
+      loop_line $dtype /tmp/run-$dtype
     done ;;
   lowrank)
     timed "search-lowrank" env PYTHONPATH=$here python3 -m sieve.cli search --config gpu --budget 0.2 --space lowrank \
