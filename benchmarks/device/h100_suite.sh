@@ -12,10 +12,11 @@ export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-$(git rev-parse
 here=$(pwd)
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-loop_line() {  # a CLI search's loop: results.json tokens / timings.total_s
-  python3 -c "import json; r = json.load(open('$2/results.json')); t = r['timings']; \
-print('$1 loop', round(t['total_s'], 1), 's apply', round(t['apply_s'], 1), 'score', round(t['forward_s'], 1), \
-'tokens', r['tokens'], 'tok/s', round(r['tokens'] / t['total_s']), 'best', r['best_fitness'])" | tee -a "$out/wall.txt"
+loop_line() {  # a CLI search's loop: every generation's seconds (search_seconds), and the evaluator's apply + score
+  python3 -c "import json; r = json.load(open('$2/results.json')); t = r['timings']; s = r['search_seconds']; \
+print('$1 loop', round(s, 2), 's tok/s', round(r['tokens'] / s), '| apply + score', round(t['total_s'], 2), 's (apply', \
+round(t['apply_s'], 2), 'score', round(t['forward_s'], 2), ') tok/s', round(r['tokens'] / t['total_s']), '| tokens', \
+r['tokens'], 'best', r['best_fitness'])" | tee -a "$out/wall.txt"
 }
 timed() { local name=$1; shift; local t0=$EPOCHREALTIME; "$@"; awk -v a="$t0" -v b="$EPOCHREALTIME" -v n="$name" 'BEGIN{printf "%s %.1f s\n", n, b - a}' | tee -a "$out/wall.txt"; }
 case ${1:?step} in

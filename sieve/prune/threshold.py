@@ -95,10 +95,11 @@ def build_kernel(interpret: bool = False):
     ``(r₀ div rows) div K``, three 32-bit divisions per tile and one load of the factor's block for
     all its rows. The tile's base offset is 64-bit (stacks past 2³¹ elements), offsets within it
     32-bit. Sizes and strides are run-time values (one compile per dtype, tile and ``ALIGNED``).
-    ``ALIGNED`` says that ``cols`` and every row stride are multiples of 16 elements: rewritten as
-    ``x // 16 * 16`` (the same value), they let the compiler prove each row's columns start aligned and
-    the bounds mask constant over 16 columns, so loads and stores are 16-byte vectors — without it
-    (a run-time stride proves nothing) every bf16 element was its own 2-byte load."""
+    ``ALIGNED`` says that ``cols`` and every stride but the columns' are multiples of 16 elements;
+    the row strides and ``cols``, rewritten as ``x // 16 * 16`` (the same values), let the compiler
+    prove that each row's columns start aligned and that the bounds mask is constant over 16
+    columns, so loads and stores are 16-byte vectors. Without it (a run-time stride proves nothing)
+    every bf16 element was its own 2-byte load."""
     import triton
     import triton.language as tl
 

@@ -36,8 +36,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check_layouts(launch, g, members, rows, cols, dtype, device="cpu"):
-    """One matrix (1-D factor; also column-major, and the first columns of a wider one), a stack written in place as a slice of a larger one, and ``K``
-    candidate slots of a stack (dense broadcast over the slots, one slot keeping everything)."""
+    """One matrix (1-D factor; also column-major, and the first columns of a wider one), a stack
+    written in place as a slice of a larger one, and ``K`` candidate slots of a stack (dense broadcast
+    over the slots, one slot keeping everything)."""
     dense, factor, t_score, t_col, columns = _case(g, members, rows, cols, dtype, device)
     want = _eager(dense, factor, t_score, t_col, columns)
     assert 0 < int((want == 0).sum()) < want.numel() and bool((_bits(want) == _bits(torch.tensor(-0.0, dtype=dtype))).any())
