@@ -284,7 +284,7 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     if streamed and mode != "on_the_fly":
         raise SieveError("decoder blocks streamed from host memory need --pruner-mode on_the_fly (or auto)")
     graphable = config.cuda_graphs and not streamed and ws.device.type == "cuda"
-    graph_safe = graphable and mode == "on_the_fly" and _thresholds_only(config, space)
+    graph_safe = graphable and mode == "on_the_fly" and _not_thresholded(config, space) is None
     pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
                          device=ws.device if ws.loaded.streamer is not None else None, contiguous=mode == "in_place",
                          graph_safe=graph_safe)
@@ -319,11 +319,17 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     return evaluator
 
 
-def _thresholds_only(config: SearchConfig, space: SearchSpace) -> bool:
-    """Whether every level of ``space`` is a precomputed threshold of a per-weight score (what a
-    graph-safe pruner applies)."""
+def _not_thresholded(config: SearchConfig, space: SearchSpace) -> str | None:
+    """Why not every level of ``space`` is a precomputed threshold of a per-weight score — what a
+    graph-safe pruner and several candidates per forward apply — or ``None``."""
     method = config.space.method
-    return method is not None and method.mask_only and not space.pattern.structured and not space.factorisable()
+    if method is None or not method.mask_only:
+        return "the scoring method is not a per-weight score (mask-only)"
+    if space.factorisable():
+        return "the space has factorised (low-rank) levels"
+    if space.pattern.structured:
+        return "the space prunes in N:M patterns"
+    return None
 
 
 def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, space: SearchSpace,
@@ -340,9 +346,7 @@ def _shared_limit(config: SearchConfig, fitness: Fitness, pruner: ModelPruner, s
                     "are scored one per forward (results may differ in the last bits from a run with more)",
                     config.batch_candidates)
         return 1
-    reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices)
-              or ("the space has factorised (low-rank) levels" if space.factorisable() else None)
-              or ("the space prunes in N:M patterns" if space.pattern.structured else None)
+    reason = (unsupported_pruner(pruner) or unsupported_matrices(space.matrices) or _not_thresholded(config, space)
               or (None if fitness.asynchronous else "the fitness is not computed from task scores alone "
                   "(task_nll or task_acc without --general-weight)"))
     if reason is not None:

@@ -112,3 +112,12 @@ def test_auto_on_the_fly_scores_one_candidate_per_forward(search_config, tmp_pat
     with pytest.raises(SieveError, match="computes weights on the fly"):
         _shared_limit(search_config(batch_candidates=3, pruner_mode="on_the_fly"), *args)
     evaluator.close()
+
+
+@pytest.mark.parametrize(("space", "budget", "why"), [("nm", 0.3, r"prunes in N:M patterns"),
+                                                      ("lowrank", 0.5, r"factorised \(low-rank\) levels")])
+def test_shared_forward_needs_unstructured_thresholds(space, budget, why, search_config, tmp_path) -> None:
+    """Several candidates per forward write precomputed unstructured thresholds only; any other
+    level is one error line naming the space's reason."""
+    with pytest.raises(SieveError, match=why):
+        prepare(search_config(space=space, budget=budget, batch_candidates=2), RunDir(tmp_path / "r").stats)
