@@ -53,9 +53,9 @@ from common import RESULTS, bench_device, forward_timer, provenance, smoke_input
 
 from sieve.models.adapters import find_matrices  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
-from sieve.search.evaluator import Timings  # noqa: E402
 from sieve.search.operators import repair_budget  # noqa: E402
 from sieve.search.space import SearchSpace, SpaceSpec  # noqa: E402
+from sieve.search.strategies import Timings  # noqa: E402
 
 log = logging.getLogger("benchmarks.throughput")
 
@@ -249,12 +249,13 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
     space = SearchSpace(cfg.space, ws.matrices)
     window = space.budget_window(0.5)
     reset_peak_memory(device)
-    evaluator = build_evaluator(cfg, ws, space, Statistics({}), lanes=lanes)
+    evaluator = build_evaluator(cfg, ws, space, Statistics({}))
+    execution = evaluator.execution
     genomes = random_genomes(space, window, n_candidates + 1, 1)
     for genome in warm_up_genomes(space, window, 1):
         evaluator.pruner.apply(space.allocation(genome))
     for stage in (evaluator.plan.final, 0):  # warm-up: captures each stage's graph in every lane
-        evaluator.evaluate_many([genomes[0]] * (1 + len(evaluator.lanes)), stage)
+        evaluator.evaluate_many([genomes[0]] * execution.lanes, stage)
     rows = {}
     for stage in (0, evaluator.plan.final):
         sync(device)
@@ -268,11 +269,10 @@ def measure_search_loop(model, tokenizer, name: str, device: torch.device, searc
         rows[stage] = (tokens / seconds, n / seconds, evaluator.plan.sizes[stage], (t.apply - before.apply) / n,
                        (t.forward - before.forward) / n, t.graphed - before.graphed)
     peak_over_weights = peak_memory_over_weights(model, device)
-    used_lanes = 1 + len(evaluator.lanes)
+    used_lanes = execution.lanes
     forwards = {s: sorted({len(p.batches) + (p.prefix is not None) for (i, _), p in evaluator.inputs.scorer.plans.items()
                            if i == tuple(evaluator.plan.indices(s))}) for s in (0, evaluator.plan.final)}
-    per_forward = [evaluator.plan.per_forward(s, evaluator.shared.limit) if evaluator.shared else 1
-                   for s in (0, evaluator.plan.final)]
+    per_forward = [evaluator.plan.per_forward(s, execution.candidates_per_forward) for s in (0, evaluator.plan.final)]
     evaluator.close()
     evaluator.pruner.release()
     dense_tokens_s = dense_tokens_per_s(model, device)
@@ -303,8 +303,6 @@ def measure_whole_search(model, tokenizer, name: str, device: torch.device, sear
     from sieve.stats.calibrate import Statistics
 
     changes = {"generations": generations} if generations else {}
-    if mode == "on_the_fly":  # several candidates per forward need in-place pruning
-        changes["batch_candidates"] = 1
     cfg = magnitude_config(search, inputs, pruner_mode=mode, **changes)
     ws = task_workspace(model, tokenizer, name, cfg, inputs, "whole-search")
     if ws is None:

@@ -2,17 +2,22 @@
 
 Each command turns the flags the user gave (and only those: defaults live on the config models)
 into one validated, frozen config, calls one library function, and prints a table. Expected
-failures (:class:`~sieve.errors.SieveError`) print one ``error:`` line and exit 2; anything else
-prints one line naming a log file with the traceback and exits 1; Ctrl-C during a search prints the
-resume command and exits 130.
+failures (:class:`~sieve.errors.SieveError`, and OS errors of the machine such as a full disk:
+:data:`OS_PROBLEMS`) print one ``error:`` line and exit 2; anything else
+prints one line naming a log file with the traceback and exits 1; Ctrl-C or SIGTERM during a search
+prints the resume command (or, before the first generation finished, that re-running starts afresh)
+and exits 130.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sieve.errors import SieveError
+from sieve.resources import builtin_names, registered_names
+
+_STARTED = time.perf_counter()  #: when the CLI was imported: a search reports its start-up from here
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="How many parameters does my task really need?")
 console = Console()
@@ -54,8 +62,36 @@ def _crash_log(exc: BaseException) -> Path:
     return path
 
 
+#: OS errors that the user's machine causes, not sieve: one ``error:`` line and exit 2
+OS_PROBLEMS = {
+    errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
+    errno.ENOTDIR: "not a folder", errno.EISDIR: "is a folder",
+}
+WRITE_PROBLEMS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def os_problem(exc: OSError) -> str | None:
+    """``"no space left on device writing runs/x/checkpoint/state.json"``, ``"permission denied:
+    PATH"``: the line for an error of :data:`OS_PROBLEMS`; ``None`` for any other (a bug)."""
+    problem = OS_PROBLEMS.get(exc.errno)
+    path = exc.filename2 or exc.filename
+    if problem is None or path is None:
+        return problem
+    return f"{problem} writing {path}" if exc.errno in WRITE_PROBLEMS else f"{problem}: {path}"
+
+
+def _bug(exc: BaseException) -> typer.Exit:
+    """One line naming the log file that holds the traceback; exit 1."""
+    log_path = _crash_log(exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    typer.echo(f"error: unexpected {type(exc).__name__}: {first} (a bug; traceback in {log_path})", err=True)
+    return typer.Exit(1)
+
+
 def clean_errors(fn):
-    """Run a command: a SieveError is one line and exit 2; an unexpected exception one line naming
+    """Run a command: a SieveError, or an OS error the machine causes (a full disk, a read-only or
+    forbidden folder, a name too long), is one line and exit 2; any other exception one line naming
     the log file that holds its traceback, and exit 1. Never a traceback on the terminal."""
 
     @functools.wraps(fn)
@@ -67,13 +103,21 @@ def clean_errors(fn):
         except SieveError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            problem = os_problem(exc)
+            if problem is None:
+                raise _bug(exc) from None
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(2) from None
         except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a log file
-            log_path = _crash_log(exc)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"error: unexpected {type(exc).__name__}: {first} (a bug; traceback in {log_path})", err=True)
-            raise typer.Exit(1) from None
+            raise _bug(exc) from None
 
     return wrapper
+
+
+def _listed(names: list[str]) -> str:
+    """``a, b or c`` (the choices a help text lists, from the registries)."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _given(**flags: Any) -> dict[str, Any]:
@@ -107,7 +151,7 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
 def prune(
     out: Annotated[Path, typer.Option(help="Folder for the pruned model (loadable with from_pretrained).")],
     model: Model = None,
-    method: Annotated[Optional[str], typer.Option(help="magnitude, wanda, sparsegpt or fused.")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"{_listed(registered_names('sieve.scores'))}.")] = None,
     sparsity: Annotated[Optional[float], typer.Option(help="Uniform sparsity (fraction) of every prunable matrix.")] = None,
     pattern: Annotated[Optional[str], typer.Option(help="unstructured or N:M (2:4, 4:8).")] = None,
     lowrank: Annotated[Optional[str], typer.Option(help="Factorise instead of zeroing: the covariance of the low-rank projection, general, task or fused; --sparsity is then the fraction of parameters really removed.")] = None,
@@ -208,13 +252,13 @@ def search(
     model: Model = None,
     task: Task = None,
     general: General = None,
-    space: Annotated[Optional[str], typer.Option(help="Search space: a built-in name (per_matrix, per_block, per_type, nm, evopress) or a YAML file.")] = None,
+    space: Annotated[Optional[str], typer.Option(help=f"Search space: a built-in name ({', '.join(builtin_names('search_spaces'))}) or a YAML file.")] = None,
     generations: Annotated[Optional[int], typer.Option()] = None,
     offspring: Annotated[Optional[int], typer.Option()] = None,
     population: Annotated[Optional[int], typer.Option()] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/NAME).")] = None,
-    fitness: Annotated[Optional[str], typer.Option(help="task_nll, task_acc, kl or general_kl.")] = None,
+    fitness: Annotated[Optional[str], typer.Option(help=f"{_listed(registered_names('sieve.search.fitness'))}.")] = None,
     general_weight: Annotated[Optional[float], typer.Option(help="λ for general-text KL added to the fitness.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Pareto mode: largest budget within this accuracy drop.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray evaluator actors (0: in-process).")] = None,
@@ -229,6 +273,7 @@ def search(
     batch_candidates: Annotated[Optional[int], typer.Option(help="In-process: up to this many candidates share one forward, each with its own pruned weights (small models on a GPU).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU (in-place pruning, or on the fly with a per-weight score), replay each stage's scoring as a CUDA graph (default on).")] = None,
     packed_rows: Annotated[Optional[bool], typer.Option("--packed-rows/--no-packed-rows", help="Score several examples in one unpadded row where that is cheaper than padded length buckets (large models; default on).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start the run in a --run-dir that holds files sieve did not write (sieve deletes none of them).")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed, resumable)."""
@@ -254,11 +299,12 @@ def search(
     else:
         base = load_yaml(yaml_file(config, "configs", "config preset")) if config else {}
         base.pop("digests", None)  # a new run records its own
-        cfg = validate(SearchConfig, {**base, **flags}, Path(config).name if config else FLAGS)
-        run = RunDir(run_dir or default_run_path(cfg))
+        cfg = validate(SearchConfig, {**base, **flags}, Path(config).name if config else FLAGS, flagged=flags)
+        run = RunDir(run_dir or default_run_path(cfg), force=force)
         if cfg.tolerance is not None:
+            run.check_creatable(cfg)
             return _pareto(run, cfg)
-        runner = SearchRun(run, cfg)
+        runner = SearchRun(run, cfg, demanded=flags)  # typed flags are demands; the preset's values preferences
     _execute(runner)
 
 
@@ -276,8 +322,12 @@ def _pareto(run, cfg) -> None:
 
 
 def _execute(runner) -> None:
+    from sieve.search.execution import ExecutionPlan
+
     run, total = runner.run, runner.config.generations
     console.print(f"run directory: {run.path}")
+    if not runner.new and run.failure():
+        console.print(f"resuming a run that failed: {run.failure()}", highlight=False)
 
     def progress(record) -> None:
         per_gen = record.seconds / max(record.generation + 1, 1)
@@ -287,11 +337,22 @@ def _execute(runner) -> None:
             highlight=False, soft_wrap=True,
         )
 
+    def terminate(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # `kill`, a scheduler's stop: the Ctrl-C path
+    runner.phases.add("startup", time.perf_counter() - _STARTED)  # imports and the cheap checks
     try:
         outcome = runner.execute(on_generation=progress)
     except KeyboardInterrupt:
-        err.print(f"interrupted; the last finished generation is checkpointed. Resume with:\n  sieve search --resume {run.path}")
+        if run.has_checkpoint:
+            err.print(f"interrupted; the last finished generation is checkpointed. Resume with:\n  sieve search --resume {run.path}")
+        else:
+            err.print("interrupted before the first generation finished, so there is nothing to resume; run the same "
+                      "command again to start afresh")
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     cfg = runner.config
     console.print(_quality_table(outcome["table"], f"budget {cfg.budget} · {cfg.task} test split · {cfg.general} held-out"))
     console.print(_sparsity_table(outcome["per_type"]))
@@ -299,6 +360,11 @@ def _execute(runner) -> None:
         f"search: {outcome['evaluations']} evaluations, {outcome['tokens']:,} forward tokens, "
         f"{outcome['search_seconds']:.0f}s; best allocation → {run.best_allocation_path}"
     )
+    console.print(f"execution: {ExecutionPlan.model_validate(outcome['execution']).describe()}", highlight=False)
+    phases = outcome["phases"]
+    total = sum(phases.values())
+    console.print("phases: " + " · ".join(f"{name} {sec:.1f}s" for name, sec in phases.items())
+                  + f" · total {total:.1f}s (loop {phases.get('loop', 0.0) / max(total, 1e-9):.0%})", highlight=False)
 
 
 def _sparsity_table(per_type: dict[str, dict[str, float]]) -> Table:
@@ -316,7 +382,7 @@ def _sparsity_table(per_type: dict[str, dict[str, float]]) -> Table:
 @clean_errors
 def export(
     source: Annotated[Path, typer.Argument(help="Search run directory or sieve.allocation/v1 JSON.")],
-    to: Annotated[str, typer.Option("--to", help="hf, hf-merged, llmcompressor, masks, csv or markdown.")],
+    to: Annotated[str, typer.Option("--to", help=f"{_listed(registered_names('sieve.export'))}.")],
     out: Annotated[Path, typer.Option(help="Output folder (hf) or file.")],
     model: Annotated[Optional[str], typer.Option(help="Where the allocation's model is now (default: the recorded one; checked by weights hash).")] = None,
     modifier: Annotated[Optional[str], typer.Option(help="llmcompressor: sparsegpt (default) or wanda.")] = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,12 +37,13 @@ _QUIET_INPUT = {"value_error", "extra_forbidden", "missing", "assertion_error"}
 FLAGS = "--"
 
 
-def one_line(exc: ValidationError, where: str = "") -> str:
-    """Every error of ``exc`` on one line: ``where.field.path: message (got value)``."""
+def one_line(exc: ValidationError, where: str = "", flagged: Collection[str] = ()) -> str:
+    """Every error of ``exc`` on one line: ``where.field.path: message (got value)``; a field in
+    ``flagged`` (its value came from a command-line flag) is named as the flag, ``--field``."""
     parts = []
     for error in exc.errors(include_url=False):
         loc = ".".join(str(x) for x in error["loc"] if not str(x).startswith(("function-", "json-or-python")))
-        if where == FLAGS:  # command-line flags: name them as the user typed them
+        if where == FLAGS or (loc and loc.partition(".")[0] in flagged):  # command-line flags: name them as the user typed them
             head, dot, rest = loc.partition(".")
             path = f"--{head.replace('_', '-')}{dot}{rest}" if loc else ""
         else:
@@ -55,14 +57,15 @@ def one_line(exc: ValidationError, where: str = "") -> str:
     return "; ".join(parts)
 
 
-def validate(cls: type[M], data: Any, where: str = "") -> M:
-    """``cls`` from a mapping (YAML / JSON / flags); any problem is one SieveError line."""
+def validate(cls: type[M], data: Any, where: str = "", flagged: Collection[str] = ()) -> M:
+    """``cls`` from a mapping (YAML / JSON / flags); any problem is one SieveError line. ``flagged``:
+    the keys whose values the user typed as flags over a file named by ``where``."""
     if not isinstance(data, dict):
         raise SieveError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise SieveError(one_line(exc, where)) from None
+        raise SieveError(one_line(exc, where, flagged)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

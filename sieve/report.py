@@ -32,6 +32,7 @@ import numpy as np
 from sieve.errors import SieveError
 from sieve.io import atomic_write, write_text
 from sieve.search.config import SearchConfig
+from sieve.search.execution import ExecutionPlan
 from sieve.search.loop import ELIMINATED
 from sieve.search.rundir import RunDir
 
@@ -94,6 +95,25 @@ def sparsity_grid(modules: Mapping[str, float], ranks: Mapping[str, int] | None 
         if parsed is not None:
             at[(kinds.index(parsed[1]), blocks.index(parsed[0]))] = int(rank)
     return SparsityGrid(kinds, blocks, values, at)
+
+
+#: what the plots read from each row: history.jsonl lines and results.json ``table`` rows
+HISTORY_FIELDS = {"generation": int, "best": float, "median": float}
+TABLE_FIELDS = {"method": str, "sparsity": float, "task_acc": float, "wiki_ppl": float}
+
+
+def check_rows(rows: Sequence[Any], fields: Mapping[str, type], where: str, unit: str) -> None:
+    """Refuse a row that is not an object, lacks a field, or holds a field of the wrong type,
+    naming the file, the row (``unit`` 1-based: a line, a table row) and the field."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise SieveError(f"{where} {unit} {i + 1} is not a JSON object")
+        for field, kind in fields.items():
+            value = row.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+                problem = "lacks the field" if field not in row else "has a wrong type for"
+                raise SieveError(f"{where} {unit} {i + 1} {problem} {field!r} ({'a number' if kind is float else kind.__name__} "
+                                 "expected); the file is damaged")
 
 
 def _family(method: str) -> str:
@@ -210,9 +230,15 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
-             allocation: Mapping[str, Any], images: Mapping[str, str]) -> str:
-    """``report.md``: config summary, search summary, result table and the plots."""
+             allocation: Mapping[str, Any], images: Mapping[str, str], failure: str | None = None,
+             execution: ExecutionPlan | None = None) -> str:
+    """``report.md``: config summary, how candidates were evaluated (the execution plan, and every
+    preference that fell back), search summary with its phase times, result table and the plots
+    (and why the run stopped, when it failed)."""
     lines = [f"# sieve search report: `{run_dir.name}`", ""]
+    if failure is not None:
+        lines += [f"**The run failed after generation {history[-1]['generation']}:** {failure}. Resume it with "
+                  f"`sieve search --resume {run_dir}`.", ""]
     settings = {
         "model": config.model, "task": config.task, "general": config.general, "space": config.space.name,
         "budget": config.budget, "fitness": config.fitness.name, "general_weight": config.general_weight,
@@ -223,6 +249,12 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
     lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in settings.items()]
     lines.append("")
+    if execution is not None:
+        lines += ["## Execution", "", f"- {execution.describe()}"]
+        lines += [f"- {note}" for note in execution.notes]
+        if execution.demanded:
+            lines.append(f"- typed on the command line: {', '.join('--' + d.replace('_', '-') for d in execution.demanded)}")
+        lines.append("")
     lines += ["## Search", ""]
     if history:
         last = history[-1]
@@ -233,6 +265,10 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
                      f"search time: {_fmt(results.get('search_seconds'), 0)} s")
         lines.append(f"- fitness of the uniform seed {_fmt(results.get('uniform_fitness'), 4)}, OWL seed "
                      f"{_fmt(results.get('owl_fitness'), 4)}, best {_fmt(results.get('best_fitness'), 4)}")
+        phases = results.get("phases")
+        if phases:
+            lines.append("- wall time by phase: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v, 1)} s"
+                                                             for k, v in phases.items()))
     lines.append(f"- best allocation: `best_allocation.json` (generation {allocation.get('generation', '–')}, achieved "
                  f"sparsity {_fmt(allocation.get('achieved_sparsity'), 4)})")
     lines.append("")
@@ -260,10 +296,14 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     run = RunDir.existing(run_dir)
     config = run.config()
     history = run.history()
+    failure = run.failure()
     if not history:
-        raise SieveError(f"run {run.path} has no finished generation yet (history.jsonl is empty)")
+        raise SieveError(f"run {run.path} has no finished generation yet "
+                         + (f"(it failed: {failure})" if failure else "(history.jsonl is empty)"))
+    check_rows(history, HISTORY_FIELDS, str(run.history_path), "line")
     allocation = run.best_allocation()
     results = run.results()
+    check_rows(results.get("table") or [], TABLE_FIELDS, f"{run.results_path} table", "row")
     out = run.report_dir
     written: dict[str, Path] = {}
     written["fitness"] = plot_fitness(history, results, config, out / "fitness.png")
@@ -278,5 +318,6 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         written["quality"] = plot_quality(results["table"], out / "quality.png")
     images = {k: p.name for k, p in written.items()}
     body = allocation.model_dump(mode="json")
-    written["markdown"] = write_text(out / "report.md", markdown(run.path, config, results, history, body, images))
+    written["markdown"] = write_text(out / "report.md", markdown(run.path, config, results, history, body, images,
+                                                                failure, run.execution()))
     return written

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.resources
 import importlib.util
 import os
@@ -31,6 +32,26 @@ def _builtin_dir(kind: str) -> Path:
 def builtin_names(kind: str) -> list[str]:
     """Names of the built-in ``kind`` files (``per_matrix``, ``gpu``, ...)."""
     return sorted(p.stem for p in _builtin_dir(kind).glob("*.yaml"))
+
+
+def registered_names(package: str) -> list[str]:
+    """The names the plugins of ``package`` (``sieve.scores``) register under, read from the source
+    of its modules without importing them (the CLI lists them in its help at import time, before
+    torch is loaded); every class decorated with ``@….register`` and a constant ``name``. A test
+    holds this equal to the registry's own :meth:`~sieve.registry.Registry.names`."""
+    folder = Path(__file__).parent.joinpath(*package.split(".")[1:])
+    found: set[str] = set()
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(d, ast.Attribute) and d.attr == "register" for d in node.decorator_list):
+                for stmt in node.body:
+                    target = stmt.target if isinstance(stmt, ast.AnnAssign) else (
+                        stmt.targets[0] if isinstance(stmt, ast.Assign) else None)
+                    if (isinstance(target, ast.Name) and target.id == "name" and isinstance(stmt.value, ast.Constant)
+                            and isinstance(stmt.value.value, str)):
+                        found.add(stmt.value.value)
+    return sorted(found)
 
 
 def builtin_file(kind: str, name: str) -> Path | None:

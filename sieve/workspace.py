@@ -23,6 +23,7 @@ from sieve.data.splits import SplitSpec, TaskSplits, load_task
 from sieve.data.task_spec import BUILTIN_TASKS
 from sieve.errors import SieveError
 from sieve.models.adapters import find_matrices
+from sieve.models.identity import ModelIdentity
 from sieve.models.loading import BUILTIN_MODELS, LoadedModel, load_model, resolve_model_path
 from sieve.models.matrix import Matrix, weights_hash
 
@@ -184,3 +185,9 @@ class Workspace:
     def weights_hash(self) -> str:
         """Hash of the dense prunable weights; taken on first use, which must be before any pruning."""
         return weights_hash(self.matrices)
+
+    @cached_property
+    def model_identity(self) -> ModelIdentity:
+        """The model's config as loaded and its tokenizer's digest: with the weights hash, what a
+        resume and an allocation file check the model against."""
+        return ModelIdentity.of(self.model, self.tokenizer)

@@ -16,6 +16,7 @@ LAYERS = [
     ("stats", ["sieve.stats"]),
     ("scores/primitives", ["sieve.primitives", "sieve.scores"]),
     ("prune", ["sieve.prune"]),
+    ("scoring", ["sieve.scoring"]),
     ("metrics", ["sieve.metrics"]),
     ("search", ["sieve.search"]),
     ("evaluate", ["sieve.evaluate"]),

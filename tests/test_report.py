@@ -29,6 +29,11 @@ def test_report_writes_three_pngs_and_markdown(finished_run):
     for row in table:
         assert f"| {row['method']} | {row['sparsity']:.4f} | {row['task_acc']:.3f} |" in md
     assert "| budget | `0.5` |" in md and "| space | `per_matrix` |" in md
+    assert "## Execution\n\n- one candidate at a time, in this process; pruning in place" in md
+    results = json.loads((finished_run / "results.json").read_text())
+    assert set(results["phases"]) >= {"model_load", "statistics", "setup", "loop", "final_evaluation"}
+    assert results["phases"]["loop"] > 0 and results["execution"]["strategy"] == "sequential"
+    assert "- wall time by phase: model load " in md
     assert sorted(p.name for p in out.iterdir()) == ["allocation.png", "fitness.png", "quality.png", "report.md"]
 
 

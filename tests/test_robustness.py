@@ -229,9 +229,9 @@ def test_export_never_overwrites_without_force_nor_the_run(finished_run, tmp_pat
     assert out.read_text().startswith("module,")
     own = finished_run / "best_allocation.json"
     before = own.read_bytes()
-    _one_line_error(_invoke("export", finished_run, "--to", "csv", "--out", own, "--force"), "would overwrite the run's own files")
+    _one_line_error(_invoke("export", finished_run, "--to", "csv", "--out", own, "--force"), "lies inside the run")
     assert own.read_bytes() == before
-    _one_line_error(_invoke("export", finished_run, "--to", "csv", "--out", tmp_path), "is a folder; this format writes a file")
+    _one_line_error(_invoke("export", finished_run, "--to", "csv", "--out", tmp_path), "is a folder; this command writes a file there")
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "keep.txt").write_text("x")

@@ -61,7 +61,7 @@ import torch; from large_model import save_random_model; save_random_model('llam
     cp /tmp/run-$tag/results.json "$out/search-$tag-results.json"
     loop_line $tag /tmp/run-$tag ;;
   gpu-tests)  # the tests that need CUDA (graph replay, the threshold kernel, whole-stack writes); skipped on the CPU
-    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/metrics/test_packing.py \
+    PYTHONPATH=$here python3 -m pytest -q -p no:cacheprovider tests/metrics/test_scorer.py tests/scoring/test_buckets.py \
       tests/prune/test_threshold.py tests/prune/test_pruner.py tests/search/test_graph_safe.py tests/search/test_lanes.py tests/search/test_shared_forward.py tests/models/test_batched.py ;;
   search)  # bf16 (the GPU default) first, the dtype agreement, then fp32 (the "before" run's dtype); DTYPES picks
     for dtype in ${DTYPES:-bfloat16 agreement float32}; do

@@ -37,26 +37,9 @@ def load_texts(spec: str) -> list[str]:
     if path.suffix in (".txt", ".json", ".jsonl") or path.exists():
         if not path.is_file():
             raise SieveError(f"general corpus file {spec} does not exist")
-        if path.suffix == ".txt":
-            texts = [t.strip() for t in path.read_text().split("\n\n")]
-        elif path.suffix == ".jsonl":
-            texts = []
-            for i, line in enumerate(path.read_text().splitlines()):
-                if line.strip():
-                    try:
-                        texts.append(json.loads(line)["text"])
-                    except (ValueError, KeyError, TypeError):
-                        raise SieveError(f"{spec} line {i + 1}: expected a JSON object with a 'text' field") from None
-        else:
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as exc:
-                raise SieveError(f"{spec} is not valid JSON: {exc}") from None
-            items = data.values() if isinstance(data, dict) else data
-            texts = [x if isinstance(x, str) else x.get("text") or x.get("extract") for x in items]
-        texts = [t for t in texts if t]
+        texts = [t for t in _file_texts(path, spec) if t]
         if not texts:
-            raise SieveError(f"general corpus {spec} holds no text")
+            raise SieveError(f"--general {spec} holds no text")
         return texts
     try:
         import datasets
@@ -67,6 +50,60 @@ def load_texts(spec: str) -> list[str]:
     if "text" not in ds.column_names:
         raise SieveError(f"hub dataset {spec!r} has no 'text' column")
     return [t for t in ds["text"] if t]
+
+
+def _read_text(path: Path, spec: str) -> str:
+    """The file as UTF-8 text; a binary file (undecodable, or holding NUL bytes) is refused."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SieveError(f"--general {spec} is not UTF-8 text (byte {exc.start}); give a .txt, .json or .jsonl "
+                         "file of text") from None
+    if "\x00" in text:
+        raise SieveError(f"--general {spec} is a binary file (it holds NUL bytes); give a .txt, .json or .jsonl "
+                         "file of text")
+    return text
+
+
+def _text_of(item: object) -> str | None:
+    """A text, or an object's ``text`` (else ``extract``, the Wikipedia dump's field) when that is one."""
+    if isinstance(item, dict):
+        item = item.get("text") or item.get("extract")
+    return item if isinstance(item, str) else None
+
+
+def _file_texts(path: Path, spec: str) -> list[str]:
+    """Texts of a local file: ``.txt`` (blank-line separated), ``.jsonl`` (one ``{"text": ...}`` a
+    line) or ``.json`` (a list of texts or of ``{"text": ...}``, or a mapping of those)."""
+    raw = _read_text(path, spec)
+    if path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(raw.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise SieveError(f"--general {spec} line {i + 1} is not JSON") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise SieveError(f"--general {spec} line {i + 1}: expected a JSON object whose 'text' is a string")
+            texts.append(row["text"])
+        return texts
+    if path.suffix == ".json":
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise SieveError(f"--general {spec} is not valid JSON: {exc}") from None
+        items = list(data.values()) if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise SieveError(f"--general {spec}: expected a JSON list of texts, got a {type(data).__name__}")
+        texts = [_text_of(x) for x in items]
+        bad = next((i for i, t in enumerate(texts) if t is None), None)
+        if bad is not None:
+            raise SieveError(f"--general {spec}: item {bad} is neither a string nor an object with a 'text' string "
+                             "(expected a JSON list of texts)")
+        return texts
+    return [t.strip() for t in raw.split("\n\n")]
 
 
 @dataclass(frozen=True)

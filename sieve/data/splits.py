@@ -3,7 +3,7 @@
 sieve never re-implements a task's prompt. It loads the task with lm-eval's ``TaskManager``,
 renders every document with the task's own ``fewshot_context`` and ``construct_requests``, and
 keeps the resulting ``(context, continuation)`` strings (``Instance.args``). sieve's scorer
-(:mod:`sieve.metrics.loglik`) then reads exactly what lm-eval would have scored.
+(:mod:`sieve.scoring`) then reads exactly what lm-eval would have scored.
 
 A search needs three disjoint sets of documents:
 

@@ -25,8 +25,8 @@ from typing import Any
 from sieve.config import to_dict
 from sieve.data.splits import SplitSpec, load_task
 from sieve.evaluate.config import EvalConfig
-from sieve.evaluate.target import AllocationTarget, is_allocation_target, open_target, realise_target
-from sieve.io import write_json
+from sieve.evaluate.target import AllocationTarget, is_allocation_target, open_target, paths_read, realise_target
+from sieve.io import check_output, write_json
 from sieve.metrics.quality import QualityProbe
 from sieve.prune.realise import sources_to_compute
 from sieve.workspace import Workspace
@@ -54,6 +54,19 @@ def _output(config: EvalConfig, target: AllocationTarget | None) -> Path:
     return folder / "eval.json" if folder.is_dir() else Path("runs") / f"eval-{folder.name}.json"
 
 
+def _check_output(config: EvalConfig, target: AllocationTarget | None) -> Path:
+    """Where the results go, checked before any evaluation: a file (not a folder), and none of the
+    files being read (results beside a model or a run are expected, so only files count here)."""
+    output = _output(config, target)
+    given = config.model_fields_set if target is not None else {"task", "general"}
+    read = paths_read(None if target else config.model, config.task if "task" in given else None,
+                      config.general if "general" in given else None, target=target)
+    files = {what: path for what, path in read.items() if path is not None and path.is_file()}
+    if target is not None:
+        files["the allocation"] = target.path
+    return check_output(output, files, force=True, writes="file", flag="--json")
+
+
 def _measure(label: str, model_id: str, ws: Workspace, probe: QualityProbe, config: EvalConfig) -> dict[str, Any]:
     row: dict[str, Any] = {"method": label, "model": model_id, **probe.measure(ws.model, ws.matrices).as_dict()}
     if config.lm_eval_tasks:
@@ -67,7 +80,9 @@ def _measure(label: str, model_id: str, ws: Workspace, probe: QualityProbe, conf
 def evaluate(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig]:
     """Measure ``config.model`` (and the dense baseline); write and return the rows."""
     split = SplitSpec(seed=config.seed, max_test=config.evaluation.test_examples)
-    if not is_allocation_target(config.model):
+    target = open_target(config.model) if is_allocation_target(config.model) else None
+    output = _check_output(config, target)
+    if target is None:
         ws = Workspace.open(config.model, task=config.task, general=config.general, dtype=config.dtype,
                             device=config.device, split=split, base_dir=Path(config.workdir))
         probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, config.evaluation)
@@ -76,9 +91,7 @@ def evaluate(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig
         if origin:
             dense = Workspace.open(origin, task=None, general=None, dtype=config.dtype, device=config.device)
             rows.insert(0, _measure("dense", origin, dense, probe, config))
-        target = None
     else:
-        target = open_target(config.model)
         file = target.file
         given = config.model_fields_set
         config = config.model_copy(update={
@@ -98,7 +111,6 @@ def evaluate(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig
         if config.baseline:
             pruned.pruner.restore()
             rows.insert(0, _measure("dense", ws.model_id, ws, probe, config))
-    output = _output(config, target)
     report = {"config": to_dict(config),
               "lm_eval": {"tasks": list(config.lm_eval_tasks), "limit": config.limit} if config.lm_eval_tasks else None,
               "rows": rows}

@@ -15,7 +15,7 @@ class EvalConfig(InputsConfig):
     directory or an allocation file. For a run or a file, ``task`` and ``general`` default to the
     allocation's own unless given."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     baseline: bool = False
     lm_eval_tasks: tuple[str, ...] = ()

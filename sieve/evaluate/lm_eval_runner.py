@@ -1,6 +1,6 @@
 """lm-eval's own evaluation of a model sieve already holds in memory.
 
-sieve's fast scorer (:mod:`sieve.metrics.loglik`) reads the same requests lm-eval builds; this
+sieve's fast scorer (:mod:`sieve.scoring`) reads the same requests lm-eval builds; this
 module is the cross-check and the door to every other lm-eval task: ``simple_evaluate`` on an
 ``HFLM(pretrained=model, tokenizer=tokenizer)`` wrapped around sieve's loaded (possibly pruned in
 memory) model, so nothing is loaded twice or downloaded. The tokenizer is passed explicitly (HFLM
@@ -28,6 +28,7 @@ from sieve.data import lm_eval_compat
 from sieve.data.task_spec import TaskRef, resolve_task
 from sieve.errors import SieveError
 from sieve.metrics.quality import MAX_LENGTH
+from sieve.scoring.plan import BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def run_lm_eval(
     specs: Sequence[str],
     *,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH_SIZE,
     max_length: int = MAX_LENGTH,
 ) -> dict[str, dict[str, Any]]:
     """lm-eval results per task: ``{task name: {"spec", "n", metric: value, ...}}``."""

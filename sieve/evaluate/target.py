@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
+from sieve.models.loading import BUILTIN_MODELS
 from sieve.prune.allocation import AllocationFile
 from sieve.prune.realise import PrunedModel, realise, sources_to_compute
 from sieve.search.rundir import RunDir
@@ -51,6 +52,26 @@ def open_target(target: str | Path) -> AllocationTarget:
         run = RunDir.existing(path)
         return AllocationTarget(run.best_allocation(), run.best_allocation_path, run)
     return AllocationTarget(AllocationFile.read(path), path, None)
+
+
+def local_path(spec: str | Path | None) -> Path | None:
+    """The file or folder ``spec`` names on this machine; ``None`` for a built-in or hub name."""
+    if not spec or str(spec) in BUILTIN_MODELS:
+        return None
+    path = Path(spec).expanduser()
+    return path if path.exists() else None
+
+
+def paths_read(model: str | None = None, task: str | None = None, general: str | None = None,
+               target: AllocationTarget | None = None) -> dict[str, Path | None]:
+    """The local paths a command reads, named for :func:`sieve.io.check_output`: the run (or the
+    allocation file), the model, the task YAML and the general corpus file (a target's own unless given)."""
+    paths: dict[str, Path | None] = {}
+    if target is not None:
+        paths = {"the run": target.run.path} if target.run is not None else {"the allocation": target.path}
+        model, task, general = model or target.file.model, task or target.file.task, general or target.file.general
+    return {**paths, "the model": local_path(model), "the task": local_path(task),
+            "the general corpus": local_path(general)}
 
 
 def open_workspace_for(target: AllocationTarget, *, model: str | None = None, device: str = "auto") -> Workspace:

@@ -9,25 +9,24 @@ file or a run directory) and writes one output. Formats differ in what they need
   its own scoring method and statistics (:func:`sieve.prune.realise.realise`).
 
 Each exporter is a pydantic model owning its options (``llmcompressor``'s ``modifier``). Outputs are
-never written over an existing path without ``--force``, never over the run's own files, and
-always through a unique temporary path renamed into place.
+never written over an existing path without ``--force``, never over, around or into what the export
+reads (the run or allocation file, the model: :func:`sieve.io.check_output`), and always through a
+unique temporary path renamed into place.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sieve.config import Frozen
 from sieve.errors import SieveError
-from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
+from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, paths_read, realise_target
+from sieve.io import check_output
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import Allocation
 from sieve.prune.realise import PrunedModel
@@ -51,7 +50,8 @@ class ExportRequest:
         """The model alone (no data), with the allocation checked against it."""
         ws = Workspace.open(self.model or self.target.file.model or "", task=None, general=None,
                             dtype=self.target.file.dtype or "float32", device=self.device)
-        self.target.file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(self.target.path))
+        self.target.file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(self.target.path),
+                                     ws.model_identity)
         return ws
 
     def pruned(self) -> PrunedModel:
@@ -74,55 +74,13 @@ class Exporter(Frozen, ABC):
 EXPORTERS: Registry[Exporter] = Registry("export format", "sieve.export")
 
 
-def check_output(out: Path, *, writes: str, force: bool, target: AllocationTarget | None = None) -> None:
-    """Refuse before any work: an existing output without ``--force``, a file format pointed at a
-    folder (or the reverse), the allocation itself, or a path of the run's own."""
-    out = Path(out)
-    if target is not None and (out.absolute() == target.path.absolute()
-                               or (target.run is not None and target.run.owns(out) and out.exists())):
-        raise SieveError(f"--out {out} would overwrite the run's own files; choose a path outside {target.path.parent}")
-    if out.exists():
-        if writes == "file" and out.is_dir():
-            raise SieveError(f"--out {out} is a folder; this format writes a file")
-        if writes == "folder" and not out.is_dir():
-            raise SieveError(f"--out {out} is a file; this format writes a folder")
-        if not force and not (out.is_dir() and not any(out.iterdir())):
-            raise SieveError(f"--out {out} exists; pass --force to replace it")
-
-
-def replace_path(out: Path, write: Callable[[Path], None], *, folder: bool) -> Path:
-    """Write into a unique temporary sibling of ``out``, then move it into place (a replaced
-    output is removed only after the new one is complete)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-        os.close(fd)
-        tmp = Path(name)
-    old = None
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-        if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
-    return out
-
-
 def export_allocation(target: str | Path, fmt: str | dict[str, Any], out: Path, *, model: str | None = None,
                       device: str = "auto", force: bool = False) -> dict[str, Any]:
     """Export the allocation at ``target`` (a file or a run directory) as ``fmt`` (a name, or
     ``{"name": ..., **options}``) to ``out``."""
     exporter = _build(fmt)
     opened = open_target(target)
-    check_output(out, writes=exporter.writes, force=force, target=opened)
+    check_output(out, paths_read(model, target=opened), force=force, writes=exporter.writes)
     summary = exporter.export(ExportRequest(opened, Path(out), model, device, force))
     log.info("exported %s as %s to %s", opened.path, exporter.name, out)
     return {"format": exporter.name, "allocation": str(opened.path), **summary}

@@ -6,7 +6,8 @@ import csv as _csv
 import io
 from typing import Any, Literal
 
-from sieve.export.base import EXPORTERS, TABLE_COLUMNS, Exporter, ExportRequest, module_rows, named_order, replace_path
+from sieve.export.base import EXPORTERS, TABLE_COLUMNS, Exporter, ExportRequest, module_rows, named_order
+from sieve.io import replace_path
 
 
 def table_csv(rows: list[dict[str, Any]]) -> str:

@@ -25,9 +25,9 @@ import torch
 
 from sieve.config import digest, to_dict
 from sieve.errors import SieveError
-from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, realise_target
-from sieve.export.base import EXPORTERS, Exporter, ExportRequest, check_output, replace_path
-from sieve.io import write_json
+from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, paths_read, realise_target
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest
+from sieve.io import check_output, replace_path, write_json
 from sieve.models.factorized import factorise
 from sieve.models.matrix import Matrix
 from sieve.primitives.lowrank import LowRank
@@ -139,12 +139,12 @@ def prune_model(config: PruneConfig, out: Path, *, force: bool = False) -> dict[
         _conflicts(config, target)
         if target.file.method is None:
             target = AllocationTarget(target.file.model_copy(update={"method": config.method}), target.path, target.run)
-        check_output(out, writes="folder", force=force, target=target)
-        ws = open_workspace_for(target, model=config.model if "model" in config.model_fields_set else None,
-                                device=config.device)
+        model = config.model if "model" in config.model_fields_set else None
+        check_output(out, paths_read(model, target=target), force=force, writes="folder")
+        ws = open_workspace_for(target, model=model, device=config.device)
         pruned = realise_target(target, ws)
     else:
-        check_output(out, writes="folder", force=force)
+        check_output(out, paths_read(config.model, config.task, config.general), force=force, writes="folder")
         pruned = _prune_uniform(config)
     summary = _summary(pruned, start, config=to_dict(config))
     summary["parameters_removed"] = factorise_pruned(pruned)
@@ -172,7 +172,8 @@ def _prune_uniform(config: PruneConfig) -> PrunedModel:
         hessian=hessian, store=CacheStore.for_model(ws.model_id),
     )
     file = AllocationFile.build(
-        allocation, model=ws.model_id, weights_hash=ws.weights_hash, dtype=ws.dtype,
+        allocation, model=ws.model_id, weights_hash=ws.weights_hash, model_digests=ws.model_identity.digests,
+        dtype=ws.dtype,
         method=method.describe() if lowrank is None else None, lowrank=lowrank.model_dump() if lowrank else None,
         calibration=config.calibration.model_dump(), task=config.task if "task" in sources else None,
         general=config.general if "general" in sources else None, split=config.split.model_dump(),
@@ -214,13 +215,14 @@ def prune_with_masks(model: str, masks_path: Path, out: Path, *, dtype: str, dev
     from sieve.export.masks import read_masks
 
     start = time.perf_counter()
-    check_output(out, writes="folder", force=force)
+    check_output(out, {"the masks": masks_path, **paths_read(model)}, force=force, writes="folder")
     masks, meta = read_masks(masks_path)
     ws = Workspace.open(model, task=None, general=None, dtype=dtype, device=device)
     dense_hash = ws.weights_hash
     allocation = apply_masks(ws.matrices, masks)
     achieved = achieved_sparsity(ws.matrices)
-    file = AllocationFile.build(allocation, model=ws.model_id, weights_hash=dense_hash, dtype=ws.dtype,
+    file = AllocationFile.build(allocation, model=ws.model_id, weights_hash=dense_hash,
+                                model_digests=ws.model_identity.digests, dtype=ws.dtype,
                                 budget=allocation.weighted_sparsity(ws.matrices), achieved_sparsity=achieved)
     summary = {"model": ws.model_id, "masks": str(masks_path), "masks_model": meta.get("model"),
                "masks_weights_hash": meta.get("weights_hash"), "achieved_sparsity": achieved,

@@ -31,7 +31,8 @@ from typing import Any, Literal
 import yaml
 
 from sieve.errors import SieveError
-from sieve.export.base import EXPORTERS, Exporter, ExportRequest, named_order, replace_path
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, named_order
+from sieve.io import replace_path
 from sieve.models.matrix import Matrix
 from sieve.primitives.mask import Pattern
 from sieve.prune.allocation import Allocation

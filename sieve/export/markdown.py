@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from sieve.export.base import EXPORTERS, Exporter, ExportRequest, module_rows, named_order, replace_path
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest, module_rows, named_order
+from sieve.io import replace_path
 
 
 def table_markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> str:

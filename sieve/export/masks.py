@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import save_file
 
 from sieve.errors import SieveError
-from sieve.export.base import EXPORTERS, Exporter, ExportRequest, replace_path
+from sieve.export.base import EXPORTERS, Exporter, ExportRequest
+from sieve.io import replace_path
 from sieve.primitives.mask import mask_from_scores
 from sieve.prune.realise import PrunedModel
 

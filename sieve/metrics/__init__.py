@@ -1,2 +1,3 @@
-"""Measuring a model: task log-likelihoods (token-for-token like lm-eval's HFLM), perplexity on
-general text, and the held-out quality report. Shared by the search's fitness and ``sieve eval``."""
+"""Measuring a model on top of :mod:`sieve.scoring`: the search's task scorer (plans replayed as CUDA
+graphs), perplexity on general text, and the held-out quality report. Shared by the search's fitness
+and ``sieve eval``."""

@@ -18,10 +18,12 @@ from pydantic import PositiveInt
 from sieve.config import Frozen
 from sieve.data.general import GeneralCorpus, token_blocks
 from sieve.data.splits import TaskSplits
-from sieve.metrics.loglik import encode_task, metrics, score_examples
 from sieve.metrics.perplexity import perplexity
 from sieve.models.matrix import Matrix
 from sieve.prune.pruner import achieved_sparsity
+from sieve.scoring.encode import encode_task
+from sieve.scoring.plan import BATCH_SIZE, score_examples
+from sieve.scoring.results import choice_metrics
 
 MAX_LENGTH = 2048
 
@@ -32,7 +34,7 @@ class EvalSettings(Frozen):
     test_examples: PositiveInt = 500
     ppl_blocks: PositiveInt = 32
     block_len: PositiveInt = 256
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class QualityProbe:
         tokens = 0
         if self.encoded is not None:
             scores = score_examples(model, self.encoded, batch_size=self.settings.batch_size)
-            task = metrics(scores)
+            task = choice_metrics(scores)
             tokens += scores.n_tokens
         ppl = float("nan")
         if self.blocks is not None:

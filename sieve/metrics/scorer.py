@@ -35,8 +35,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from sieve.metrics.loglik import ChoiceScores, EncodedTask, ForwardCost, PackingChoice, ScoringPlan
 from sieve.models.forward import evaluating
+from sieve.scoring.buckets import ForwardCost, PackingChoice
+from sieve.scoring.encode import EncodedTask
+from sieve.scoring.plan import ScoringPlan
+from sieve.scoring.results import ChoiceScores
 
 log = logging.getLogger(__name__)
 

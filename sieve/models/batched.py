@@ -5,7 +5,7 @@ and the GPU waits for the next one. Candidates of one search differ only in the 
 pruned matrices, and every other operation of a decoder (embeddings, norms, rotary positions,
 attention, the vocabulary projection) treats each row of the batch on its own. So ``K`` candidates
 can share one forward: the batch is the stage's rows ``K`` times, candidate-major (rows
-``c·n … (c+1)·n − 1`` are candidate ``c``, :class:`~sieve.metrics.loglik.ScoringPlan` with
+``c·n … (c+1)·n − 1`` are candidate ``c``, :class:`~sieve.scoring.plan.ScoringPlan` with
 ``copies=K``), and each pruned ``Linear`` is replaced by a :class:`CandidateLinear` that multiplies
 candidate ``c``'s rows by candidate ``c``'s weights,
 

@@ -59,7 +59,7 @@ class ForwardFeatures:
     #: sliding attention window in tokens (``None``: every layer sees the whole sequence)
     attention_window: int | None = None
     #: several sequences in one row: a 4-D additive attention mask, restarting ``position_ids`` and
-    #: ``logits_to_keep`` as a tensor of positions (:mod:`sieve.metrics.packing`)
+    #: ``logits_to_keep`` as a tensor of positions (:mod:`sieve.scoring.buckets`)
     packed_rows: bool = False
 
     def lost(self) -> list[str]:

@@ -22,18 +22,27 @@ ablation.
 **Parameters.** A factorised matrix stores ``r · (out + in)`` values; it is only worth it below
 the break-even rank ``r* = ⌈out · in / (out + in)⌉``, so rank ``r < r*`` removes
 ``out · in − r · (out + in)`` parameters and anything else keeps the matrix dense.
+
+**Levels.** A matrix's level is :class:`RankLevel` ``r``. Gene level ``l`` gives each matrix the
+largest rank (a multiple of ``rank_multiple``) removing at least its share of ``l·step``; the step is
+a multiple of the largest ``out + in`` so that every level moves every rank. :class:`FactorCache`
+holds each factorised matrix's factors up to break-even, computed once: every rank is a slice.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from sieve.primitives.base import PRIMITIVES, Primitive
+from sieve.errors import SieveError
+from sieve.models.matrix import Matrix
+from sieve.primitives.base import DENSE, PRIMITIVES, Level, LevelGrid, Option, Primitive
+from sieve.stats import MatrixStats
 
 
 def break_even_rank(rows: int, cols: int) -> int:
@@ -112,6 +121,30 @@ def factorize(weight: torch.Tensor, cov: torch.Tensor, damp: float = 0.01, keep:
     return Factors(a.contiguous(), b.contiguous(), s[:k].clone())
 
 
+@dataclass(frozen=True)
+class RankLevel(Level):
+    """A matrix replaced by its rank-``rank`` factors ``A_r B_r`` (``rank`` below break-even)."""
+
+    rank: int
+    factorised: ClassVar[bool] = True
+
+    def removed(self, rows: int, cols: int) -> int:
+        return removed_params(rows, cols, self.rank)
+
+    def record(self, name: str, sparsity: MutableMapping[str, float], patterns: MutableMapping[str, Any],
+               ranks: MutableMapping[str, int]) -> None:
+        sparsity[name] = 0.0
+        ranks[name] = self.rank
+
+    def __str__(self) -> str:
+        return f"rank {self.rank}"
+
+
+def rank_level(rows: int, cols: int, rank: int) -> Level:
+    """:class:`RankLevel` ``rank``, or :data:`DENSE` at or above break-even (factors would not be smaller)."""
+    return RankLevel(rank) if rank < break_even_rank(rows, cols) else DENSE
+
+
 Covariance = Literal["general", "task", "fused"]
 
 
@@ -125,6 +158,33 @@ class LowRank(Primitive):
     damp: float = Field(0.01, gt=0.0, description="Cholesky damping, a fraction of the mean channel energy")
     rank_multiple: int = Field(1, ge=1, description="ranks are multiples of this: 8 or 64 give the two GEMMs of a "
                                "factorised matrix the tensor-core-friendly shapes GPUs run fastest")
+    order: ClassVar[int] = 1
+
+    @property
+    def not_thresholded(self) -> str | None:
+        return "the space has factorised (low-rank) levels"
+
+    def level_step(self, matrices: Sequence[Matrix], smallest: int, grid: LevelGrid) -> int:
+        """A multiple of the largest rank granularity ``out + in`` (every level moves every rank)."""
+        grain = max(sum(m.shape) for m in matrices)
+        return grain * max(1, int(grid.max * smallest) // (grid.per_smallest_gene * grain))
+
+    def levels(self, matrices: Sequence[Matrix], step: int, n_levels: int) -> list[tuple[int, Option]]:
+        """Level ``l``: each matrix the largest rank (a multiple of ``rank_multiple``) removing at
+        least its share of ``l·step``; levels that change no rank are skipped."""
+        numel = sum(m.numel for m in matrices)
+        found: list[tuple[int, Option]] = []
+        last: tuple[int, ...] | None = None
+        for level in range(1, n_levels + 1):
+            target = level * step
+            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel), self.rank_multiple)
+                          for m in matrices)
+            if ranks == last:
+                continue
+            last = ranks
+            cost = sum(removed_params(*m.shape, r) for m, r in zip(matrices, ranks))
+            found.append((cost, tuple(rank_level(*m.shape, r) for m, r in zip(matrices, ranks))))
+        return found
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -136,3 +196,24 @@ class LowRank(Primitive):
     def covariance_of(self, general: torch.Tensor | None, task: torch.Tensor | None) -> torch.Tensor:
         alpha = {"general": 0.0, "task": 1.0, "fused": self.alpha}[self.covariance]
         return mixed_covariance(general, task, alpha)
+
+
+class FactorCache:
+    """Each factorised matrix's data-aware factors up to its break-even rank, float32 on the matrix's
+    compute device: one SVD per matrix, computed on first use (or up front, for a search)."""
+
+    def __init__(self, lowrank: LowRank | None, stats: Mapping[str, MatrixStats]) -> None:
+        self.lowrank, self.stats = lowrank, stats
+        self.factors: dict[str, Factors] = {}
+
+    def get(self, name: str, shape: tuple[int, int], dense: torch.Tensor) -> Factors:
+        """The factors of matrix ``name`` whose dense weight (``shape``, on its compute device) is ``dense``."""
+        if name not in self.factors:
+            if self.lowrank is None:
+                raise SieveError(f"{name} is factorised, but no low-rank primitive was given")
+            stats = self.stats.get(name, MatrixStats())
+            cov = self.lowrank.covariance_of(stats.general.hessian if stats.general is not None else None,
+                                             stats.task.hessian if stats.task is not None else None)
+            found = factorize(dense, cov, self.lowrank.damp, break_even_rank(*shape))
+            self.factors[name] = Factors(found.a.float(), found.b.float(), found.sigma)
+        return self.factors[name]

@@ -1,4 +1,4 @@
-"""The pruning primitive: ``(scores, sparsity, pattern) -> mask``.
+"""The masking primitive: ``(scores, sparsity, pattern) -> mask``.
 
 Comparison group = one output row (Wanda): a row of ``cols`` weights at sparsity ``s`` loses exactly
 ``k = int(cols · s)`` weights, the ``k`` lowest-scoring ones, so every row, and therefore the matrix,
@@ -7,19 +7,28 @@ deterministic even for quantised weights where many magnitudes coincide.
 
 ``N:M``: within each row, in each group of ``M`` consecutive input columns, the ``N`` lowest scores
 are pruned; the sparsity is then ``N / M`` by construction.
+
+**Levels.** A matrix's level is :class:`MaskLevel` ``k``: ``k`` weights pruned per row (per group of
+``M`` for N:M), costing ``rows · k`` (``rows · cols/M · N``) parameters. In a search space one level
+step is a multiple of every matrix's row count, so gene level ``l`` removes ``l·step`` weights
+split over its matrices (:func:`split_removal`); N:M genes choose among the space's ``choices``.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import field_validator
 
 from sieve.errors import SieveError
-from sieve.primitives.base import PRIMITIVES, Primitive
+from sieve.models.matrix import Matrix
+from sieve.primitives.base import DENSE, PRIMITIVES, Ladder, Level, LevelGrid, Option, Primitive
 
 
 @dataclass(frozen=True, order=True)
@@ -62,6 +71,38 @@ class Pattern:
 UNSTRUCTURED = Pattern()
 
 
+@dataclass(frozen=True)
+class MaskLevel(Level):
+    """``k`` weights pruned per row (per group of ``pattern.m`` for N:M). ``sparsity`` is the nominal
+    fraction it came from, not part of the level's identity: equal ``k`` writes equal masks."""
+
+    k: int
+    pattern: Pattern = UNSTRUCTURED
+    sparsity: float = field(default=0.0, compare=False)
+
+    @classmethod
+    def at(cls, cols: int, sparsity: float, pattern: Pattern = UNSTRUCTURED) -> Level:
+        """The level of a ``cols``-column matrix at ``sparsity`` (:data:`DENSE` when nothing is pruned)."""
+        k = round(sparsity * pattern.m) if pattern.structured else row_prune_count(cols, sparsity)
+        return cls(k, pattern, sparsity) if k else DENSE
+
+    @property
+    def thresholded(self) -> bool:  # type: ignore[override]
+        return not self.pattern.structured
+
+    def removed(self, rows: int, cols: int) -> int:
+        return rows * (cols // self.pattern.m) * self.k if self.pattern.structured else rows * self.k
+
+    def record(self, name: str, sparsity: MutableMapping[str, float], patterns: MutableMapping[str, Any],
+               ranks: MutableMapping[str, int]) -> None:
+        sparsity[name] = self.sparsity
+        if self.pattern.structured:
+            patterns[name] = self.pattern
+
+    def __str__(self) -> str:
+        return f"{self.pattern} ({self.k} per group)" if self.pattern.structured else f"{self.k} zeros per row"
+
+
 @PRIMITIVES.register
 class Mask(Primitive):
     """Zero weights: per output row the lowest-scoring ones (``unstructured``), or ``N`` of every
@@ -69,6 +110,7 @@ class Mask(Primitive):
 
     name: Literal["mask"] = "mask"
     pattern: str = "unstructured"
+    order: ClassVar[int] = 0  # whole weights per row: its step is every space's step
 
     @field_validator("pattern")
     @classmethod
@@ -81,6 +123,45 @@ class Mask(Primitive):
     @property
     def parsed(self) -> Pattern:
         return Pattern.parse(self.pattern)
+
+    @property
+    def exact(self) -> bool:
+        return not self.parsed.structured
+
+    @property
+    def not_thresholded(self) -> str | None:
+        return "the space prunes in N:M patterns" if self.parsed.structured else None
+
+    def level_step(self, matrices: Sequence[Matrix], smallest: int, grid: LevelGrid) -> int:
+        """A multiple of every row count (a level is whole weights per row), about ``smallest /
+        per_smallest_gene``."""
+        rows_lcm = math.lcm(*{m.shape[0] for m in matrices})
+        return rows_lcm * max(1, smallest // (grid.per_smallest_gene * rows_lcm))
+
+    def levels(self, matrices: Sequence[Matrix], step: int, n_levels: int) -> list[tuple[int, Option]]:
+        found = []
+        for level in range(1, n_levels + 1):
+            counts = split_removal(matrices, level * step)
+            cost = sum(m.shape[0] * k for k, m in zip(counts, matrices))
+            found.append((cost, tuple(MaskLevel.at(m.shape[1], k / m.shape[1]) for k, m in zip(counts, matrices))))
+        return found
+
+    def ladder(self, matrices: Sequence[Matrix], step: int, grid: LevelGrid, choices: Sequence[str]) -> Ladder:
+        """Unstructured: level ``l`` removes ``l·step`` weights, ``lo`` the first level at ``grid.min``.
+        N:M: the space's ``choices`` (``dense`` or a pattern), in their order."""
+        if self.parsed.structured:
+            patterns = [UNSTRUCTURED if c == "dense" else Pattern.parse(c) for c in choices]
+            for p in patterns:
+                for m in matrices:
+                    p.check(m.name, m.shape[1])
+            options = tuple(tuple(MaskLevel.at(m.shape[1], p.sparsity, p) for m in matrices) for p in patterns)
+            costs = [sum(level.removed(*m.shape) for level, m in zip(o, matrices)) for o in options]
+            return Ladder(np.array(costs, dtype=np.int64), options, 0)
+        numel = sum(m.numel for m in matrices)
+        n_levels = int(grid.max * numel // step)
+        levels = [(0, (DENSE,) * len(matrices)), *self.levels(matrices, step, n_levels)]
+        lo = math.ceil(grid.min * numel / step - 1e-9)
+        return Ladder(np.array([c for c, _ in levels], dtype=np.int64), tuple(o for _, o in levels), min(lo, n_levels))
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
@@ -122,3 +203,22 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern = U
     if k:
         keep.scatter_(1, prune_order(scores)[:, :k], False)
     return keep
+
+
+def split_removal(matrices: Sequence[Matrix], target: int) -> list[int]:
+    """Per-row prune counts ``k_m`` with ``Σ rows_m · k_m`` as close to ``target`` as rows allow.
+
+    All matrices start at ``floor(cols_m · s)`` with ``s = target / numel``; the remainder is
+    handed out one row-sweep at a time (largest matrices first), so one gene's matrices share
+    its sparsity up to one weight per row and the gene's cost is exact whenever row counts allow.
+    """
+    numel = sum(m.numel for m in matrices)
+    s = target / numel
+    counts = [row_prune_count(m.shape[1], s) for m in matrices]
+    left = target - sum(m.shape[0] * k for k, m in zip(counts, matrices))
+    for i in sorted(range(len(matrices)), key=lambda i: -matrices[i].numel):
+        m = matrices[i]
+        if m.shape[0] <= left and counts[i] < m.shape[1]:
+            counts[i] += 1
+            left -= m.shape[0]
+    return counts

@@ -26,9 +26,11 @@ from sieve.config import Frozen, validate
 from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
 from sieve.io import read_json, write_json
+from sieve.models.identity import ModelIdentity
 from sieve.models.matrix import Matrix
-from sieve.primitives.lowrank import LowRank, rank_for_removal, removed_params
-from sieve.primitives.mask import UNSTRUCTURED, Pattern, check_sparsity, row_prune_count
+from sieve.primitives.base import Level
+from sieve.primitives.lowrank import LowRank, rank_for_removal, rank_level
+from sieve.primitives.mask import UNSTRUCTURED, MaskLevel, Pattern, check_sparsity
 from sieve.scores.base import MethodSpec, ScoringMethod
 from sieve.stats.calibrate import CalibrationConfig
 
@@ -57,6 +59,25 @@ class Allocation:
                 raise SieveError(f"{name} is both sparsified and factorised; an allocation gives each matrix one")
 
     @classmethod
+    def from_levels(cls, levels: Mapping[str, Level]) -> Allocation:
+        """The allocation that puts each named matrix at its level (each level records itself)."""
+        sparsity: dict[str, float] = {}
+        patterns: dict[str, Pattern] = {}
+        ranks: dict[str, int] = {}
+        for name, level in levels.items():
+            level.record(name, sparsity, patterns, ranks)
+        return cls(sparsity, UNSTRUCTURED, patterns, ranks)
+
+    def level_of(self, m: Matrix) -> Level:
+        """``m``'s level: its rank where one below break-even is allocated, else its mask (``k`` per
+        row, per group of ``M`` for N:M), :data:`~sieve.primitives.base.DENSE` for neither."""
+        if m.name in self.ranks:
+            level = rank_level(*m.shape, self.ranks[m.name])
+            if level.factorised:
+                return level
+        return MaskLevel.at(m.shape[1], self.sparsity.get(m.name, 0.0), self.pattern_of(m.name))
+
+    @classmethod
     def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float, multiple: int = 1) -> Allocation:
         """Every matrix keeps the largest rank (a multiple of ``multiple``) that removes at least
         ``fraction`` of its parameters."""
@@ -70,16 +91,7 @@ class Allocation:
 
     def removed(self, m: Matrix) -> int:
         """Parameters ``m`` gives up: zeros (masks) or the factors' saving (ranks)."""
-        rows, cols = m.shape
-        if m.name in self.ranks:
-            return removed_params(rows, cols, self.ranks[m.name])
-        sparsity = self.sparsity.get(m.name, 0.0)
-        if sparsity <= 0:
-            return 0
-        pattern = self.pattern_of(m.name)
-        if pattern.structured:
-            return rows * (cols // pattern.m) * round(sparsity * pattern.m)
-        return rows * row_prune_count(cols, sparsity)
+        return self.level_of(m).removed(*m.shape)
 
     def removed_fractions(self, matrices: Sequence[Matrix]) -> dict[str, float]:
         """Per matrix, the fraction of its parameters given up (the common scale of masks and ranks)."""
@@ -136,6 +148,7 @@ class AllocationFile(Frozen):
     # what reproduces them
     model: str | None = None
     weights_hash: str | None = None
+    model_digests: dict[str, str] = {}  # ModelIdentity.digests: config.json and tokenizer
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     method: MethodSpec | None = None
     lowrank: LowRank | None = None
@@ -235,7 +248,8 @@ class AllocationFile(Frozen):
             raise SieveError("the allocation records no scoring method ('method'); give one with --method")
         return fallback
 
-    def check_model(self, matrices: Sequence[Matrix], model_id: str, weights_hash: str, where: str) -> None:
+    def check_model(self, matrices: Sequence[Matrix], model_id: str, weights_hash: str, where: str,
+                    identity: ModelIdentity | None = None) -> None:
         """Refuse a file made for another model: module names (closest name given) or both weight hashes."""
         self.allocation.check_against(matrices, f"allocation {where}", f"model {model_id!r}")
         if self.weights_hash is None:
@@ -246,6 +260,10 @@ class AllocationFile(Frozen):
                 f"allocation {where} was made for model {self.model!r} with weights hash {self.weights_hash}, "
                 f"but {model_id!r} hashes to {weights_hash}"
             )
+        changed = identity.changes(self.model_digests) if identity is not None else []
+        if changed:
+            raise SieveError(f"allocation {where} was made for model {self.model!r} with another config or tokenizer "
+                             f"than {model_id!r} has ({'; '.join(changed)})")
 
 
 def _parse_pattern(value: str) -> Pattern:

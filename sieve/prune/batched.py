@@ -26,6 +26,7 @@ import torch
 
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
+from sieve.primitives.base import DENSE
 from sieve.prune.allocation import Allocation
 from sieve.prune.pruner import ModelPruner
 from sieve.prune.threshold import KEEP_ALL, threshold_mask_into
@@ -126,10 +127,10 @@ class CandidateWeights:
         key = (name, allocation.sparsity.get(name, 0.0), allocation.pattern_of(name), allocation.ranks.get(name))
         slot = self._slot_of.get(key)
         if slot is None:
-            state, _ = self.pruner.state_of(self.pruner.by_name[name], allocation)
-            slot = None if state[0] == "rank" or state[1].structured else group.level_slot[g].get(state[0])
+            level = self.pruner.state_of(self.pruner.by_name[name], allocation)
+            slot = 0 if level == DENSE else group.level_slot[g].get(level.k) if level.thresholded else None
             if slot is None:
-                raise SieveError(f"{name}: level {state} has no precomputed unstructured threshold; "
+                raise SieveError(f"{name}: level {level} has no precomputed unstructured threshold; "
                                  "candidates cannot share a forward")
             self._slot_of[key] = slot
         return slot

@@ -100,7 +100,7 @@ def realise(ws: Workspace, file: AllocationFile, *, store: StatsStore | None, wh
     """Prune ``ws.model`` in place by ``file`` (checked against the model) with its own method,
     low-rank primitive and statistics."""
     method = file.scoring_method() if any(s > 0 for s in file.modules.values()) else file.method
-    file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(where))
+    file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(where), ws.model_identity)
     if statistics is None:
         statistics = statistics_for(ws, file, store, task_texts)
     pruner = ModelPruner(file_matrices(file, ws.matrices), method, statistics.per_matrix, file.lowrank)

@@ -17,6 +17,7 @@ from pydantic import Field
 from sieve.config import Frozen, validate
 from sieve.errors import SieveError
 from sieve.io import read_json, write_json
+from sieve.models.identity import ModelIdentity
 
 FORMAT = "sieve.checkpoint/v1"
 
@@ -38,6 +39,17 @@ class Checkpoint(Frozen):
     identity: str = ""
     config_identity: dict[str, Any] = Field(default_factory=dict)
     weights_hash: str = ""
+    model: ModelIdentity | None = None
+
+    def check_model(self, weights_hash: str, model: ModelIdentity) -> None:
+        """Refuse to continue on another model: its prunable weights, its ``config.json`` or its
+        tokenizer changed since this checkpoint (fitness values of two models in one population)."""
+        if self.weights_hash and self.weights_hash != weights_hash:
+            raise SieveError(f"the model's weights changed since the run started (weights hash {self.weights_hash} "
+                             f"then, {weights_hash} now); start a new run")
+        changed = model.changes(self.model) if self.model is not None else []
+        if changed:
+            raise SieveError(f"the model changed since the run started ({'; '.join(changed)}); start a new run")
 
     def save(self, path: Path) -> Path:
         return write_json(path, self.model_dump(mode="json"))

@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from sieve.config import to_dict
 from sieve.data.splits import SplitSpec
 from sieve.metrics.quality import EvalSettings
+from sieve.scoring.plan import BATCH_SIZE
 from sieve.search.fitness import FitnessSpec
 from sieve.search.fitness.task_nll import TaskNLL
 from sieve.search.space import SpaceSpec
@@ -39,7 +40,7 @@ class SearchConfig(InputsConfig):
     generations: int = Field(10, gt=0)
     offspring: int = Field(8, gt=0)
     population: int = Field(6, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     fitness: FitnessSpec = Field(default_factory=TaskNLL)
     general_weight: float = Field(0.0, ge=0.0)
     general_fitness_blocks: int = Field(8, gt=0)
@@ -47,7 +48,7 @@ class SearchConfig(InputsConfig):
     validation_examples: int = Field(64, gt=0)
     stages: tuple[int, ...] = (16,)
     promote: tuple[int, ...] = (2,)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(BATCH_SIZE, gt=0)
     pruner_mode: Literal["auto", "in_place", "on_the_fly"] = Field(
         "auto", description="on_the_fly: weights computed at every forward from the dense ones (memory ≈ 1× the "
         "model instead of 2×, one pruning pass per forward); in_place: one pass per candidate; auto: in_place where "
@@ -93,9 +94,6 @@ class SearchConfig(InputsConfig):
         sizes = list(self.stages) + [self.validation_examples]
         if any(a >= b for a, b in zip(sizes, sizes[1:])) or any(s <= 0 for s in sizes):
             raise ValueError(f"stage sizes must increase up to validation_examples: {sizes}")
-        if self.batch_candidates > 1 and (self.lanes > 1 or not self.in_process):
-            raise ValueError("batch_candidates > 1 evaluates in this process with one model: it excludes lanes > 1, "
-                             "--workers and --ray-address")
         counts = [self.offspring, *self.promote]
         if any(a < b for a, b in zip(counts, counts[1:])) or any(k <= 0 for k in counts):
             raise ValueError(f"promote must be positive and non-increasing from offspring: {counts}")

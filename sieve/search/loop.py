@@ -27,10 +27,12 @@ from pymoo.problems.static import StaticProblem
 
 from sieve.config import digest
 from sieve.errors import SieveError
+from sieve.models.identity import ModelIdentity
 from sieve.search.checkpoint import Checkpoint, cache_key
-from sieve.search.evaluator import EvaluationBackend, StagePlan
+from sieve.search.evaluator import EvaluationBackend
 from sieve.search.operators import BudgetRepair, LevelCrossover, LevelProblem, LevelSwitchMutation, SeededSampling
 from sieve.search.space import SearchSpace
+from sieve.search.stages import StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,11 @@ class Search:
         weights_hash: str,
         save: Callable[[Checkpoint, GenerationRecord], None],
         on_generation: Callable[[GenerationRecord], None] | None = None,
+        model: ModelIdentity | None = None,
     ) -> None:
         self.space, self.window, self.backend, self.plan = space, window, backend, plan
         self.seed, self.identity, self.weights_hash, self.save = seed, identity, weights_hash, save
+        self.model = model
         self.identity_digest = digest(identity)
         self.on_generation = on_generation
         self.problem = LevelProblem(space)
@@ -147,6 +151,9 @@ class Search:
         start = time.perf_counter()
         evals_before = self.evaluations
         infills = self.algorithm.ask()
+        if infills is None or len(infills) == 0:  # every budget-feasible genome was already proposed
+            raise SieveError(f"the search space has no new genomes within the budget window {self.window} after "
+                             f"generation {self.generation}; raise --budget or use a finer space")
         X = infills.get("X").astype(np.int64)
         if self.generation < 0:
             F = np.array(self._scores(list(X), self.plan.final))
@@ -182,6 +189,7 @@ class Search:
             identity=self.identity_digest,
             config_identity=self.identity,
             weights_hash=self.weights_hash,
+            model=self.model,
         )
         self.save(ckpt, record)
         if self.on_generation:

@@ -29,10 +29,11 @@ import numpy as np
 from sieve.config import to_dict, validate
 from sieve.errors import SieveError
 from sieve.search.config import SearchConfig
-from sieve.search.evaluator import Timings, build_evaluator
+from sieve.search.evaluator import build_evaluator
 from sieve.search.fitness import Measurement
 from sieve.search.rundir import RunDir
 from sieve.search.space import SearchSpace
+from sieve.search.strategies import Timings
 from sieve.stats.calibrate import Statistics
 
 log = logging.getLogger(__name__)

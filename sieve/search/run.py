@@ -12,7 +12,8 @@ checkpoint, history, best allocation and results through :class:`~sieve.search.r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,8 +31,10 @@ from sieve.scores.base import ScoringMethod
 from sieve.search.checkpoint import Checkpoint, cache_key
 from sieve.search.config import SearchConfig
 from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, build_evaluator
+from sieve.search.execution import ExecutionPlan, ModelFacts, plan_execution
 from sieve.search.loop import GenerationRecord, Search
 from sieve.search.operators import repair_budget
+from sieve.search.phases import Phases
 from sieve.search.rundir import RunDir
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
@@ -68,7 +71,8 @@ class Prepared:
         config, ws = self.config, self.workspace
         return AllocationFile.build(
             self.space.allocation(genome),
-            model=ws.model_id, weights_hash=ws.weights_hash, dtype=ws.dtype, method=self.method.describe(),
+            model=ws.model_id, weights_hash=ws.weights_hash, model_digests=ws.model_identity.digests, dtype=ws.dtype,
+            method=self.method.describe(),
             lowrank=config.space.lowrank.model_dump() if config.space.lowrank else None,
             calibration=config.calibration.model_dump(), task=config.task, general=config.general,
             split=config.split().model_dump(), workdir=config.workdir, stats=self.statistics.fingerprints,
@@ -90,6 +94,36 @@ def search_statistics(config: SearchConfig, ws: Workspace, space: SearchSpace,
     )
 
 
+@dataclass
+class Checked:
+    """A search's inputs once everything bad input can fail has been checked: the open workspace,
+    the space on its matrices, the budget's feasible window and the execution plan."""
+
+    workspace: Workspace
+    space: SearchSpace
+    window: tuple[int, int]
+    execution: ExecutionPlan
+
+
+def check_search(config: SearchConfig, workspace: Workspace | None = None, *, resumed: Checkpoint | None = None,
+                 demanded: Collection[str] = (), recorded: ExecutionPlan | None = None) -> Checked:
+    """Open (or reuse) the workspace and check what needs it: the model is the resumed run's
+    (weights, config, tokenizer), the space matches its matrices, the budget is reachable, and the
+    execution plan applies — and for a resume reproduces the ``recorded`` one's result-shaping settings."""
+    if config.budget is None:
+        raise SieveError("a search needs a budget")
+    ws = workspace or config.open_workspace()
+    if resumed is not None:
+        resumed.check_model(ws.weights_hash, ws.model_identity)
+    space = SearchSpace(config.space, ws.matrices)
+    window = space.budget_window(config.budget)
+    execution = plan_execution(config, ModelFacts.of(ws, space.matrices, config.max_gpu_memory), demanded)
+    if recorded is not None and (changed := execution.mismatch(recorded)):
+        raise SieveError(f"this run cannot be resumed here with the same results: {'; '.join(changed)} "
+                         "(what fits in this device's memory differs from where it started)")
+    return Checked(ws, space, window, execution)
+
+
 def prepare(
     config: SearchConfig,
     store: StatsStore | None,
@@ -97,40 +131,42 @@ def prepare(
     workspace: Workspace | None = None,
     statistics: Statistics | None = None,
     extra_seeds: Sequence[dict[str, float]] | None = None,
-    expected_weights: str | None = None,
+    resumed: Checkpoint | None = None,
+    checked: Checked | None = None,
+    phases: Phases | None = None,
 ) -> Prepared:
     """Everything a search needs; ``workspace`` / ``statistics`` are reused when given (and the
-    statistics are then copied into ``store``). ``expected_weights``: refuse a model whose weights
-    hash differs (a resume), before any statistics are computed or written."""
-    if config.budget is None:
-        raise SieveError("a search needs a budget")
-    ws = workspace or config.open_workspace()
-    if expected_weights and ws.weights_hash != expected_weights:
-        raise SieveError(f"the model's weights changed since the run started (weights hash {expected_weights} then, "
-                         f"{ws.weights_hash} now); start a new run")
-    space = SearchSpace(config.space, ws.matrices)
-    window = space.budget_window(config.budget)
+    statistics are then copied into ``store``). ``resumed``: the checkpoint of a resume, whose model
+    the loaded one must be; ``checked``: :func:`check_search`'s answer where the caller has it."""
+    phases = phases or Phases()
+    if checked is None:
+        with phases("model_load"):
+            checked = check_search(config, workspace, resumed=resumed)
+    ws, space, window = checked.workspace, checked.space, checked.window
+    checked.execution.log_notes()
     method = config.space.method
-    if statistics is None:
-        statistics = search_statistics(config, ws, space, store)
-    elif store is not None:
-        statistics.save_to(store)
-    lowrank_only = config.space.mask is None
-    multiple = config.space.lowrank.rank_multiple if config.space.lowrank is not None else 1
-    uniform = (Allocation.uniform_rank(space.matrices, config.budget, multiple) if lowrank_only
-               else Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
-               else Allocation({}, space.pattern))
-    owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
-    uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget, multiple)
-                    if config.space.lowrank is not None and not lowrank_only else None)
-    rng = np.random.default_rng(config.seed)
-    costs = [g.costs for g in space.genes]
-    starts = [uniform.removed_fractions(space.matrices) if lowrank_only else uniform.sparsity, owl.sparsity,
-              *(extra_seeds or [])]
-    if uniform_rank is not None:
-        starts.insert(2, uniform_rank.removed_fractions(space.matrices))
-    seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
-    evaluator = build_evaluator(config, ws, space, statistics, lanes=config.lanes if config.in_process else 1)
+    with phases("statistics"):
+        if statistics is None:
+            statistics = search_statistics(config, ws, space, store)
+        elif store is not None:
+            statistics.save_to(store)
+    with phases("setup"):
+        lowrank_only = config.space.mask is None
+        multiple = config.space.lowrank.rank_multiple if config.space.lowrank is not None else 1
+        uniform = (Allocation.uniform_rank(space.matrices, config.budget, multiple) if lowrank_only
+                   else Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
+                   else Allocation({}, space.pattern))
+        owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
+        uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget, multiple)
+                        if config.space.lowrank is not None and not lowrank_only else None)
+        rng = np.random.default_rng(config.seed)
+        costs = [g.costs for g in space.genes]
+        starts = [uniform.removed_fractions(space.matrices) if lowrank_only else uniform.sparsity, owl.sparsity,
+                  *(extra_seeds or [])]
+        if uniform_rank is not None:
+            starts.insert(2, uniform_rank.removed_fractions(space.matrices))
+        seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
+        evaluator = build_evaluator(config, ws, space, statistics, checked.execution)
     return Prepared(ws, space, window, uniform, owl, uniform_rank, seeds, evaluator, statistics, config)
 
 
@@ -140,7 +176,7 @@ BackendFactory = Callable[[Prepared, RunDir], EvaluationBackend]
 def default_backend(prepared: Prepared, run: RunDir) -> EvaluationBackend:
     """In-process unless ``--workers N`` or ``--ray-address`` asks for Ray actors."""
     config = prepared.config
-    if config.in_process:
+    if prepared.evaluator.execution.workers == 0:
         return InProcessBackend(prepared.evaluator)
     from sieve.search.ray_backend import RayBackend
 
@@ -148,18 +184,30 @@ def default_backend(prepared: Prepared, run: RunDir) -> EvaluationBackend:
 
 
 class SearchRun:
-    """A search in its run directory: a new one (``config`` given) or a resume (``overrides`` of the saved config)."""
+    """A search in its run directory: a new one (``config`` given) or a resume (``overrides`` of the
+    saved config). ``demanded``: the config fields the user typed (flags), which the execution plan
+    must honour or refuse; every other setting is a preference it may replace (:mod:`sieve.search.execution`)."""
 
-    def __init__(self, run: RunDir, config: SearchConfig | None = None, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, run: RunDir, config: SearchConfig | None = None, overrides: dict[str, Any] | None = None,
+                 demanded: Collection[str] = ()) -> None:
         self.run, self.new, self.overrides = run, config is not None, overrides or {}
         self.config = config if config is not None else run.resumed_config(self.overrides)
+        self.recorded = None if self.new else run.execution()
+        self.demanded = frozenset(demanded) | frozenset(self.overrides) | frozenset(
+            self.recorded.demanded if self.recorded is not None else ())
+        self.phases = Phases()
         self._preflight()  # every cheap check now, before a directory is created or anything slow loads
+        if self.new:
+            run.check_creatable(self.config)  # writable, and holding nothing a new run would lose or adopt
+        else:
+            run.check_not_in_use()
 
     def _preflight(self) -> Checkpoint | None:
         """Checks that need nothing loaded: the device, the model and task specs, the Ray address,
-        and for a resume the checkpoint (validated, written by this configuration)."""
+        the execution plan's demands, and for a resume the checkpoint (validated, written by this configuration)."""
         config, run = self.config, self.run
-        resolve_device(config.device)
+        device = resolve_device(config.device)
+        plan_execution(config, ModelFacts.before_loading(device), self.demanded)
         resolve_model_path(config.model)
         resolve_task(config.task)
         if not config.in_process:
@@ -190,24 +238,48 @@ class SearchRun:
         statistics: Statistics | None = None,
     ) -> dict[str, Any]:
         """Run (or resume) to ``config.generations``; ``extra_seeds`` (per-matrix sparsity maps)
-        join uniform and OWL in the initial population, e.g. a warm start from another budget."""
-        with self.run.lock():  # the checks again, now that no other process can change the run
-            if self.new:
-                self.config = self.run.create(self.config)
-            else:
-                self.config = self.run.resumed_config(self.overrides)
-            ckpt = self._preflight()
-            return self._execute(ckpt, backend_factory, on_generation, report, extra_seeds, workspace, statistics)
+        join uniform and OWL in the initial population, e.g. a warm start from another budget.
 
-    def _execute(self, ckpt, backend_factory, on_generation, report, extra_seeds, workspace, statistics) -> dict[str, Any]:
-        config, run = self.config, self.run
+        A new run's directory is created only once everything bad input can fail has been checked
+        (the workspace is open, the space, budget and execution plan are checked), so a refused
+        search leaves nothing. A failure once this search has made the directory (or any crash in
+        a resumed one) marks the run failed with its reason; the same command then starts it afresh."""
+        try:
+            checked = None
+            if self.new:
+                with self.phases("model_load"):
+                    checked = check_search(self.config, workspace, demanded=self.demanded)
+            with self.run.lock():  # the checks again, now that no other process can change the run
+                if self.new:
+                    self.config = self.run.create(self.config)
+                else:
+                    self.config = self.run.resumed_config(self.overrides)
+                ckpt = self._preflight()
+                if checked is None:
+                    with self.phases("model_load"):
+                        checked = check_search(self.config, workspace, resumed=ckpt, demanded=self.demanded,
+                                               recorded=self.recorded)
+                self.run.write_execution(checked.execution)
+                return self._execute(ckpt, checked, backend_factory, on_generation, report, extra_seeds, statistics)
+        except SieveError as exc:  # a refused resume leaves the run as it was
+            if self.run.created:
+                self.run.mark_failed(exc)
+            raise
+        except Exception as exc:
+            if self.run.created or not self.new:
+                self.run.mark_failed(exc)
+            raise
+
+    def _execute(self, ckpt, checked, backend_factory, on_generation, report, extra_seeds, statistics) -> dict[str, Any]:
+        config, run, phases = self.config, self.run, self.phases
         identity = config.identity()
-        prepared = prepare(config, run.stats, workspace=workspace, statistics=statistics, extra_seeds=extra_seeds,
-                           expected_weights=ckpt.weights_hash if ckpt is not None else None)
+        prepared = prepare(config, run.stats, statistics=statistics, extra_seeds=extra_seeds, resumed=ckpt,
+                           checked=checked, phases=phases)
         if not self.new:
             run.write_config(config)  # generations / workers may have changed; identity did not
         space = prepared.space
-        backend = backend_factory(prepared, run)
+        with phases("setup"):
+            backend = backend_factory(prepared, run)
 
         def save(checkpoint, record: GenerationRecord) -> None:
             genome = np.array(record.best_genome)
@@ -221,13 +293,16 @@ class SearchRun:
             space, prepared.window, prepared.seeds, backend, prepared.evaluator.plan,
             population=config.population, offspring=config.offspring, seed=config.seed, identity=identity,
             weights_hash=prepared.workspace.weights_hash, save=save, on_generation=on_generation,
+            model=prepared.workspace.model_identity,
         )
         try:
             if ckpt is not None:
                 run.truncate_history(ckpt.generation)
                 search.restore(ckpt)
                 log.info("resumed %s at generation %d", run.path, ckpt.generation)
+            loop_start = time.perf_counter()
             search.run(config.generations)
+            phases.add("loop", time.perf_counter() - loop_start)
         finally:
             timings = backend.timings().as_dict()
             backend.close()
@@ -241,6 +316,7 @@ class SearchRun:
             "search_seconds": search.seconds,
             "stats_seconds": prepared.statistics.seconds,
             "timings": timings,
+            "execution": prepared.evaluator.execution.model_dump(mode="json"),
             "uniform_fitness": _cached_full(search, prepared.seeds[0]),
             "owl_fitness": _cached_full(search, prepared.seeds[1]),
             "unrouted_experts": sorted(
@@ -249,11 +325,16 @@ class SearchRun:
                                                   prepared.statistics.per_matrix[m.name].task) if s is not None)),
         }
         if report:
-            outcome["table"] = final_table(prepared, best)
-            outcome["per_type"] = per_type_table(space.allocation(best), space)
-            outcome["per_module"] = per_module(space.allocation(best), space)
+            with phases("final_evaluation"):
+                outcome["table"] = final_table(prepared, best)
+                outcome["per_type"] = per_type_table(space.allocation(best), space)
+                outcome["per_module"] = per_module(space.allocation(best), space)
         prepared.pruner.release()  # the model's own modules and dense weights again
+        write_start = time.perf_counter()
+        outcome["phases"] = phases.as_dict()
         run.write_results(outcome)
+        phases.add("write_results", time.perf_counter() - write_start)
+        outcome["phases"] = phases.as_dict()
         return outcome
 
 

@@ -11,6 +11,7 @@
       best_allocation.json   sieve.allocation/v1, rewritten every generation
       results.json           final table: dense / uniform / OWL / best on the test split
       frontier.json          Pareto mode: every probed budget
+      failed.json            why the run stopped, when it failed after the directory was made
       eval.json, report/, ray_logs/, logs/
 
 Each generation writes ``best_allocation.json`` and the history line first and the checkpoint
@@ -18,15 +19,26 @@ last, all atomically; on resume, history lines past the checkpoint are dropped, 
 moment loses at most the generation in flight. One process writes at a time (:meth:`RunDir.lock`,
 an OS lock released on any exit). A resume is checked *before* anything is written: the config's
 identity, the digests of the task and corpus files, then — once the model is loaded — the hash of
-its weights.
+its weights, config and tokenizer.
+
+A new run starts only where it loses and adopts nothing (:meth:`RunDir.check_creatable`, cheap, so
+it runs before anything slow): an absent or empty folder, or the leftovers of the *same* search that
+never finished a generation or was marked failed (removed, then started afresh). A run with a
+checkpoint is resumed, never restarted; a folder with files sieve did not write needs ``--force``,
+and even then sieve deletes none of them.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import fnmatch
 import json
+import logging
 import os
+import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,13 +50,21 @@ from sieve.config import FLAGS, differences, load_yaml, to_dict, validate
 from sieve.data.general import BUILTIN_CORPUS
 from sieve.data.task_spec import resolve_task, task_files
 from sieve.errors import SieveError
-from sieve.io import append_jsonl, file_digest, read_json, read_jsonl, write_json, write_text, write_yaml
+from sieve.io import append_jsonl, file_digest, fsync_dir, read_json, read_jsonl, write_json, write_text, write_yaml
 from sieve.prune.allocation import AllocationFile
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.config import SearchConfig
+from sieve.search.execution import ExecutionPlan
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 BEST_ALLOCATION = "best_allocation.json"
+LOCK = ".lock"
+FAILED = "failed.json"
+#: every name sieve writes at the top of a run directory (``.NAME.*.tmp``: an atomic write in flight)
+OWN_NAMES = (CONFIG, LOCK, FAILED, BEST_ALLOCATION, "stats", "checkpoint", "history.jsonl", "results.json",
+             "frontier.json", "eval.json", "execution.json", "report", "ray_logs", "logs", "budget-*", ".*.tmp")
 
 
 def input_digests(config: SearchConfig) -> dict[str, str]:
@@ -68,8 +88,11 @@ class RunStatsStore:
 
 
 class RunDir:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, force: bool = False) -> None:
+        """``force``: a new run may start beside files sieve did not write (it never deletes them)."""
         self.path = Path(path).expanduser().absolute()
+        self.force = force
+        self.created = False  # set by :meth:`create`: this process made the run, so a failure marks it
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -100,6 +123,10 @@ class RunDir:
         return self.path / "results.json"
 
     @property
+    def execution_path(self) -> Path:
+        return self.path / "execution.json"
+
+    @property
     def frontier_path(self) -> Path:
         return self.path / "frontier.json"
 
@@ -121,7 +148,7 @@ class RunDir:
 
     def probe(self, budget: float) -> RunDir:
         """The sub-run of one Pareto probe."""
-        return RunDir(self.path / f"budget-{budget:.3f}")
+        return RunDir(self.path / f"budget-{budget:.3f}", force=self.force)
 
     def owns(self, path: Path) -> bool:
         """Whether ``path`` is one of this run's own files (exports must never overwrite those)."""
@@ -151,18 +178,96 @@ class RunDir:
     def write_config(self, config: SearchConfig) -> None:
         write_yaml(self.config_path, to_dict(config))
 
+    def check_creatable(self, config: SearchConfig) -> None:
+        """Refuse a new run here that could not be written or would lose or adopt data; reads only
+        names and small files, so it runs before anything slow (and again in :meth:`create`)."""
+        self._check_writable()
+        self.check_not_in_use()
+        self._check_leftovers(config)
+
     def create(self, config: SearchConfig) -> SearchConfig:
-        """A new run here: refuses a directory that already holds one; records the input digests."""
-        if self.checkpoint_path.exists() or self.history_path.exists() or self.best_allocation_path.exists():
-            raise SieveError(f"{self.path} already holds a search; resume it with: sieve search --resume {self.path}")
+        """Start a new run here, under :meth:`lock`: :meth:`check_creatable`'s checks again (now no
+        other process can change the directory), then the leftovers of this same search removed (it
+        never finished a generation, or failed) and the config written with the input digests."""
+        self._check_writable()
+        self._check_leftovers(config)
+        self._remove_leftovers()
         config = config.model_copy(update={"digests": input_digests(config)})
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(config)
+        self.created = True
         return config
+
+    def _check_writable(self) -> None:
+        """A folder (or nothing yet) at a path whose names the file system takes, on a writable one."""
+        existing, missing = self.path, []
+        while not _present(existing):
+            existing, missing = existing.parent, [existing.name, *missing]
+        if not existing.is_dir():
+            inside = f": {existing} is a file" if missing else " is a file"
+            raise SieveError(f"run directory {self.path}{inside}, not a folder; choose another --run-dir")
+        limit = _pathconf(existing, "PC_NAME_MAX", 255)
+        for name in missing:
+            if len(os.fsencode(name)) > limit:
+                raise SieveError(f"run directory {self.path}: the name {name[:20]}… is {len(os.fsencode(name))} "
+                                 f"bytes, longer than the file system allows ({limit}); choose a shorter --run-dir")
+        if len(os.fsencode(str(self.path))) + 64 > _pathconf(existing, "PC_PATH_MAX", 4096):
+            raise SieveError(f"run directory {str(self.path)[:40]}… is too long a path for the file system; "
+                             "choose a shorter --run-dir")
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise SieveError(f"run directory {self.path} cannot be written: {existing} is on a read-only file system")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise SieveError(f"run directory {self.path} cannot be written: {existing} is not writable by this user")
+
+    def check_not_in_use(self) -> None:
+        """Refuse, before anything is written, a run another process holds or whose ``.lock`` is not sieve's."""
+        if not (self.path / LOCK).exists() and not (self.path / LOCK).is_symlink():
+            return
+        fd = self._open_lock(os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use(fd) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _check_leftovers(self, config: SearchConfig) -> None:
+        """What is here already may be restarted only when it is this same search and holds no finished generation."""
+        if not self.path.is_dir():
+            return
+        foreign = sorted(n for n in os.listdir(self.path) if not _own(n))
+        if foreign and not self.force:
+            shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+            raise SieveError(f"run directory {self.path} holds files sieve did not write ({shown}); choose another "
+                             "--run-dir, or pass --force to write beside them")
+        ckpt = self.checkpoint()
+        if ckpt is not None:
+            raise SieveError(f"{self.path} holds a run at generation {ckpt.generation}; resume with "
+                             f"`sieve search --resume {self.path}`, or choose another --run-dir")
+        if self.config_path.exists():
+            changed = differences(self.config().identity(), config.identity())
+            if changed:
+                raise SieveError(f"{self.path} holds another search that never finished a generation "
+                                 f"({'; '.join(changed)}); choose another --run-dir")
+
+    def _remove_leftovers(self) -> None:
+        """Remove sieve's own files of an unfinished run (never the lock, never a file sieve did not write)."""
+        if not self.path.is_dir():
+            return
+        own = sorted(n for n in os.listdir(self.path) if _own(n) and n != LOCK)
+        for name in own:
+            entry = self.path / name
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if own:
+            fsync_dir(self.path)
+            log.info("removed the leftovers of an unfinished run in %s (%s)", self.path, ", ".join(own))
 
     def resumed_config(self, overrides: dict[str, Any] | None = None) -> SearchConfig:
         """The saved config with ``overrides`` applied, checked (nothing is written): refuses a changed
-        identity (naming every differing field) or a changed input file (naming it and both digests)."""
+        identity (naming every differing field), a changed input file (naming it and both digests) or
+        a damaged history line (naming it)."""
         saved = self.config()
         merged = validate(SearchConfig, {**to_dict(saved), **(overrides or {})}, FLAGS)
         changed = differences(saved.identity(), merged.identity())
@@ -174,6 +279,7 @@ class RunDir:
             if before != after:
                 raise SieveError(f"cannot resume {self.path}: input file {path} changed (digest {before} at the start, "
                                  f"{after} now)")
+        self.history()
         return merged
 
     # ------------------------------------------------------------------ the writer's lock
@@ -181,14 +287,12 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold the run for this process (an OS lock, released on any exit, even SIGKILL)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        path = self.path / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open_lock(os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-                raise SieveError(f"{self.path} is in use by {holder}; one search per run directory") from None
+                raise self._in_use(fd) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
                       .encode(), 0)
@@ -200,23 +304,88 @@ class RunDir:
         finally:
             os.close(fd)
 
+    def _open_lock(self, flags: int) -> int:
+        """The lock file, never through a link: a ``.lock`` that is a symbolic or hard link, not a
+        plain file, or holds anything but sieve's one line is refused (it is never truncated)."""
+        path = self.path / LOCK
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SieveError(f"{path} is a symbolic link, not sieve's lock file; remove it") from None
+            if exc.errno == errno.EISDIR:
+                raise SieveError(f"{path} is a folder, not sieve's lock file; remove it") from None
+            raise
+        info = os.fstat(fd)
+        text = os.pread(fd, 4096, 0) if stat.S_ISREG(info.st_mode) else b""
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or (text and not text.startswith(b"PID ")):
+            os.close(fd)
+            raise SieveError(f"{path} is not sieve's lock file (a plain file holding one 'PID …' line); remove it")
+        return fd
+
+    def _in_use(self, fd: int) -> SieveError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        return SieveError(f"{self.path} is in use by {holder}; one search per run directory")
+
     # ------------------------------------------------------------------ progress
     def checkpoint(self) -> Checkpoint | None:
         return Checkpoint.load(self.checkpoint_path)
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether a generation finished (a resume continues from it; a new search is refused here)."""
+        return self.checkpoint_path.is_file()
+
     def history(self) -> list[dict[str, Any]]:
+        """One row per generation written; a damaged line is one error naming it (only a torn last
+        line, what a kill mid-append leaves, is dropped)."""
         rows = read_jsonl(self.history_path)
-        if not all(isinstance(r, dict) and isinstance(r.get("generation"), int) for r in rows):
-            raise SieveError(f"{self.history_path} is damaged (a line without an integer 'generation')")
+        for number, row in enumerate(rows, 1):
+            if not (isinstance(row, dict) and isinstance(row.get("generation"), int)):
+                raise SieveError(f"{self.history_path} line {number} is damaged (not a JSON object with an integer "
+                                 "'generation'); fix or delete that line")
         return rows
 
     def append_history(self, row: dict[str, Any]) -> None:
         append_jsonl(self.history_path, row)
 
     def truncate_history(self, generation: int) -> None:
-        """Drop history lines past ``generation`` (written by a generation that did not finish)."""
+        """Drop history lines past ``generation`` (written by a generation that did not finish); the
+        run continues, so an earlier failure no longer describes it."""
         rows = [r for r in self.history() if r["generation"] <= generation]
         write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.failed_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ failure
+    @property
+    def failed_path(self) -> Path:
+        return self.path / FAILED
+
+    def mark_failed(self, error: BaseException | str) -> None:
+        """Record why the run stopped after its directory was made (``failed.json``): ``sieve report``
+        and a resume show it, and the same ``sieve search`` command restarts a run that finished no
+        generation. Never raises: a failure to record (a full disk) must not hide the failure itself."""
+        reason = error if isinstance(error, str) else str(error).strip().partition("\n")[0]
+        if isinstance(error, BaseException) and not isinstance(error, SieveError):
+            reason = f"{type(error).__name__}: {reason}"
+        try:
+            generation = self.checkpoint().generation if self.has_checkpoint else None
+        except SieveError:
+            generation = None
+        try:
+            write_json(self.failed_path, {"reason": reason, "at": f"{datetime.now():%Y-%m-%d %H:%M:%S}",
+                                          "generation": generation})
+        except OSError as exc:
+            log.warning("could not mark %s failed (%s): %s", self.path, reason, exc)
+
+    def failure(self) -> str | None:
+        """Why the run failed (``failed.json``), or ``None``."""
+        if not self.failed_path.is_file():
+            return None
+        try:
+            return str(read_json(self.failed_path).get("reason", "unknown"))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return "unknown (failed.json is damaged)"
 
     def best_allocation(self) -> AllocationFile:
         if not self.best_allocation_path.exists():
@@ -234,8 +403,41 @@ class RunDir:
             raise SieveError(f"{self.results_path} must hold a JSON object")
         return body
 
+    def write_execution(self, plan: ExecutionPlan) -> None:
+        write_json(self.execution_path, to_dict(plan))
+
+    def execution(self) -> ExecutionPlan | None:
+        """The execution plan the run recorded (``None`` for a run that recorded none)."""
+        if not self.execution_path.is_file():
+            return None
+        return validate(ExecutionPlan, read_json(self.execution_path), str(self.execution_path))
+
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.results_path, results)
+        self.failed_path.unlink(missing_ok=True)
+
+
+def _own(name: str) -> bool:
+    """Whether sieve writes a top-level entry of this name in a run directory."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_NAMES)
+
+
+def _present(path: Path) -> bool:
+    """Whether anything (a link included) is at ``path``; a name too long for the file system is not."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return False
+        raise
+    return True
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
 
 
 def default_run_path(config: SearchConfig, root: Path = Path("runs")) -> Path:

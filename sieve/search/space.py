@@ -30,8 +30,10 @@ budget-keeping operators move a gene between neighbouring costs whichever kind t
 **Budget.** The budget ``B`` asks to remove ``R = B·P`` of the ``P`` prunable weights (zeros and
 factorisation savings both count; the real reduction — factorisation alone — is reported
 separately); a genome is feasible when its total cost lies in ``(R' − Δ, R']`` with
-``R' = round(R/step)·step`` for mask-only spaces (``R`` otherwise) and ``Δ`` the largest
-single-level cost increment, i.e. within one level step of the budget.
+``R' = ⌊R/step⌋·step`` where every level is exact (unstructured masks; ``⌊R⌋`` otherwise) and ``Δ``
+the largest single-level cost increment, i.e. at most one level step *below* the budget. A budget
+below one step (the smallest nonzero level cost where levels are not exact) is refused: only the
+dense model would keep it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,25 +52,15 @@ from pydantic import Field, field_validator, model_validator
 from sieve.config import Frozen, load_yaml, validate
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix, select_matrices
-from sieve.primitives.base import PrimitiveSpec
-from sieve.primitives.lowrank import LowRank, break_even_rank, rank_for_removal, removed_params
-from sieve.primitives.mask import UNSTRUCTURED, Mask, Pattern, row_prune_count
+from sieve.primitives.base import Ladder, LevelGrid, Option, Primitive, PrimitiveSpec, merged_ladder
+from sieve.primitives.lowrank import LowRank
+from sieve.primitives.mask import UNSTRUCTURED, Mask, Pattern
 from sieve.prune.allocation import Allocation
-from sieve.resources import yaml_file
+from sieve.resources import builtin_names, yaml_file
 from sieve.scores.base import MethodSpec
 from sieve.scores.fused import Fused
 
-
-class LevelGrid(Frozen):
-    min: float = Field(0.0, ge=0.0, lt=1.0)
-    max: float = Field(0.95, ge=0.0, lt=1.0)
-    per_smallest_gene: int = Field(20, ge=2)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LevelGrid:
-        if self.min > self.max:
-            raise ValueError(f"levels need min <= max, got min={self.min} max={self.max}")
-        return self
+__all__ = ["Gene", "LevelGrid", "SearchSpace", "SpaceSpec"]
 
 
 class SpaceSpec(Frozen):
@@ -101,29 +95,51 @@ class SpaceSpec(Frozen):
             raise ValueError(f"primitives are listed twice: {names}")
         if self.pattern.structured and not self.choices:
             raise ValueError("an N:M space needs 'choices' (e.g. [dense, '2:4'])")
-        if self.pattern.structured and self.lowrank is not None:
+        if self.pattern.structured and len(self.primitives) > 1:
             raise ValueError("an N:M space cannot also factorise; use an unstructured mask with lowrank")
         if not self.method.mask_only:
             raise ValueError(f"method {self.method.name} updates weights per level; search with magnitude, wanda or fused")
         return self
 
+    def primitive(self, name: str) -> Primitive | None:
+        """The space's primitive called ``name`` (``mask``, ``lowrank``), or ``None``."""
+        return next((p for p in self.primitives if p.name == name), None)
+
     @property
     def mask(self) -> Mask | None:
-        return next((p for p in self.primitives if isinstance(p, Mask)), None)
+        return self.primitive("mask")
 
     @property
     def lowrank(self) -> LowRank | None:
-        return next((p for p in self.primitives if isinstance(p, LowRank)), None)
+        return self.primitive("lowrank")
 
     @property
     def pattern(self) -> Pattern:
         return self.mask.parsed if self.mask is not None else UNSTRUCTURED
 
     @property
+    def exact(self) -> bool:
+        """Whether gene level ``l`` removes exactly ``l·step`` (every primitive's levels are exact)."""
+        return all(p.exact for p in self.primitives)
+
+    @property
+    def not_thresholded(self) -> str | None:
+        """Why not every level is a precomputed threshold of a per-weight score — what graph-safe
+        on-the-fly pruning and several candidates per forward apply — or ``None``."""
+        if self.method is None or not self.method.mask_only:
+            return "the scoring method is not a per-weight score (mask-only)"
+        return next((why for p in self.primitives if (why := p.not_thresholded) is not None), None)
+
+    @property
     def sources(self) -> tuple[str, ...]:
-        """Calibration sources the space reads: the method's (masks, OWL seed) and the factors'."""
-        found = set(self.method.sources) | set(self.lowrank.sources if self.lowrank else ())
+        """Calibration sources the space reads: the method's (masks, OWL seed) and the primitives'."""
+        found = set(self.method.sources).union(*(p.sources for p in self.primitives))
         return tuple(s for s in ("general", "task") if s in found)
+
+    @staticmethod
+    def builtin_names() -> list[str]:
+        """The built-in spaces (``search_spaces/*.yaml``), sorted."""
+        return builtin_names("search_spaces")
 
     @classmethod
     def load(cls, spec: str | Path) -> SpaceSpec:
@@ -140,48 +156,20 @@ class SpaceSpec(Frozen):
 
 
 @dataclass(frozen=True)
-class Choice:
-    """What one level does to a gene's matrices: per-matrix sparsities (and an N:M pattern), or
-    per-matrix ranks (factorised). All zeros and no ranks: dense."""
-
-    sparsity: tuple[float, ...]
-    pattern: Pattern = UNSTRUCTURED
-    ranks: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
 class Gene:
-    """One searched variable: the matrices it controls and the exact cost of each level."""
+    """One searched variable: the matrices it controls, and per level what it does to each of them
+    (``options[l]``, one :class:`~sieve.primitives.base.Level` per matrix) and its exact cost."""
 
     name: str
     matrices: tuple[Matrix, ...]
     costs: np.ndarray
     lo: int
     hi: int
-    options: tuple[Choice, ...]
+    options: tuple[Option, ...]
 
     @property
     def numel(self) -> int:
         return sum(m.numel for m in self.matrices)
-
-
-def _split_removal(matrices: Sequence[Matrix], target: int) -> list[int]:
-    """Per-row prune counts ``k_m`` with ``Σ rows_m · k_m`` as close to ``target`` as rows allow.
-
-    All matrices start at ``floor(cols_m · s)`` with ``s = target / numel``; the remainder is
-    handed out one row-sweep at a time (largest matrices first), so one gene's matrices share
-    its sparsity up to one weight per row and the gene's cost is exact whenever row counts allow.
-    """
-    numel = sum(m.numel for m in matrices)
-    s = target / numel
-    counts = [row_prune_count(m.shape[1], s) for m in matrices]
-    left = target - sum(m.shape[0] * k for k, m in zip(counts, matrices))
-    for i in sorted(range(len(matrices)), key=lambda i: -matrices[i].numel):
-        m = matrices[i]
-        if m.shape[0] <= left and counts[i] < m.shape[1]:
-            counts[i] += 1
-            left -= m.shape[0]
-    return counts
 
 
 class SearchSpace:
@@ -193,12 +181,8 @@ class SearchSpace:
         self.pattern = spec.pattern
         groups = self._group(self.matrices)
         smallest = min(sum(m.numel for m in g) for g in groups.values())
-        if spec.mask is not None:  # a multiple of every row count: mask levels are whole weights per row
-            rows_lcm = math.lcm(*{m.shape[0] for m in self.matrices})
-            self.step = rows_lcm * max(1, smallest // (spec.levels.per_smallest_gene * rows_lcm))
-        else:  # a multiple of the largest rank granularity (out + in): every level moves every rank
-            grain = max(sum(m.shape) for m in self.matrices)
-            self.step = grain * max(1, int(spec.levels.max * smallest) // (spec.levels.per_smallest_gene * grain))
+        setter = min(spec.primitives, key=lambda p: p.order)
+        self.step = setter.level_step(self.matrices, smallest, spec.levels)
         self.genes = [self._gene(name, tuple(ms)) for name, ms in groups.items()]
         self.total = sum(m.numel for m in self.matrices)
         self.max_increment = max(int(np.diff(g.costs[g.lo : g.hi + 1]).max(initial=0)) for g in self.genes)
@@ -219,49 +203,18 @@ class SearchSpace:
         return groups
 
     def _gene(self, name: str, matrices: tuple[Matrix, ...]) -> Gene:
-        numel = sum(m.numel for m in matrices)
-        if self.pattern.structured:
-            patterns = [UNSTRUCTURED if c == "dense" else Pattern.parse(c) for c in self.spec.choices]
-            for p in patterns:
-                for m in matrices:
-                    p.check(m.name, m.shape[1])
-            options = [Choice(tuple(p.sparsity for _ in matrices), p) for p in patterns]
-            costs = np.array([int(round(p.sparsity * numel)) for p in patterns], dtype=np.int64)
-            return Gene(name, matrices, costs, 0, len(options) - 1, tuple(options))
-        n_levels = int(self.spec.levels.max * numel // self.step)
-        dense = Choice(tuple(0.0 for _ in matrices))
-        masks = [self._mask_level(matrices, level) for level in range(1, n_levels + 1)] if self.spec.mask else []
-        if self.spec.lowrank is None:  # levels in order: level l removes l·step weights
-            options = [(0, dense), *masks]
-            lo = math.ceil(self.spec.levels.min * numel / self.step - 1e-9)
-            return Gene(name, matrices, np.array([c for c, _ in options], dtype=np.int64), min(lo, n_levels), n_levels,
-                        tuple(o for _, o in options))
-        ranks = self._rank_levels(matrices, n_levels)
-        ordered = sorted([(c, 0, o) for c, o in masks] + [(c, 1, o) for c, o in ranks], key=lambda t: (t[0], t[1]))
-        options = [(0, dense)] + [(c, o) for c, _, o in ordered]
-        costs = np.array([c for c, _ in options], dtype=np.int64)
-        lo = int(np.searchsorted(costs, self.spec.levels.min * numel - 1e-9))
-        return Gene(name, matrices, costs, min(lo, len(options) - 1), len(options) - 1, tuple(o for _, o in options))
+        ladder = self._ladder(matrices)
+        return Gene(name, matrices, ladder.costs, ladder.lo, len(ladder.options) - 1, ladder.options)
 
-    def _mask_level(self, matrices: tuple[Matrix, ...], level: int) -> tuple[int, Choice]:
-        counts = _split_removal(matrices, level * self.step)
-        cost = sum(m.shape[0] * k for k, m in zip(counts, matrices))
-        return cost, Choice(tuple(k / m.shape[1] for k, m in zip(counts, matrices)))
-
-    def _rank_levels(self, matrices: tuple[Matrix, ...], n_levels: int) -> list[tuple[int, Choice]]:
-        """Level ``l``: each matrix the largest rank (a multiple of the primitive's ``rank_multiple``)
-        removing at least its share of ``l·step``."""
+    def _ladder(self, matrices: tuple[Matrix, ...]) -> Ladder:
+        """One primitive: its own ladder. Several: dense plus every primitive's levels by cost."""
+        spec = self.spec
+        if len(spec.primitives) == 1:
+            return spec.primitives[0].ladder(matrices, self.step, spec.levels, spec.choices)
         numel = sum(m.numel for m in matrices)
-        found: list[tuple[int, Choice]] = []
-        for level in range(1, n_levels + 1):
-            target = level * self.step
-            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel), self.spec.lowrank.rank_multiple)
-                          for m in matrices)
-            if found and found[-1][1].ranks == ranks:
-                continue
-            cost = sum(removed_params(*m.shape, r) for m, r in zip(matrices, ranks))
-            found.append((cost, Choice(tuple(0.0 for _ in matrices), UNSTRUCTURED, ranks)))
-        return found
+        n_levels = int(spec.levels.max * numel // self.step)
+        levels = [(c, p.order, o) for p in spec.primitives for c, o in p.levels(matrices, self.step, n_levels)]
+        return merged_ladder(levels, numel, len(matrices), spec.levels)
 
     @property
     def n_genes(self) -> int:
@@ -278,12 +231,35 @@ class SearchSpace:
     def cost(self, genome: np.ndarray) -> int:
         return int(sum(g.costs[int(l)] for g, l in zip(self.genes, genome)))
 
+    @property
+    def smallest_cost(self) -> int:
+        """The fewest parameters a budget can ask to remove: one level step (exact spaces), else the
+        smallest nonzero level cost of any gene."""
+        if self.spec.exact:
+            return self.step
+        return min(int(c) for g in self.genes for c in g.costs[g.lo : g.hi + 1] if c > 0)
+
+    @property
+    def smallest_budget(self) -> str:
+        """The smallest budget accepted, as the shortest 4-significant-digit decimal at or above it."""
+        cost, total = self.smallest_cost, self.total
+        exponent = math.floor(math.log10(cost / total)) - 3
+        units = math.ceil(Fraction(cost, total) / Fraction(10) ** exponent)
+        while Fraction(str(float(Decimal(units).scaleb(exponent)))) * total < cost:
+            units += 1
+        return str(float(Decimal(units).scaleb(exponent)))
+
     def budget_window(self, budget: float) -> tuple[int, int]:
-        """Feasible total cost ``(low, high]`` for ``budget``; an unreachable budget is an error."""
+        """Feasible total cost ``(low, high]`` for ``budget``: ``high`` is ``R = budget · total``,
+        rounded *down* to a whole level step in exact spaces, and ``low = high − Δ`` (``Δ`` the largest
+        single-level cost increment). A budget below one step or outside the levels is an error."""
         if not 0.0 < budget < 1.0:
             raise SieveError(f"--budget must be a fraction in (0, 1), got {budget}")
-        exact = not self.pattern.structured and self.spec.lowrank is None
-        target = round(budget * self.total / self.step) * self.step if exact else int(budget * self.total)
+        wanted = Fraction(str(budget)) * self.total  # the decimal as written: a budget on a step stays on it
+        if wanted < self.smallest_cost:
+            raise SieveError(f"--budget {budget:g} is below one level step of space {self.spec.name}; the smallest "
+                             f"possible budget is {self.smallest_budget}")
+        target = math.floor(wanted / self.step) * self.step if self.spec.exact else math.floor(wanted)
         lowest = sum(int(g.costs[g.lo]) for g in self.genes)
         highest = sum(int(g.costs[g.hi]) for g in self.genes)
         if target > highest or target < lowest:
@@ -294,35 +270,23 @@ class SearchSpace:
         return target - max(self.max_increment, 1), target
 
     def allocation(self, genome: np.ndarray) -> Allocation:
-        sparsity: dict[str, float] = {}
-        patterns: dict[str, Pattern] = {}
-        ranks: dict[str, int] = {}
-        for gene, level in zip(self.genes, genome):
-            choice = gene.options[int(level)]
-            for i, m in enumerate(gene.matrices):
-                if choice.ranks:
-                    if choice.ranks[i] < break_even_rank(*m.shape):
-                        ranks[m.name] = choice.ranks[i]
-                    sparsity[m.name] = 0.0
-                    continue
-                sparsity[m.name] = choice.sparsity[i]
-                if choice.pattern.structured:
-                    patterns[m.name] = choice.pattern
-        return Allocation(sparsity, UNSTRUCTURED, patterns, ranks)
+        return Allocation.from_levels({m.name: level for gene, l in zip(self.genes, genome)
+                                       for m, level in zip(gene.matrices, gene.options[int(l)])})
 
     def row_counts(self) -> dict[str, set[int]]:
         """Every per-row prune count any level can ask of each matrix (for threshold precompute)."""
         counts: dict[str, set[int]] = {m.name: set() for m in self.matrices}
         for gene in self.genes:
-            for choice in gene.options:
-                if not choice.pattern.structured and not choice.ranks:
-                    for m, s in zip(gene.matrices, choice.sparsity):
-                        counts[m.name].add(row_prune_count(m.shape[1], s))
+            for option in gene.options:
+                for m, level in zip(gene.matrices, option):
+                    if level.thresholded:
+                        counts[m.name].add(level.k)
         return counts
 
     def factorisable(self) -> list[str]:
         """Matrices some level factorises (their factors are computed up front)."""
-        return sorted({m.name for g in self.genes for c in g.options if c.ranks for m in g.matrices})
+        return sorted({m.name for g in self.genes for o in g.options for m, level in zip(g.matrices, o)
+                       if level.factorised})
 
     def nearest_genome(self, sparsity_of: dict[str, float]) -> np.ndarray:
         """Levels closest to a per-matrix sparsity map (averaged over each gene's matrices)."""

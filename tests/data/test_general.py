@@ -1,11 +1,14 @@
-"""General-text token blocks: EOS between texts, no padding, BOS first when the tokenizer adds one."""
+"""General-text token blocks: EOS between texts, no padding, BOS first when the tokenizer adds one;
+the corpus file shapes that are read (the refused ones are rows of tests/test_bad_input.py)."""
+
+import json
 
 import pytest
 import torch
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from sieve.data.general import leading_bos, token_blocks
+from sieve.data.general import leading_bos, load_texts, token_blocks
 from sieve.errors import SieveError
 
 TEXTS = ["the film was warm and funny", "a dull slow story", "great music", "the plot is weak"] * 3
@@ -51,3 +54,16 @@ def test_too_little_text(tokenizer):
     assert token_blocks(TEXTS[:1], tokenizer, 50, 4).shape == (len(one) // 4, 4)  # fewer than asked
     with pytest.raises(SieveError, match="not enough general text"):
         token_blocks(["fun"], tokenizer, 1, 64)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("c.txt", "first text\n\n  second text  \n\n\n\nthird text"),
+    ("c.jsonl", '{"text": "first text"}\n\n{"text": "second text", "id": 2}\n{"text": "third text"}\n'),
+    ("c.json", json.dumps(["first text", "second text", "third text"])),
+    ("c.json", json.dumps([{"text": "first text"}, {"text": "second text"}, {"extract": "third text"}])),
+    ("c.json", json.dumps({"a": {"extract": "first text"}, "b": {"extract": "second text"}, "c": "third text"})),
+])
+def test_corpus_file_shapes(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    assert load_texts(str(path)) == ["first text", "second text", "third text"]

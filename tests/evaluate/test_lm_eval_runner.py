@@ -14,9 +14,11 @@ from sieve.data.task_spec import resolve_task
 from sieve.errors import SieveError
 from sieve.evaluate.config import EvalConfig
 from sieve.evaluate.lm_eval_runner import run_lm_eval
-from sieve.metrics.loglik import encode_task, metrics, score_examples
 from sieve.metrics.quality import MAX_LENGTH
 from sieve.models.loading import load_model
+from sieve.scoring.encode import encode_task
+from sieve.scoring.plan import score_examples
+from sieve.scoring.results import choice_metrics
 
 runner = CliRunner()
 
@@ -24,14 +26,14 @@ runner = CliRunner()
 def test_lm_eval_accuracy_equals_fast_path_on_the_same_docs(tiny_model_dir, tiny_task):
     loaded = load_model(str(tiny_model_dir))
     splits = load_task(str(tiny_task), SplitSpec(max_test=None))
-    ours = metrics(score_examples(loaded.model, encode_task(splits.test, loaded.tokenizer, MAX_LENGTH)))
+    ours = choice_metrics(score_examples(loaded.model, encode_task(splits.test, loaded.tokenizer, MAX_LENGTH)))
     results = run_lm_eval(loaded.model, loaded.tokenizer, [str(tiny_task)], batch_size=8)
     theirs = results["tiny_sentiment"]
     assert theirs["n"] == len(splits.test) == 24
     assert theirs["spec"] == str(tiny_task)
     assert theirs["acc"] == pytest.approx(ours["acc"], abs=1e-12)
     limited = run_lm_eval(loaded.model, loaded.tokenizer, [str(tiny_task)], limit=5)["tiny_sentiment"]
-    first5 = metrics(score_examples(loaded.model, encode_task(splits.test[:5], loaded.tokenizer, MAX_LENGTH)))
+    first5 = choice_metrics(score_examples(loaded.model, encode_task(splits.test[:5], loaded.tokenizer, MAX_LENGTH)))
     assert limited["n"] == 5 and limited["acc"] == pytest.approx(first5["acc"], abs=1e-12)
 
 

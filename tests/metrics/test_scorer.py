@@ -10,10 +10,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sieve.metrics.loglik import EncodedTask, ScoringPlan, bucket_bounds, score_examples
 from sieve.metrics.scorer import TaskScorer
 from sieve.models.adapters import find_matrices
 from sieve.models.batched import CandidateModel
+from sieve.scoring.buckets import bucket_bounds
+from sieve.scoring.encode import EncodedTask
+from sieve.scoring.plan import ScoringPlan, score_examples
 
 VOCAB = 300
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

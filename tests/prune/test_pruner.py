@@ -5,7 +5,7 @@ from sieve.errors import SieveError
 from sieve.models.adapters import find_matrices
 from sieve.primitives.mask import Pattern, mask_from_scores, row_prune_count
 from sieve.prune.allocation import Allocation
-from sieve.prune.pruner import ModelPruner, achieved_sparsity, choose_mode
+from sieve.prune.pruner import ModelPruner, achieved_sparsity
 from sieve.scores import get_method
 from sieve.stats import MatrixStats, collect_stats
 
@@ -176,18 +176,6 @@ def test_graph_safe_on_the_fly_weights_equal_in_place_bit_for_bit(name, request)
         ModelPruner(mats, get_method("magnitude"), {}, mode="in_place", graph_safe=True)
 
 
-def test_auto_mode_keeps_a_dense_copy_only_where_it_fits():
-    cpu, gpu, gib = torch.device("cpu"), torch.device("cuda:0"), 2**30
-    assert choose_mode("auto", cpu, 10 * gib, None) == "in_place"
-    assert choose_mode("auto", gpu, 10 * gib, 20 * gib) == "in_place"
-    assert choose_mode("auto", gpu, 10 * gib, 20 * gib - 1) == "on_the_fly"
-    assert choose_mode("auto", gpu, 1, 80 * gib, streamed=True) == "on_the_fly"
-    assert choose_mode("in_place", gpu, 10 * gib, 0) == "in_place"
-    assert choose_mode("on_the_fly", cpu, 1, None) == "on_the_fly"
-    with pytest.raises(ValueError, match="pruner mode"):
-        choose_mode("fast", cpu, 1, None)
-
-
 @pytest.mark.parametrize("contiguous", [False, True, "whole", "members"],
                          ids=["copied", "contiguous", "whole-stacks", "member-writes"])
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 1])
@@ -198,7 +186,7 @@ def test_stacked_writes_equal_the_sort_path_for_partial_changes(llama, monkeypat
     :meth:`release` gives each its own storage back (same parameter objects, same values)."""
     import numpy as np
 
-    import sieve.prune.pruner as pruner_module
+    import sieve.prune.inplace as pruner_module
 
     monkeypatch.setattr(pruner_module, "_CHUNK_BYTES", chunk_bytes)
     params = {name: p for name, p in llama.named_parameters()}
@@ -258,7 +246,7 @@ def test_cuda_whole_stacks_equal_copied_stacks_bit_for_bit(monkeypatch):
 
     import numpy as np
 
-    import sieve.prune.pruner as pruner_module
+    import sieve.prune.inplace as pruner_module
 
     base = _cuda_llama()
     models = [base, copy.deepcopy(base), copy.deepcopy(base)]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +28,10 @@ def _snapshot(run: Path) -> dict[Path, bytes]:
 
 @pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_first(search_config, tmp_path):
+    """A second search into a run another process is writing is refused naming that process, and
+    leaves the first one's run untouched (the first is then stopped with SIGTERM, as a scheduler would)."""
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(to_dict(search_config(generations=8))))
+    config.write_text(yaml.safe_dump(to_dict(search_config(generations=500))))
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen([sys.executable, "-m", "sieve.cli", "search", "--config", str(config), "--run-dir", str(run)],
@@ -39,14 +42,19 @@ def test_a_second_writer_is_refused_naming_the_first(search_config, tmp_path):
         time.sleep(0.1)
     second = subprocess.run([sys.executable, "-m", "sieve.cli", "search", "--config", str(config), "--seed", "1",
                              "--run-dir", str(run)], env=env, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first search ended before the second was checked"
     assert second.returncode == 2, second.stdout + second.stderr
     assert f"is in use by PID {first.pid} on host {socket.gethostname()}" in " ".join(second.stderr.split())
     assert "Traceback" not in second.stderr
-    out, _ = first.communicate(timeout=600)
-    assert first.returncode == 0, out.decode()[-2000:]
+    while not (run / "history.jsonl").exists():
+        assert first.poll() is None and time.time() < deadline, "the first search wrote no generation"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out.decode()[-2000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 0
     history = [json.loads(line)["generation"] for line in (run / "history.jsonl").read_text().splitlines()]
-    assert history == list(range(9))
+    assert history == list(range(len(history))) and history
     assert (run / ".lock").read_text() == ""  # released
 
 

@@ -4,30 +4,32 @@ depend on its lane and that the replicas really are pruned."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
-from sieve.search.evaluator import _replica, _usable_lanes
+from sieve.errors import SieveError
+from sieve.search.execution import ModelFacts, plan_execution
 from sieve.search.run import prepare
 from sieve.search.rundir import RunDir
+from sieve.search.strategies import Lanes, replica
 
 
 def test_every_lane_gives_a_genome_the_single_lane_result(search_config, feasible_genomes, tmp_path, caplog):
     cfg = search_config(lanes=3)
     prepared = prepare(cfg, RunDir(tmp_path / "r").stats)
     evaluator = prepared.evaluator
-    assert evaluator.lanes == []  # prepare asked for 3; the CPU has no CUDA graphs: one, with a warning
-    assert "lanes: 3 requested, 1 used" in caplog.text
+    assert evaluator.execution.lanes == 1  # asked for 3 as a preference; the CPU has no CUDA graphs: one, said once
+    assert evaluator.execution.strategy == "sequential"
+    assert caplog.text.count("--lanes 3 (preset or default) does not apply: lanes replay CUDA graphs") == 1
     genomes = feasible_genomes(prepared, 7)
     alone = [evaluator.evaluate(g, stage).value for stage in (0, 1) for g in genomes]
-    evaluator.lanes = [_replica(evaluator.model, prepared.space, evaluator.pruner, evaluator.inputs) for _ in range(2)]
+    evaluator.strategy = Lanes([replica(evaluator.model, prepared.space, evaluator.pruner, evaluator.inputs)
+                                for _ in range(2)])
     before = evaluator.timings.candidates
     together = [m.value for stage in (0, 1) for m in evaluator.evaluate_many(genomes, stage)]
     assert together == alone  # bit for bit, whichever lane (7 genomes over 3 lanes: every lane used)
     assert evaluator.timings.candidates - before == 14
-    lane = evaluator.lanes[1]  # 7 = 3 + 3 + 1 per stage: genome 5 was the last one on lane 2
+    lane = evaluator.strategy.replicas[1]  # 7 = 3 + 3 + 1 per stage: genome 5 was the last one on lane 2
     evaluator.pruner.apply(prepared.space.allocation(genomes[5]))
     mine = {m.name: m.weight for m in evaluator.pruner.matrices}
     assert all(torch.equal(m.weight, mine[m.name]) for m in lane.pruner.matrices)
@@ -38,11 +40,20 @@ def test_every_lane_gives_a_genome_the_single_lane_result(search_config, feasibl
     assert (its.batch_size, its.cuda_graphs, its.packing) == (mine.batch_size, mine.cuda_graphs, mine.packing)
 
 
-def test_lanes_are_refused_where_they_cannot_help(search_config, tmp_path, caplog):
-    prepared = prepare(search_config(), RunDir(tmp_path / "r").stats)
-    with caplog.at_level(logging.WARNING):
-        assert _usable_lanes(8, False, prepared.evaluator.fitness, prepared.workspace, None) == 1
-    assert "they need CUDA graphs" in caplog.text
+def test_lanes_are_refused_where_they_cannot_help(search_config) -> None:
+    """Lanes need CUDA graphs and a fitness read from task scores: typed, that is one error line
+    before anything loads; from a preset, one lane and a note."""
+    gpu = ModelFacts(device="cuda", free_bytes=10 * 2**30, matrix_bytes=2**20, weight_bytes=2**20)
+    with pytest.raises(SieveError, match="--lanes 8: lanes replay CUDA graphs"):
+        plan_execution(search_config(lanes=8), ModelFacts.before_loading("cpu"), {"lanes"})
+    with pytest.raises(SieveError, match="--lanes 8: the kl fitness is not computed from task scores alone"):
+        plan_execution(search_config(lanes=8, fitness={"name": "kl"}), gpu, {"lanes"})
+    plan = plan_execution(search_config(lanes=8, general_weight=0.5), gpu)
+    assert plan.lanes == 1 and plan.notes == ("--lanes 8 (preset or default) does not apply: --general-weight adds a "
+                                              "general-text KL term; one lane",)
+    assert plan_execution(search_config(lanes=8), gpu).lanes == 8
+    fit = ModelFacts(device="cuda", free_bytes=2 * 3 * 2**20 * 3, matrix_bytes=2**20, weight_bytes=2**20)
+    assert plan_execution(search_config(lanes=8), fit).lanes == 4  # 1 + ⌊(free / 2) / (3 × weights)⌋
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="lanes run on CUDA streams")
@@ -51,7 +62,8 @@ def test_cuda_lanes_on_their_streams_equal_one_lane(search_config, feasible_geno
     main lane bit for bit (a missing stream dependency would show here as a different value)."""
     prepared = prepare(search_config(lanes=3, device="cuda"), RunDir(tmp_path / "r").stats)
     evaluator = prepared.evaluator
-    assert len(evaluator.lanes) == 2 and all(lane.stream is not None for lane in evaluator.lanes)
+    replicas = evaluator.strategy.replicas
+    assert len(replicas) == 2 and all(lane.stream is not None for lane in replicas)
     genomes = feasible_genomes(prepared, 11)
     alone = [evaluator.evaluate(g, stage).value for stage in (0, 1) for g in genomes]
     together = [m.value for stage in (0, 1) for m in evaluator.evaluate_many(genomes, stage)]

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoModelForCausalLM
 
 from sieve.config import to_dict
 from sieve.errors import SieveError
+from sieve.models.adapters import find_matrices
+from sieve.prune.allocation import AllocationFile
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.run import SearchRun
 from sieve.search.rundir import RunDir
+from sieve.search.space import SearchSpace, SpaceSpec
 
 
 @pytest.fixture
@@ -71,7 +75,7 @@ def test_resume_refuses_changed_config(search_config, tmp_path, _run):
     _run(search_config(generations=1), tmp_path / "r")
     with pytest.raises(SieveError, match="budget: run has 0.5, now 0.4; seed: run has 0, now 3"):
         RunDir(tmp_path / "r").resumed_config({"budget": 0.4, "seed": 3})
-    with pytest.raises(SieveError, match="already holds a search"):
+    with pytest.raises(SieveError, match="holds a run at generation 1; resume with `sieve search --resume"):
         SearchRun(RunDir(tmp_path / "r"), search_config()).execute()
     with pytest.raises(SieveError, match="not a sieve run directory"):
         RunDir.existing(tmp_path / "nothing")
@@ -124,15 +128,20 @@ def test_search_runs_on_gpt2_conv1d(search_config, tokenizer, tmp_path, _run):
     assert any(name.endswith("attn.c_attn") for name in modules)
 
 
-@pytest.mark.parametrize("space", ["per_block", "per_type", "nm", "evopress", "lowrank", "mixed"])
-def test_every_shipped_space_searches(space, search_config, tmp_path, _run):
-    budget = 0.3 if space == "nm" else 0.5
+@pytest.mark.parametrize("space", SpaceSpec.builtin_names())
+def test_every_shipped_space_searches(space, search_config, tiny_model_dir, tmp_path, _run):
+    """Every built-in space searches, and its best allocation keeps the exact budget rule: the
+    parameters it removes lie in the space's window ``(R' − Δ, R']`` below the budget."""
+    spec = SpaceSpec.load(space)
+    budget = 0.3 if spec.pattern.structured else 0.5
     fitness = "general_kl" if space == "evopress" else "task_nll"
-    out = _run(search_config(space=space, budget=budget, generations=1, fitness=fitness, general_fitness_blocks=2), tmp_path / space)
-    body = json.loads((tmp_path / space / "best_allocation.json").read_text())
-    assert body["space"] == space and abs(out["achieved_sparsity"] - budget) <= 0.1
-    if space == "nm":
-        assert set(body["module_patterns"].values()) <= {"2:4"}
-        assert set(body["modules"].values()) <= {0.0, 0.5}
-    if space == "lowrank":  # real reduction: factors only, no zeros
-        assert body["module_ranks"] and set(body["modules"].values()) == {0.0}
+    _run(search_config(space=space, budget=budget, generations=1, fitness=fitness, general_fitness_blocks=2), tmp_path / space)
+    file = AllocationFile.read(tmp_path / space / "best_allocation.json")
+    searched = SearchSpace(spec, find_matrices(AutoModelForCausalLM.from_pretrained(tiny_model_dir)))
+    low, high = searched.budget_window(budget)
+    assert file.space == space and low < sum(file.allocation.removed(m) for m in searched.matrices) <= high
+    if spec.pattern.structured:
+        assert set(file.module_patterns.values()) <= {"2:4"}
+        assert set(file.modules.values()) <= {0.0, 0.5}
+    if spec.mask is None:  # real reduction: factors only, no zeros
+        assert file.module_ranks and set(file.modules.values()) == {0.0}

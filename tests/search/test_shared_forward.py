@@ -12,9 +12,11 @@ import torch
 from sieve.errors import SieveError
 from sieve.models.forward import forward_features
 from sieve.search.checkpoint import Checkpoint
-from sieve.search.evaluator import StagePlan
+from sieve.search.execution import ModelFacts, plan_execution
 from sieve.search.run import prepare
 from sieve.search.rundir import RunDir
+from sieve.search.stages import StagePlan
+from sieve.search.strategies import Sequential
 
 
 def test_candidates_per_forward_depend_on_the_stage_alone() -> None:
@@ -34,7 +36,8 @@ def test_shared_forward_weights_and_fitness(search_config, feasible_genomes, tmp
     together = [m.value for m in evaluator.evaluate_many(genomes, 0)]
     features = forward_features(evaluator.model)  # probed before the swap: every fast path kept
     assert features.position_ids and features.logits_to_keep and features.cache_argument
-    shared = evaluator.shared
+    shared = evaluator.strategy
+    assert evaluator.execution.strategy == "packed" and shared.limit == 3
     # the last forward held genome 4 alone: every slot holds its weights, the one-candidate pruner's bits
     evaluator.pruner.apply(space.allocation(genomes[4]))
     for m in space.matrices:
@@ -53,19 +56,27 @@ def test_shared_forward_weights_and_fitness(search_config, feasible_genomes, tmp
     evaluator.close()
     assert all(type(m.module).__name__ == "Linear" for m in space.matrices)
     assert type(evaluator.model.get_submodule(space.matrices[0].name)).__name__ == "Linear"
-    evaluator.shared = None
+    evaluator.strategy = Sequential()
     alone = [evaluator.evaluate(g, 0).value for g in genomes]
     np.testing.assert_allclose(together, alone, rtol=1e-5)
     assert together != [alone[0]] * 5
 
 
-def test_shared_forward_refuses_what_it_cannot_do(search_config, tmp_path) -> None:
-    with pytest.raises(SieveError, match="excludes lanes"):
-        search_config(batch_candidates=2, lanes=2)
-    with pytest.raises(SieveError, match="excludes lanes"):
-        search_config(batch_candidates=2, workers=2)
-    with pytest.raises(SieveError, match="computed from task scores alone"):
-        prepare(search_config(batch_candidates=2, fitness={"name": "kl"}), RunDir(tmp_path / "r").stats)
+def test_shared_forward_refuses_what_it_cannot_do(search_config) -> None:
+    """Typed (a demand), what cannot apply is one error line; from a preset, one per forward."""
+    cpu = ModelFacts.before_loading("cpu")
+    with pytest.raises(SieveError, match="--lanes and --batch-candidates exclude each other"):
+        plan_execution(search_config(batch_candidates=2, lanes=2), cpu, {"lanes", "batch_candidates"})
+    with pytest.raises(SieveError, match="--batch-candidates 2: candidates are evaluated on Ray workers"):
+        plan_execution(search_config(batch_candidates=2, workers=2), cpu, {"batch_candidates"})
+    with pytest.raises(SieveError, match="--batch-candidates 2: the kl fitness is not computed from task scores"):
+        plan_execution(search_config(batch_candidates=2, fitness={"name": "kl"}), cpu, {"batch_candidates"})
+    plan = plan_execution(search_config(batch_candidates=2, workers=2), cpu, {"workers"})
+    assert (plan.strategy, plan.candidates_per_forward, plan.workers) == ("sequential", 1, 2)
+    gpu = ModelFacts(device="cuda", free_bytes=2**30, matrix_bytes=2**20, weight_bytes=2**20)
+    plan = plan_execution(search_config(batch_candidates=2, lanes=2), gpu, {"lanes"})
+    assert (plan.candidates_per_forward, plan.lanes, plan.strategy) == (1, 2, "lanes")
+    assert plan.notes[0].startswith("--batch-candidates 2 (preset or default) does not apply: --lanes is used")
 
 
 def test_search_with_shared_forwards_resumes_bit_identically(search_config, run_search, tmp_path) -> None:
@@ -97,27 +108,27 @@ def test_cuda_shared_forwards_graphed_equal_eager_and_alone(search_config, feasi
     assert values[True] == values[False]
 
 
-def test_auto_on_the_fly_scores_one_candidate_per_forward(search_config, tmp_path, caplog) -> None:
+def test_auto_on_the_fly_scores_one_candidate_per_forward(search_config) -> None:
     """Pruning on the fly is what ``auto`` picks when the weights fit only once: a preset's
-    ``batch_candidates`` then falls back to one per forward, said once; asked for explicitly with
-    on-the-fly pruning it is an error."""
-    from sieve.search.evaluator import _shared_limit
-
-    prepared = prepare(search_config(pruner_mode="on_the_fly"), RunDir(tmp_path / "r").stats)
-    evaluator, ws = prepared.evaluator, prepared.workspace
-    matrix_bytes = sum(m.weight.numel() * m.weight.element_size() for m in prepared.space.matrices)
-    args = (evaluator.fitness, evaluator.pruner, prepared.space, ws, matrix_bytes)
-    assert _shared_limit(search_config(batch_candidates=3), *args) == 1  # pruner_mode auto
-    assert "the weights fit only once" in caplog.text
-    with pytest.raises(SieveError, match="computes weights on the fly"):
-        _shared_limit(search_config(batch_candidates=3, pruner_mode="on_the_fly"), *args)
-    evaluator.close()
+    ``batch_candidates`` then falls back to one per forward, said once; typed, it is an error."""
+    tight = ModelFacts(device="cuda", free_bytes=3 * 2**19, matrix_bytes=2**20, weight_bytes=2**21)
+    plan = plan_execution(search_config(batch_candidates=3), tight)
+    assert (plan.pruner_mode, plan.candidates_per_forward) == ("on_the_fly", 1)
+    assert len(plan.notes) == 1 and "the weights fit only once" in plan.notes[0]
+    with pytest.raises(SieveError, match="--batch-candidates 3: the weights fit only once"):
+        plan_execution(search_config(batch_candidates=3), tight, {"batch_candidates"})
+    roomy = ModelFacts(device="cuda", free_bytes=9 * 2**20, matrix_bytes=2**20, weight_bytes=2**21)
+    assert plan_execution(search_config(batch_candidates=8), roomy).candidates_per_forward == 4  # ⌊free/2 / bytes⌋
 
 
 @pytest.mark.parametrize(("space", "budget", "why"), [("nm", 0.3, r"prunes in N:M patterns"),
                                                       ("lowrank", 0.5, r"factorised \(low-rank\) levels")])
 def test_shared_forward_needs_unstructured_thresholds(space, budget, why, search_config, tmp_path) -> None:
-    """Several candidates per forward write precomputed unstructured thresholds only; any other
-    level is one error line naming the space's reason."""
+    """Several candidates per forward write precomputed unstructured thresholds only: typed, any
+    other level is one error line naming the space's reason; from a preset, one per forward."""
+    cfg = search_config(space=space, budget=budget, batch_candidates=2)
     with pytest.raises(SieveError, match=why):
-        prepare(search_config(space=space, budget=budget, batch_candidates=2), RunDir(tmp_path / "r").stats)
+        plan_execution(cfg, ModelFacts.before_loading("cpu"), {"batch_candidates"})
+    prepared = prepare(cfg, RunDir(tmp_path / "r").stats)
+    assert prepared.evaluator.execution.candidates_per_forward == 1
+    assert isinstance(prepared.evaluator.strategy, Sequential)

@@ -1,3 +1,4 @@
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def test_aligned_ranks_are_multiples_and_keep_the_budget(llama, tmp_path, multip
     repaired genome stays within one (coarser) level step of the budget."""
     path = _write(tmp_path, f"modules: ['*']\ngenes: matrix\nprimitives: [{{name: lowrank, rank_multiple: {multiple}}}]\n")
     space = SearchSpace(SpaceSpec.load(path), find_matrices(llama))
-    ranks = {r for g in space.genes for o in g.options for r in o.ranks}
+    ranks = {level.rank for g in space.genes for o in g.options for level in o if level.factorised}
     assert ranks and all(r % multiple == 0 for r in ranks if r not in {break_even_rank(*m.shape) for m in space.matrices})
     low, high = space.budget_window(0.3)
     costs = [g.costs for g in space.genes]
@@ -118,3 +119,33 @@ def test_aligned_ranks_are_multiples_and_keep_the_budget(llama, tmp_path, multip
         alloc = space.allocation(x)
         assert all(r % multiple == 0 for r in alloc.ranks.values())
         assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)
+
+
+@pytest.mark.parametrize("name", ["per_matrix", "per_block", "lowrank", "nm"])
+def test_budget_is_rounded_down_never_more_than_one_step(name, llama):
+    """The window's top ``R'`` is at most the budget (the decimal as written) and, in exact spaces,
+    less than one step below it (``⌊B·P / step⌋ · step``); elsewhere ``⌊B·P⌋``."""
+    space = SearchSpace(SpaceSpec.load(name), find_matrices(llama))
+    rng = np.random.default_rng(0)
+    smallest = space.smallest_cost / space.total
+    highest = sum(int(g.costs[g.hi]) for g in space.genes) / space.total
+    for budget in rng.uniform(smallest, highest, 300):
+        low, high = space.budget_window(float(budget))
+        wanted = Fraction(str(float(budget))) * space.total  # the decimal a user writes
+        assert high <= wanted and high > wanted - (space.step if space.spec.exact else 1)
+        assert low == high - max(space.max_increment, 1)
+    if space.spec.exact:
+        assert space.budget_window(0.3)[1] == 3 * space.total // 10 // space.step * space.step
+
+
+@pytest.mark.parametrize("name", ["per_matrix", "nm", "lowrank"])
+def test_budget_below_one_step_is_one_error_line_naming_the_smallest(name, llama):
+    space = SearchSpace(SpaceSpec.load(name), find_matrices(llama))
+    smallest = space.smallest_budget
+    for budget in (1e-9, space.smallest_cost / space.total * 0.999):
+        with pytest.raises(SieveError) as info:
+            space.budget_window(budget)
+        assert str(info.value) == (f"--budget {budget:g} is below one level step of space {name}; the smallest "
+                                   f"possible budget is {smallest}")
+    low, high = space.budget_window(float(smallest))  # the value it names is accepted
+    assert 0 < high and low < high

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from sieve.prune.pruner import ModelPruner
-from sieve.search.evaluator import write_order
 from sieve.search.operators import switch_levels
 from sieve.search.run import prepare
 from sieve.search.rundir import RunDir
+from sieve.search.strategies import write_order
 
 
 def test_write_order_takes_the_nearest_candidate_each_time() -> None:
@@ -51,11 +51,11 @@ def test_evaluation_in_write_order_gives_each_candidate_its_own_result(search_co
     current = [evaluator.pruner.current[m.name] for m in space.matrices]
 
     def changes(order):
-        states = [[ModelPruner.state_of(m, space.allocation(genomes[i]))[0] for m in space.matrices] for i in order]
+        states = [[ModelPruner.state_of(m, space.allocation(genomes[i])) for m in space.matrices] for i in order]
         return sum(sum(a != b for a, b in zip(x, y, strict=True)) for x, y in zip([current, *states], states))
 
     matrices = evaluator.pruner.matrices
-    states = [[ModelPruner.state_of(m, space.allocation(g))[0] for m in matrices] for g in genomes]
+    states = [[ModelPruner.state_of(m, space.allocation(g)) for m in matrices] for g in genomes]
     order = write_order(states, [m.numel for m in matrices], [evaluator.pruner.current[m.name] for m in matrices])
     assert order != list(range(len(genomes))) and changes(order) < changes(range(len(genomes)))
     evaluator.pruner.writes.clear()

@@ -32,9 +32,12 @@ from torch import nn
 
 from sieve.config import Frozen
 from sieve.errors import SieveError
-from sieve.metrics.loglik import ChoiceScores, EncodedTask, PackingChoice
 from sieve.metrics.scorer import TaskScorer
 from sieve.registry import Registry
+from sieve.scoring.buckets import PackingChoice
+from sieve.scoring.encode import EncodedTask
+from sieve.scoring.plan import BATCH_SIZE
+from sieve.scoring.results import ChoiceScores
 
 
 @dataclass
@@ -44,7 +47,7 @@ class FitnessInputs:
 
     task: EncodedTask
     general_blocks: torch.Tensor | None = None
-    batch_size: int = 16
+    batch_size: int = BATCH_SIZE
     cuda_graphs: bool = False
     packing: PackingChoice = "auto"
     scorer: TaskScorer = field(init=False)

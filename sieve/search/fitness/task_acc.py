@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from sieve.metrics.loglik import metrics
+from sieve.scoring.results import choice_metrics
 from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 
 
@@ -18,4 +18,4 @@ class TaskAccuracy(TaskFitness):
         return self.value_of(inputs.scorer.score(model, indices))
 
     def value_of(self, scores):
-        return Measurement(1.0 - metrics(scores)["acc"], scores.n_tokens)
+        return Measurement(1.0 - choice_metrics(scores)["acc"], scores.n_tokens)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from sieve.metrics.loglik import metrics
 from sieve.metrics.quality import task_loss
+from sieve.scoring.results import choice_metrics
 from sieve.search.fitness.base import FITNESS, Measurement, TaskFitness
 
 
@@ -21,4 +21,4 @@ class TaskNLL(TaskFitness):
         return self.value_of(inputs.scorer.score(model, indices))
 
     def value_of(self, scores):
-        return Measurement(task_loss(metrics(scores)), scores.n_tokens)
+        return Measurement(task_loss(choice_metrics(scores)), scores.n_tokens)

@@ -18,12 +18,14 @@ import torch
 
 from sieve.data.general import GeneralCorpus, token_blocks
 from sieve.errors import SieveError
-from sieve.metrics import loglik
-from sieve.metrics.loglik import EncodedTask, encode_task, metrics, score_examples
 from sieve.metrics.perplexity import perplexity
 from sieve.models.adapters import adapter_for, find_matrices
 from sieve.models.forward import CACHE_ARGUMENTS, ForwardFeatures, forward_features
 from sieve.models.loading import BUILTIN_MODELS, load_model
+from sieve.scoring import plan as scoring_plan
+from sieve.scoring.encode import EncodedTask, encode_task
+from sieve.scoring.plan import score_examples
+from sieve.scoring.results import choice_metrics
 
 VOCAB = 300  # the conftest's tiny_gemma3: 4 layers (sliding, sliding, full, sliding), 24-token window
 WINDOW = 24
@@ -109,7 +111,7 @@ def test_rows_longer_than_the_window_score_exactly(gemma3, monkeypatch, naive_sc
     with pytest.raises(SieveError, match="packed rows: a sequence is longer than its 24-token sliding attention"):
         score_examples(gemma3, encoded, batch_size=8, packing=True)  # its 4-D mask would not apply the window
     windowless = ForwardFeatures(True, True, CACHE_ARGUMENTS[0], None)
-    monkeypatch.setattr(loglik, "forward_features", lambda model: windowless)
+    monkeypatch.setattr(scoring_plan, "forward_features", lambda model: windowless)
     wrong = np.concatenate(score_examples(gemma3, encoded, batch_size=8, forward_cost=None).logprobs)
     assert np.abs(wrong - want).max() > 1e-3
 
@@ -198,4 +200,4 @@ def test_gemma3_270m_matches_lm_eval_on_the_builtin_task(gemma_270m, sieve_cache
     ours = score_examples(model, encoded, batch_size=8)
     assert [smp["arguments"][0][0] for smp in samples] == [ex.context for ex in splits.test[:8]]
     np.testing.assert_allclose(np.array(ours.logprobs), theirs, rtol=0, atol=1e-4)
-    assert metrics(ours)["acc"] == pytest.approx(result["results"]["sieve_rotten_tomatoes"]["acc,none"])
+    assert choice_metrics(ours)["acc"] == pytest.approx(result["results"]["sieve_rotten_tomatoes"]["acc,none"])

@@ -1,26 +1,19 @@
-"""Packed rows: the layout's cost model, its masks, and scores equal to one unpadded forward per request."""
+"""Packed rows against length buckets: the layout cost model, the rows' masks, and scores equal to one unpadded
+forward per request."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from sieve.errors import SieveError
-from sieve.metrics.loglik import EncodedTask, ScoringPlan, bucket_bounds, build_jobs
-from sieve.metrics.packing import pack_rows, pair_cost
 from sieve.models.forward import forward_features, packed_mask, packed_positions
+from sieve.scoring.buckets import bucket_bounds, pack_rows, pair_cost
+from sieve.scoring.encode import EncodedTask
+from sieve.scoring.plan import ScoringPlan, build_jobs
 
-VOCAB = 300
-
-
-def tiny(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512)).eval()
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+VOCAB = 300  # the conftest's tiny_lm
 
 
 def task(seed: int, n: int, *, prefix: int, single_token: bool) -> EncodedTask:
@@ -63,11 +56,11 @@ def test_pack_rows_partitions_and_takes_the_cheapest_row_count() -> None:
     assert pack_rows([], 10, 0.1).rows == ()
 
 
-def test_pair_cost_weighs_attention_by_the_config() -> None:
-    model = tiny("llama")
+def test_pair_cost_weighs_attention_by_the_config(tiny_lm) -> None:
+    model = tiny_lm("llama")
     params = sum(p.numel() for p in model.parameters())
     assert pair_cost(model) == pytest.approx(2 * 32 * 2 / params)
-    assert pair_cost(tiny("gpt2")) == pytest.approx(2 * 32 * 2 / sum(p.numel() for p in tiny("gpt2").parameters()))
+    assert pair_cost(tiny_lm("gpt2")) == pytest.approx(2 * 32 * 2 / sum(p.numel() for p in tiny_lm("gpt2").parameters()))
 
 
 def test_packed_mask_lets_each_token_see_the_context_and_its_own_past() -> None:
@@ -92,10 +85,11 @@ def test_packed_mask_lets_each_token_see_the_context_and_its_own_past() -> None:
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("prefix", [0, 20], ids=["no-prefix", "shared-prefix"])
 @pytest.mark.parametrize("single_token", [True, False], ids=["fast-path", "slow-path"])
-def test_packed_rows_score_like_one_unpadded_forward_per_request(family, prefix, single_token, naive_scores) -> None:
+def test_packed_rows_score_like_one_unpadded_forward_per_request(family, prefix, single_token, naive_scores,
+                                                                  tiny_lm) -> None:
     """Rows of one sequence each (``batch_size=1`` caps a row at the longest), a few rows, one row; a
     shared prefix read from its cache by many rows, inside the one row where that saves a forward."""
-    model, encoded = tiny(family), task(1, 14, prefix=prefix, single_token=single_token)
+    model, encoded = tiny_lm(family), task(1, 14, prefix=prefix, single_token=single_token)
     assert forward_features(model).packed_rows
     reference = np.concatenate(naive_scores(model, encoded))
     buckets = ScoringPlan.build(model, encoded, batch_size=4, forward_cost=8, packing=False)
@@ -116,11 +110,11 @@ def test_packed_rows_score_like_one_unpadded_forward_per_request(family, prefix,
         np.testing.assert_allclose(got, reference, rtol=0, atol=1e-5)
 
 
-def test_auto_packs_where_the_cost_model_says_it_is_cheaper() -> None:
+def test_auto_packs_where_the_cost_model_says_it_is_cheaper(tiny_lm) -> None:
     """Equal lengths leave no padding to save (buckets win: packing only adds attention); very uneven
     lengths with a costly forward pack; no cost model (``forward_cost=None``) or ``packing=False``:
     buckets. Whichever wins, the scores are the same."""
-    model = tiny("llama")
+    model = tiny_lm("llama")
     even = EncodedTask(tuple(tuple(range(2 + i, 22 + i)) for i in range(8)), ((((5,), (6,)),) * 8), (0,) * 8, 256)
     uneven = EncodedTask(tuple(tuple(range(2, 3 + (60 if i == 0 else i))) for i in range(8)),
                          ((((5,), (6,)),) * 8), (0,) * 8, 256)
@@ -155,8 +149,8 @@ class _Flat(torch.nn.Module):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def test_a_model_without_packed_rows_keeps_buckets_and_refuses_forced_packing(caplog, naive_scores) -> None:
-    model, encoded = _Flat(tiny("llama")), task(2, 6, prefix=20, single_token=True)
+def test_a_model_without_packed_rows_keeps_buckets_and_refuses_forced_packing(caplog, naive_scores, tiny_lm) -> None:
+    model, encoded = _Flat(tiny_lm("llama")), task(2, 6, prefix=20, single_token=True)
     with caplog.at_level("WARNING", logger="sieve.models.forward"):
         features = forward_features(model)
     assert features.cache_argument and features.position_ids and not features.packed_rows
