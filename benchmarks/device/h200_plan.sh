@@ -26,16 +26,16 @@ print(f"{name}: {ex['strategy']} x{ex['candidates_per_forward']} {ex['pruner_mod
 PY
 }
 case ${1:?step} in
-  spaces)  # every built-in space × the fitnesses that change the plan, 3 generations each
-    for space in per_matrix per_block per_type nm lowrank mixed evopress; do
+  spaces)  # every built-in space with the default fitness, the fitnesses that change the plan on two of them, 3 generations each
+    for run in ${RUNS:-per_matrix:task_nll per_matrix:kl per_matrix:general_kl lowrank:task_nll lowrank:kl mixed:task_nll \
+               nm:task_nll per_block:task_nll per_type:task_nll evopress:task_nll}; do
+      space=${run%%:*}; fit=${run##*:}
       budget=0.5; case $space in nm) budget=0.3 ;; lowrank|mixed) budget=0.2 ;; esac
-      for fit in task_nll kl general_kl; do
-        name=$space-$fit
-        sieve search --config gpu --space $space --budget $budget --fitness $fit --generations 3 \
-          --run-dir /tmp/run-$name > "$out/$name.log" 2>&1 || { echo "$name FAILED" | tee -a "$out/summary.txt"; tail -3 "$out/$name.log"; continue; }
-        grep -c "does not apply" "$out/$name.log" | sed "s/^/$name fallback lines: /" | tee -a "$out/summary.txt"
-        summary $name /tmp/run-$name
-      done
+      name=$space-$fit
+      sieve search --config gpu --space $space --budget $budget --fitness $fit --generations 3 \
+        --run-dir /tmp/run-$name > "$out/$name.log" 2>&1 || { echo "$name FAILED" | tee -a "$out/summary.txt"; tail -3 "$out/$name.log"; continue; }
+      grep -c "does not apply" "$out/$name.log" | sed "s/^/$name fallback lines: /" | tee -a "$out/summary.txt" || true
+      summary $name /tmp/run-$name
     done
     sieve search --config gpu --budget 0.5 --general-weight 0.5 --generations 3 --run-dir /tmp/run-gw > "$out/gw.log" 2>&1
     summary general-weight /tmp/run-gw
