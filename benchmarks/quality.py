@@ -9,7 +9,10 @@ parameters really removed by data-aware factors), ``search-general`` (EvoPress's
 per-matrix levels on general-text Wanda scores, KL to dense on general text, multi-step selection),
 ``search-task`` (sieve's default: fused scores, task NLL), ``search-lowrank`` (rank per matrix) and
 ``search-mixed`` (zeros or factors per matrix), ``search-lowrank-task`` (the low-rank search with the
-task covariance alone instead of the fused one). ``reduction`` is the fraction of prunable parameters
+task covariance alone instead of the fused one). Depth (whole decoder blocks; ``--rows depth`` for the
+baselines): ``shortgpt-{general,task}``, ``angular-general``, ``greedy-task`` (each row lists its
+``removed_blocks``), ``search-depth`` (sieve's depth search, task NLL), ``search-depth-general``
+(EvoPress's depth search: general-text KL) and ``search-deploy`` (per block: dense, factors or removed). ``reduction`` is the fraction of prunable parameters
 really removed (factors), ``sparsity`` the zeros. All rows share the calibration data, the splits and the
 evaluation. Each invocation writes ``benchmarks/results/quality-<date>-<device>[-TAG].json``;
 ``benchmarks/report.py`` merges the parts into markdown. ``--smoke`` runs everything on a tiny
@@ -26,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
@@ -34,14 +39,16 @@ from sieve.config import load_yaml, to_dict, validate  # noqa: E402
 from sieve.metrics.quality import QualityProbe  # noqa: E402
 from sieve.primitives.lowrank import LowRank  # noqa: E402
 from sieve.primitives.mask import Pattern  # noqa: E402
-from sieve.prune.allocation import Allocation  # noqa: E402
+from sieve.prune.allocation import Allocation, AllocationFile  # noqa: E402
+from sieve.prune.depth_choice import greedy_blocks  # noqa: E402
 from sieve.prune.owl import owl_allocation  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
 from sieve.resources import builtin_file  # noqa: E402
 from sieve.scores import get_method  # noqa: E402
 from sieve.search.config import SearchConfig  # noqa: E402
-from sieve.search.run import SearchRun  # noqa: E402
+from sieve.search.run import SearchRun, prepare  # noqa: E402
 from sieve.search.rundir import RunDir  # noqa: E402
+from sieve.search.seeds import blocks_within  # noqa: E402
 from sieve.stats.calibrate import ensure_stats  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
@@ -57,7 +64,11 @@ SEARCHES = {
                             "fitness": "task_nll"},
     "search-lowrank-task-x64": {"space": str(Path(__file__).resolve().parent / "spaces" / "lowrank_task_x64.yaml"),
                                 "fitness": "task_nll"},
+    "search-depth": {"space": "depth", "fitness": "task_nll"},
+    "search-depth-general": {"space": "depth", "fitness": "general_kl"},
+    "search-deploy": {"space": "deploy", "fitness": "task_nll"},
 }
+DEPTH_BASELINES = ("shortgpt-general", "shortgpt-task", "angular-general", "greedy-task")
 COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))
 SMOKE_SEARCH = {
@@ -96,10 +107,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = args.tag or ("smoke" if args.smoke else "")
 
     def record(method: str, budget: str, pattern: Pattern, seed: int | None, report, seconds: float, tokens: int,
-               reduction: float = 0.0) -> None:
+               reduction: float = 0.0, blocks: list[int] | None = None) -> None:
         row = {"method": method, "budget": budget, "pattern": str(pattern), "seed": seed, "task_acc": report.task_acc,
                "task_nll": report.task_nll, "wiki_ppl": report.wiki_ppl, "sparsity": report.sparsity,
                "reduction": reduction, "seconds": seconds, "tokens": tokens}
+        if blocks is not None:
+            row["removed_blocks"] = blocks
         rows.append(row)
         write_result("quality", body, args.out_dir, tag)  # after every row: a cut-off run keeps what it measured
         log.warning("%-18s %-5s seed=%s acc=%.3f nll=%.3f ppl=%.2f sparsity=%.4f %.1fs", method, budget, seed,
@@ -137,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 record(f"owl-{name}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
                        time.perf_counter() - t0, 0)
                 pruner.restore()
+        if "depth" in groups and not pattern.structured:
+            depth_rows(base, ws, statistics, probe, budget_text, sparsity, record)
         for label, overrides in SEARCHES.items():
             if label not in groups or pattern.structured:
                 continue
@@ -148,9 +163,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:  # another seed carves other validation / calibration documents: its own workspace
                     outcome = SearchRun(run, cfg).execute(report=True)
                 best = next(r for r in outcome["table"] if r["method"] == "sieve-search")
+                removed = AllocationFile.read(run.path / "best_allocation.json").removed_blocks
                 record(label, budget_text, pattern, seed, _Row(best), outcome["search_seconds"], outcome["tokens"],
-                       best["reduction"])
+                       best["reduction"], blocks=sorted(removed) if cfg.space.depth else None)
     return body
+
+
+def depth_rows(base: SearchConfig, ws, statistics, probe: QualityProbe, budget_text: str, budget: float,
+               record) -> None:
+    """The depth baselines at ``budget`` (as many whole blocks as it holds): ShortGPT's block
+    influence on general and on task text, the angular run on general text (the same choices that
+    seed the depth search, :mod:`sieve.search.seeds`) and the greedy task-aware choice — ``k`` times,
+    drop the block whose removal costs least of the search's own validation fitness (task NLL on the
+    validation split, scored by the search's evaluator: the test split is read once, at the end)."""
+    cfg = validate(SearchConfig, {**to_dict(base), "space": "depth", "fitness": "task_nll", "budget": budget})
+    prepared = prepare(cfg, None, workspace=ws, statistics=statistics)
+    space, evaluator = prepared.space, prepared.evaluator
+    k = blocks_within(space, prepared.window[1])
+    gene_of = {g.matrices[0].block: i for i, g in enumerate(space.genes)}
+
+    def genome(removed) -> np.ndarray:
+        x = np.zeros(space.n_genes, dtype=np.int64)
+        x[[gene_of[b] for b in removed]] = 1
+        return x
+
+    calls = 0
+
+    def cost(removed: frozenset[int]) -> float:
+        nonlocal calls
+        calls += 1
+        return evaluator.evaluate(genome(removed), evaluator.plan.final).value
+
+    t0 = time.perf_counter()
+    greedy = greedy_blocks(cost, len(gene_of), k)
+    greedy_seconds = time.perf_counter() - t0
+    choices = {label: (sorted(a.removed_blocks), 0.0) for label, a in prepared.baselines.items()}
+    choices["greedy-task"] = (sorted(greedy), greedy_seconds)
+    for label in DEPTH_BASELINES:
+        blocks, seconds = choices[label]
+        allocation = Allocation({}, removed_blocks=frozenset(blocks))
+        evaluator.pruner.apply(allocation)
+        record(label, budget_text, Pattern(), None, probe.measure(ws.model, ws.matrices), seconds, 0,
+               allocation.reduction(space.matrices), blocks=blocks)
+    evaluator.close()
+    log.warning("greedy-task: %d validation evaluations for %d of %d blocks", calls, k, len(gene_of))
 
 
 class _Row:

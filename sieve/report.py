@@ -142,9 +142,11 @@ def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any
     medians = [h["median"] if h["median"] < ELIMINATED else float("nan") for h in history]
     ax.plot(gens, [h["best"] for h in history], marker="o", color=COLORS["sieve"], label="best of population")
     ax.plot(gens, medians, marker="s", linestyle="--", color="#9467bd", label="median of population")
-    for key, label, color in (("uniform_fitness", "uniform seed", COLORS["uniform"]), ("owl_fitness", "OWL seed", COLORS["owl"])):
-        if results.get(key) is not None:
-            ax.axhline(results[key], color=color, linestyle=":", linewidth=1.5, label=label)
+    seeds = results.get("baseline_fitness") or {"uniform": results.get("uniform_fitness"), "owl": results.get("owl_fitness")}
+    palette = [COLORS["uniform"], COLORS["owl"], "#8c564b", "#e377c2"]
+    for (label, value), color in zip(seeds.items(), palette):
+        if value is not None:
+            ax.axhline(value, color=color, linestyle=":", linewidth=1.5, label=f"{label} seed")
     fitness = config.fitness.name
     ylabel = FITNESS_LABELS.get(fitness, fitness)
     if config.general_weight:
@@ -263,8 +265,10 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
     if results:
         lines.append(f"- evaluations: {results.get('evaluations', '–')}, forward tokens: {results.get('tokens', 0):,}, "
                      f"search time: {_fmt(results.get('search_seconds'), 0)} s")
-        lines.append(f"- fitness of the uniform seed {_fmt(results.get('uniform_fitness'), 4)}, OWL seed "
-                     f"{_fmt(results.get('owl_fitness'), 4)}, best {_fmt(results.get('best_fitness'), 4)}")
+        seeds = results.get("baseline_fitness") or {"uniform": results.get("uniform_fitness"),
+                                                    "OWL": results.get("owl_fitness")}
+        lines.append("- fitness of the seeds: " + ", ".join(f"{label} {_fmt(value, 4)}" for label, value in seeds.items())
+                     + f"; best {_fmt(results.get('best_fitness'), 4)}")
         phases = results.get("phases")
         if phases:
             lines.append("- wall time by phase: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v, 1)} s"

@@ -15,17 +15,20 @@ def test_quality_smoke(tmp_path):
     import quality
 
     path = quality.main(["--smoke", "--seeds", "0", "--budgets", "0.5,2:4", "--out-dir", str(tmp_path),
-                         "--runs", str(tmp_path / "runs")])
+                         "--runs", str(tmp_path / "runs"),
+                         "--rows", "dense,uniform,owl,search-general,search-task,depth,search-depth"])
     body = json.loads(Path(path).read_text())
     methods = {(r["method"], r["budget"]) for r in body["rows"]}
     expected = {"dense", "uniform-magnitude", "uniform-wanda", "uniform-sparsegpt", "uniform-fused", "owl-wanda",
-                "owl-fused", "search-general", "search-task"}
+                "owl-fused", "search-general", "search-task", *quality.DEPTH_BASELINES, "search-depth"}
     assert {m for m, _ in methods} >= expected
     assert ("owl-wanda", "2:4") not in methods and ("uniform-wanda", "2:4") in methods
     for row in body["rows"]:
         assert set(row) >= {"method", "budget", "pattern", "seed", "task_acc", "task_nll", "wiki_ppl", "sparsity",
                             "seconds", "tokens"}
-        if row["method"].startswith("uniform") or row["method"].startswith("search"):
+        if row["method"] in quality.DEPTH_BASELINES or row["method"] == "search-depth":  # one of two blocks, no zeros
+            assert row["reduction"] == 0.5 and row["sparsity"] == 0.0 and len(row["removed_blocks"]) == 1
+        elif row["method"].startswith("uniform") or row["method"].startswith("search"):
             assert row["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert body["device"] and body["commit"] and body["torch"] and body["transformers"]
 
@@ -127,3 +130,31 @@ def test_large_model_smoke(tmp_path):
     assert [a["arm"] for a in body["arms"]] == ["capped", "uncapped"]
     assert all(a["candidates"] > 0 and a["per_candidate_s"] > 0 and len(a["history"]) == 3 for a in body["arms"])
     assert body["identical"] == {"history": True, "best_genome": True, "best_fitness": True}
+
+
+@pytest.mark.slow
+def test_deploy_smoke(tmp_path):
+    """Dense, depth and low-rank folders measured eager and compiled; ratios are figure / dense figure."""
+    import deploy
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    body = json.loads(Path(deploy.main(["--smoke", "--out-dir", str(tmp_path)])).read_text())
+    rows = {r["variant"]: r for r in body["rows"]}
+    assert list(rows) == ["dense", "depth", "lowrank"]
+    block = sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**deploy.SMOKE_LLAMA)).model.layers[0].parameters())
+    dense, depth = rows["dense"], rows["depth"]
+    assert block > 0 and depth["parameters"] == dense["parameters"] - block
+    assert depth["checkpoint_bytes"] < dense["checkpoint_bytes"] and rows["lowrank"]["parameters"] < dense["parameters"]
+    figures = [f"decode_b{b}_{mode}_tokens_per_s" for b in (1, 2) for mode in ("eager", "compiled")]
+    for row in rows.values():
+        assert row["prefill_peak_gib"] is None  # CPU: no peak-memory figure
+        assert all(row[k] > 0 for k in ["prefill_tokens_per_s", *figures])
+        for key, ratio in row["vs_dense"].items():
+            if dense[key] is None:
+                assert ratio is None
+            else:
+                assert ratio == pytest.approx(row[key] / dense[key], rel=1e-3)
+    assert dense["vs_dense"]["parameters"] == 1.0
+    assert body["settings"]["compile"]["backend"] == "aot_eager" and body["settings"]["decode_batches"] == [1, 2]
+    assert body["command"].endswith("--smoke --out-dir " + str(tmp_path))
+    assert body["device"] and body["commit"] and body["date"]

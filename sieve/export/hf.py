@@ -28,7 +28,7 @@ from sieve.errors import SieveError
 from sieve.evaluate.target import AllocationTarget, open_target, open_workspace_for, paths_read, realise_target
 from sieve.export.base import EXPORTERS, Exporter, ExportRequest
 from sieve.io import check_output, replace_path, write_json
-from sieve.models.factorized import factorise
+from sieve.models.factorized import factorise, record_ranks
 from sieve.models.matrix import Matrix
 from sieve.primitives.lowrank import LowRank
 from sieve.primitives.mask import UNSTRUCTURED
@@ -61,9 +61,10 @@ def _summary(pruned: PrunedModel, start: float, **extra: Any) -> dict[str, Any]:
         "model": pruned.ws.model_id,
         "method": pruned.method.describe() if pruned.method is not None else None,
         "lowrank": pruned.file.lowrank.model_dump() if pruned.file.lowrank is not None else None,
-        "reduction": pruned.file.allocation.reduction(pruned.pruner.matrices),
+        "reduction": pruned.file.allocation.reduction(pruned.ws.matrices),
+        "removed_blocks": sorted(pruned.file.removed_blocks),
         "pattern": pruned.file.pattern,
-        "achieved_sparsity": achieved_sparsity(pruned.ws.matrices),
+        "achieved_sparsity": achieved_sparsity(pruned.pruner.matrices),
         "calibration_seconds": pruned.statistics.seconds,
         "calibration_tokens": pruned.statistics.tokens,
         "prune_seconds": pruned.prune_seconds,
@@ -73,14 +74,26 @@ def _summary(pruned: PrunedModel, start: float, **extra: Any) -> dict[str, Any]:
 
 
 def factorise_pruned(pruned: PrunedModel) -> int:
-    """Swap every factorised matrix of the pruned model for its factors; returns the parameters saved."""
+    """Swap every factorised matrix of the pruned model for its factors; returns the parameters
+    really removed (factors and removed decoder blocks). The model's removed blocks are already out
+    of its block list (the pruner's :class:`~sieve.models.depth.BlockRemoval`), so what is saved has
+    fewer blocks and a config that says so; the factors are named by the blocks' new numbering."""
+    allocation, matrices = pruned.file.allocation, pruned.ws.matrices
+    removed = sum(allocation.removed(m) for m in matrices if m.block in allocation.removed_blocks)
     ranks = pruned.file.module_ranks
     if not ranks:
-        return 0
+        return removed
+    depth = pruned.pruner.depth
+    blocks = sorted(depth.removed) if depth is not None else []
+    if blocks:
+        depth.show(())  # the allocation names matrices by the original stack
     factors = {name: (f.a, f.b) for name, f in
                ((name, pruned.pruner.factors_of(name).truncated(rank)) for name, rank in ranks.items())}
     factorise(pruned.ws.model, factors)
-    return sum(pruned.file.allocation.removed(pruned.pruner.by_name[name]) for name in ranks)
+    if blocks:
+        depth.show(blocks)
+        record_ranks(pruned.ws.model)
+    return removed + sum(allocation.removed(pruned.pruner.by_name[name]) for name in ranks)
 
 
 @EXPORTERS.register

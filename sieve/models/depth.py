@@ -20,8 +20,8 @@ carry their own block index. Removing blocks ``R`` of ``n`` keeps ``k_0 < k_1 < 
 * each module's ``layer_idx`` := ``j``: the KV cache is indexed by it, so a stale index would give a
   kept block another block's cache slot (or one past the end).
 
-:func:`config_without_blocks` is the pure rule on a config dict; :func:`remove_blocks` applies it
-to a loaded model in place.
+:func:`config_without_blocks` is the pure rule on a config dict; :class:`BlockRemoval` applies it
+to a loaded model reversibly (what a search scores), :func:`remove_blocks` for good (what an export saves).
 """
 
 from __future__ import annotations
@@ -126,35 +126,68 @@ def index_attributes(block: nn.Module, index: int) -> list[tuple[nn.Module, str]
     return found
 
 
+class BlockRemoval:
+    """Decoder blocks taken out of a live model and put back: the reversible form of
+    :func:`remove_blocks`, which a search applies per candidate so that the model it scores is,
+    module for module and config field for config field, the folder an export saves.
+
+    :meth:`show` sets which blocks are removed (relative to the original stack, any set, any
+    order of calls): the block list holds the kept blocks in order, every kept module's block
+    index and the decoder config are rewritten by the rules in this module's docstring, and
+    ``show(())`` gives the original model back. Everything is checked when it is built."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.blocks = decoder_blocks(model)
+        self.original = list(self.blocks)
+        self.config = model.config.get_text_config(decoder=True)
+        self.before = self.config.to_dict()
+        if (count := self.before[layer_count_key(self.before)]) != len(self.original):
+            raise SieveError(f"{type(model).__name__} has {len(self.original)} decoder blocks but its config counts "
+                             f"{count}: cannot tell which config describes them")
+        if getattr(self.config, "scale_attn_by_inverse_layer_idx", False):
+            raise SieveError("a model with scale_attn_by_inverse_layer_idx scales attention by 1/(block index + 1): "
+                             "removing blocks would change the kept blocks' computation")
+        self.indices = [index_attributes(block, i) for i, block in enumerate(self.original)]
+        self.sliding_flags = [m for m in model.modules() if isinstance(getattr(m, "has_sliding_layers", None), bool)]
+        self.sliding_before = [m.has_sliding_layers for m in self.sliding_flags]
+        self.removed: frozenset[int] = frozenset()
+        self._touched: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.original)
+
+    def show(self, removed: Iterable[int]) -> list[str]:
+        """Blocks ``removed`` (of the original stack) out, every other block in; returns the config
+        keys that now differ from the original."""
+        removed = list(removed)
+        kept = kept_blocks(self.count, removed)
+        after = config_without_blocks(self.before, removed) if removed else dict(self.before)
+        changed = [key for key, value in after.items() if value != self.before.get(key)]
+        del self.blocks[:]
+        self.blocks.extend(self.original[k] for k in kept)
+        for new, old in enumerate(kept):
+            for module, attr in self.indices[old]:
+                setattr(module, attr, new)
+        for key in self._touched | set(changed):
+            setattr(self.config, key, after[key])
+        self._touched |= set(changed)
+        layer_types = getattr(self.config, "layer_types", None)
+        for module, before in zip(self.sliding_flags, self.sliding_before, strict=True):
+            # Qwen2-style models decide at init whether to build a sliding mask
+            module.has_sliding_layers = before if not removed or layer_types is None else (
+                "sliding_attention" in layer_types)
+        self.removed = frozenset(removed)
+        return changed
+
+
 def remove_blocks(model: nn.Module, removed: Iterable[int]) -> None:
     """Remove decoder blocks ``removed`` from ``model`` in place: drop them from the block list,
     rewrite the decoder config (:func:`config_without_blocks`) and renumber every kept module's
     block index, so that ``save_pretrained`` writes a folder plain transformers loads to the same
     model. Everything is checked before anything changes."""
-    removed = list(removed)
-    blocks = decoder_blocks(model)
-    config = model.config.get_text_config(decoder=True)
-    before = config.to_dict()
-    if (count := before[layer_count_key(before)]) != len(blocks):
-        raise SieveError(f"{type(model).__name__} has {len(blocks)} decoder blocks but its config counts {count}: "
-                         "cannot tell which config describes them")
-    if getattr(config, "scale_attn_by_inverse_layer_idx", False):
-        raise SieveError("a model with scale_attn_by_inverse_layer_idx scales attention by 1/(block index + 1): "
-                         "removing blocks would change the kept blocks' computation")
-    after = config_without_blocks(before, removed)
-    kept = kept_blocks(len(blocks), removed)
-    renumber = [(module, attr, new) for new, old in enumerate(kept) for module, attr in index_attributes(blocks[old], old)]
-
-    for index in sorted(set(removed), reverse=True):
-        del blocks[index]
-    for module, attr, new in renumber:
-        setattr(module, attr, new)
-    changed = [key for key, value in after.items() if value != before.get(key)]
-    for key in changed:
-        setattr(config, key, after[key])
-    if (layer_types := getattr(config, "layer_types", None)) is not None:
-        for module in model.modules():  # Qwen2-style models decide at init whether to build a sliding mask
-            if isinstance(getattr(module, "has_sliding_layers", None), bool):
-                module.has_sliding_layers = "sliding_attention" in layer_types
-    logger.info("removed decoder blocks %s of %s (%d left); rewrote %s", sorted(set(removed)), type(model).__name__,
-                len(kept), ", ".join(changed))
+    removal = BlockRemoval(model)
+    changed = removal.show(removed)
+    logger.info("removed decoder blocks %s of %s (%d left); rewrote %s", sorted(removal.removed), type(model).__name__,
+                removal.count - len(removal.removed), ", ".join(changed))

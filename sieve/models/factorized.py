@@ -78,7 +78,14 @@ def factorise(model: nn.Module, factors: Mapping[str, tuple[torch.Tensor, torch.
         parent, child = _parent(model, name)
         old = getattr(parent, child)
         setattr(parent, child, FactorizedLinear.from_factors(a, b, old.bias, old.weight.dtype))
-    model.config.update({CONFIG_KEY: {name: int(a.shape[1]) for name, (a, _) in factors.items()}})
+    record_ranks(model)
+
+
+def record_ranks(model: nn.Module) -> None:
+    """``config.sieve_lowrank`` := every :class:`FactorizedLinear` of ``model`` by its module name now
+    (names follow the model: after decoder blocks are removed, the kept blocks' new numbering)."""
+    ranks = {name: module.rank for name, module in model.named_modules() if isinstance(module, FactorizedLinear)}
+    model.config.update({CONFIG_KEY: ranks})
 
 
 def load_pretrained(path: str | Path, **kwargs) -> nn.Module:

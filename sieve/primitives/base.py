@@ -10,7 +10,9 @@ it instead of naming primitives:
   step it needs (:meth:`Primitive.level_step`);
 * whether a level removes *exactly* ``l·step`` parameters (:attr:`Primitive.exact`: the budget is
   then rounded down to a whole step) and whether every level is a precomputed per-weight threshold
-  (:attr:`Primitive.not_thresholded`: what graph-safe pruning and shared forwards apply).
+  (:attr:`Primitive.not_thresholded`: what graph-safe pruning and shared forwards apply), and
+  whether a candidate runs another stack of decoder blocks (:attr:`Primitive.changes_depth`);
+* which groupings of matrices into genes it can act on (:meth:`Primitive.check_genes`).
 
 A :class:`Level` is what one matrix is at — :data:`DENSE`, ``k`` zeros per row, rank ``r`` — a
 frozen, hashable value (the pruner's state, the write order's key) that costs itself
@@ -20,8 +22,8 @@ frozen, hashable value (the pruner's state, the write order's key) that costs it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +32,17 @@ from pydantic import Field, model_validator
 from sieve.config import Frozen
 from sieve.models.matrix import Matrix
 from sieve.registry import Registry
+
+
+@dataclass
+class LevelRecord:
+    """An allocation being built from levels: per-matrix sparsity, N:M pattern and rank, and the
+    decoder blocks removed whole."""
+
+    sparsity: dict[str, float] = field(default_factory=dict)
+    patterns: dict[str, Any] = field(default_factory=dict)
+    ranks: dict[str, int] = field(default_factory=dict)
+    removed_blocks: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -45,10 +58,12 @@ class Level:
         """Parameters a ``rows × cols`` matrix gives up at this level."""
         return 0
 
-    def record(self, name: str, sparsity: MutableMapping[str, float], patterns: MutableMapping[str, Any],
-               ranks: MutableMapping[str, int]) -> None:
-        """Write this level of matrix ``name`` into an allocation's per-matrix maps."""
-        sparsity[name] = 0.0
+    #: applied by taking the matrix's whole decoder block out of the forward
+    removes_block: ClassVar[bool] = False
+
+    def record(self, name: str, into: LevelRecord) -> None:
+        """Write this level of matrix ``name`` into an allocation being built."""
+        into.sparsity[name] = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,9 +130,18 @@ class Primitive(Frozen, ABC):
         return f"the space has {self.name} levels"
 
     @property
+    def changes_depth(self) -> str | None:
+        """Why a candidate's forward runs another stack of blocks (so no captured graph replays it),
+        or ``None``."""
+        return None
+
+    @property
     def sources(self) -> tuple[str, ...]:
         """Calibration sources this primitive itself reads (beyond the scoring method's)."""
         return ()
+
+    def check_genes(self, genes: Mapping[str, Sequence[Matrix]], matrices: Sequence[Matrix]) -> None:
+        """Refuse a grouping of ``matrices`` (all the space's) into ``genes`` this primitive cannot act on."""
 
     @abstractmethod
     def level_step(self, matrices: Sequence[Matrix], smallest: int, grid: LevelGrid) -> int:

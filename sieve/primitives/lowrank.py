@@ -32,16 +32,16 @@ holds each factorised matrix's factors up to break-even, computed once: every ra
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
-from sieve.primitives.base import DENSE, PRIMITIVES, Level, LevelGrid, Option, Primitive
+from sieve.primitives.base import DENSE, PRIMITIVES, Level, LevelGrid, LevelRecord, Option, Primitive
 from sieve.stats import MatrixStats
 
 
@@ -131,10 +131,9 @@ class RankLevel(Level):
     def removed(self, rows: int, cols: int) -> int:
         return removed_params(rows, cols, self.rank)
 
-    def record(self, name: str, sparsity: MutableMapping[str, float], patterns: MutableMapping[str, Any],
-               ranks: MutableMapping[str, int]) -> None:
-        sparsity[name] = 0.0
-        ranks[name] = self.rank
+    def record(self, name: str, into: LevelRecord) -> None:
+        into.sparsity[name] = 0.0
+        into.ranks[name] = self.rank
 
     def __str__(self) -> str:
         return f"rank {self.rank}"

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from pydantic import field_validator
 
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
-from sieve.primitives.base import DENSE, PRIMITIVES, Ladder, Level, LevelGrid, Option, Primitive
+from sieve.primitives.base import DENSE, PRIMITIVES, Ladder, Level, LevelGrid, LevelRecord, Option, Primitive
 
 
 @dataclass(frozen=True, order=True)
@@ -93,11 +93,10 @@ class MaskLevel(Level):
     def removed(self, rows: int, cols: int) -> int:
         return rows * (cols // self.pattern.m) * self.k if self.pattern.structured else rows * self.k
 
-    def record(self, name: str, sparsity: MutableMapping[str, float], patterns: MutableMapping[str, Any],
-               ranks: MutableMapping[str, int]) -> None:
-        sparsity[name] = self.sparsity
+    def record(self, name: str, into: LevelRecord) -> None:
+        into.sparsity[name] = self.sparsity
         if self.pattern.structured:
-            patterns[name] = self.pattern
+            into.patterns[name] = self.pattern
 
     def __str__(self) -> str:
         return f"{self.pattern} ({self.k} per group)" if self.pattern.structured else f"{self.k} zeros per row"

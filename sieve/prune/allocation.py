@@ -1,5 +1,5 @@
-"""Allocation: what happens to each matrix — zeros (sparsity, pattern) or low-rank factors (rank) —
-the one object passed between prune, search and export.
+"""Allocation: what happens to each matrix — zeros (sparsity, pattern), low-rank factors (rank) or
+its whole decoder block removed — the one object passed between prune, search and export.
 
 On disk an allocation is a ``sieve.allocation/v1`` JSON file (:class:`AllocationFile`, see the
 README): the per-module sparsities plus everything needed to reproduce its masks exactly — the
@@ -28,7 +28,8 @@ from sieve.errors import SieveError
 from sieve.io import read_json, write_json
 from sieve.models.identity import ModelIdentity
 from sieve.models.matrix import Matrix
-from sieve.primitives.base import Level
+from sieve.primitives.base import Level, LevelRecord
+from sieve.primitives.depth import RemovedBlock
 from sieve.primitives.lowrank import LowRank, rank_for_removal, rank_level
 from sieve.primitives.mask import UNSTRUCTURED, MaskLevel, Pattern, check_sparsity
 from sieve.scores.base import MethodSpec, ScoringMethod
@@ -41,13 +42,15 @@ FORMAT = "sieve.allocation/v1"
 
 @dataclass(frozen=True)
 class Allocation:
-    """Per-matrix sparsity (fractions) and pattern, or rank (factorised matrices, ``ranks``);
-    matrices listed in neither stay dense."""
+    """Per-matrix sparsity (fractions) and pattern, or rank (factorised matrices, ``ranks``), and
+    the decoder blocks removed whole (``removed_blocks``: every matrix of those blocks is gone);
+    matrices listed in none stay dense."""
 
     sparsity: Mapping[str, float]
     pattern: Pattern = UNSTRUCTURED
     patterns: Mapping[str, Pattern] = field(default_factory=dict)
     ranks: Mapping[str, int] = field(default_factory=dict)
+    removed_blocks: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         for name, s in self.sparsity.items():
@@ -61,16 +64,17 @@ class Allocation:
     @classmethod
     def from_levels(cls, levels: Mapping[str, Level]) -> Allocation:
         """The allocation that puts each named matrix at its level (each level records itself)."""
-        sparsity: dict[str, float] = {}
-        patterns: dict[str, Pattern] = {}
-        ranks: dict[str, int] = {}
+        into = LevelRecord()
         for name, level in levels.items():
-            level.record(name, sparsity, patterns, ranks)
-        return cls(sparsity, UNSTRUCTURED, patterns, ranks)
+            level.record(name, into)
+        return cls(into.sparsity, UNSTRUCTURED, into.patterns, into.ranks, frozenset(into.removed_blocks))
 
     def level_of(self, m: Matrix) -> Level:
-        """``m``'s level: its rank where one below break-even is allocated, else its mask (``k`` per
-        row, per group of ``M`` for N:M), :data:`~sieve.primitives.base.DENSE` for neither."""
+        """``m``'s level: removed with its block, its rank where one below break-even is allocated,
+        else its mask (``k`` per row, per group of ``M`` for N:M), :data:`~sieve.primitives.base.DENSE`
+        for none."""
+        if m.block in self.removed_blocks:
+            return RemovedBlock(m.block)
         if m.name in self.ranks:
             level = rank_level(*m.shape, self.ranks[m.name])
             if level.factorised:
@@ -98,9 +102,10 @@ class Allocation:
         return {m.name: self.removed(m) / m.numel for m in matrices}
 
     def reduction(self, matrices: Sequence[Matrix]) -> float:
-        """Fraction of the matrices' parameters *really* removed (factorisation; zeros do not count)."""
+        """Fraction of the matrices' parameters *really* removed (removed blocks and factorisation;
+        zeros do not count)."""
         total = sum(m.numel for m in matrices)
-        return sum(self.removed(m) for m in matrices if m.name in self.ranks) / total
+        return sum(self.removed(m) for m in matrices if m.name in self.ranks or m.block in self.removed_blocks) / total
 
     @classmethod
     def uniform(cls, matrices: Iterable[Matrix], sparsity: float, pattern: Pattern = UNSTRUCTURED) -> Allocation:
@@ -116,6 +121,12 @@ class Allocation:
         """Refuse names the model lacks (naming the closest one) and patterns that do not divide a matrix."""
         names = [m.name for m in matrices]
         known = set(names)
+        blocks = {m.block for m in matrices}
+        if outside := sorted(self.removed_blocks - blocks):
+            raise SieveError(f"{what} removes decoder block {outside[0]}, but {model_id} has blocks "
+                             f"{min(blocks)}–{max(blocks)}")
+        if blocks and self.removed_blocks >= blocks:
+            raise SieveError(f"{what} removes every decoder block of {model_id}")
         unknown = [n for n in [*self.sparsity, *self.ranks] if n not in known]
         if unknown:
             close = difflib.get_close_matches(unknown[0], names, n=1)
@@ -145,6 +156,7 @@ class AllocationFile(Frozen):
     modules: dict[str, Sparsity]
     module_patterns: dict[str, str] = {}
     module_ranks: dict[str, Annotated[int, Strict(), Field(ge=0)]] = {}
+    removed_blocks: list[Annotated[int, Strict(), Field(ge=0)]] = []
     # what reproduces them
     model: str | None = None
     weights_hash: str | None = None
@@ -185,12 +197,15 @@ class AllocationFile(Frozen):
         both = set(self.module_ranks) & {n for n, s in self.modules.items() if s > 0}
         if both:
             raise ValueError(f"{sorted(both)[0]} is both sparsified and factorised")
+        if len(set(self.removed_blocks)) != len(self.removed_blocks):
+            raise ValueError(f"removed_blocks lists a block twice: {self.removed_blocks}")
         return self
 
     @property
     def allocation(self) -> Allocation:
         patterns = {n: Pattern.parse(p) for n, p in self.module_patterns.items()}
-        return Allocation(dict(self.modules), Pattern.parse(self.pattern), patterns, dict(self.module_ranks))
+        return Allocation(dict(self.modules), Pattern.parse(self.pattern), patterns, dict(self.module_ranks),
+                          frozenset(self.removed_blocks))
 
     @property
     def names(self) -> set[str]:
@@ -205,6 +220,8 @@ class AllocationFile(Frozen):
             body["module_patterns"] = {n: str(p) for n, p in allocation.patterns.items()}
         if allocation.ranks:
             body["module_ranks"] = {n: int(r) for n, r in allocation.ranks.items()}
+        if allocation.removed_blocks:
+            body["removed_blocks"] = sorted(allocation.removed_blocks)
         return validate(cls, body, "allocation")
 
     @property

@@ -10,7 +10,9 @@ the fly, the model's own dense weights, and dispatches each matrix's level to wh
 * rank levels: a slice ``W = A[:, :r] @ B[:r]`` of the matrix's data-aware factors up to its
   break-even rank (:class:`~sieve.primitives.lowrank.FactorCache`, one SVD per matrix, computed
   once), written at the matrix's own shape (so candidates run through the unchanged model; the real
-  size and speed come with the factorised export).
+  size and speed come with the factorised export);
+* removed blocks: no weight is written; the allocation's ``removed_blocks`` are taken out of the
+  model by its :class:`~sieve.models.depth.BlockRemoval` (the export's own rewrite, reversibly).
 
 Where the weights go is the writers': :mod:`~sieve.prune.inplace` (stacks of same-shaped matrices,
 one kernel per stack) and :mod:`~sieve.prune.live` (parametrised weights, computed at every forward).
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from sieve.errors import SieveError
+from sieve.models.depth import BlockRemoval
 from sieve.models.matrix import Matrix
 from sieve.primitives.base import DENSE, Level
 from sieve.primitives.lowrank import FactorCache, Factors, LowRank
@@ -74,7 +77,7 @@ class ModelPruner:
 
     def __init__(self, matrices: Sequence[Matrix], method: ScoringMethod | None, stats: Mapping[str, MatrixStats],
                  lowrank: LowRank | None = None, mode: str = "in_place", device: torch.device | None = None,
-                 contiguous: bool = False, graph_safe: bool = False) -> None:
+                 contiguous: bool = False, graph_safe: bool = False, depth: BlockRemoval | None = None) -> None:
         if mode not in ("in_place", "on_the_fly"):
             raise ValueError(f"mode must be in_place or on_the_fly, got {mode!r}")
         if graph_safe and (mode != "on_the_fly" or method is None or not method.mask_only):
@@ -83,6 +86,7 @@ class ModelPruner:
         self.by_name = {m.name: m for m in self.matrices}
         self.method = method
         self.lowrank = lowrank
+        self.depth = depth
         self.stats = stats
         self.mode = mode
         # where a matrix's pruned weight is computed: its own device, or ``device`` for every matrix
@@ -163,10 +167,13 @@ class ModelPruner:
         """Prune every matrix to its allocated level (unlisted matrices are restored dense).
 
         Only matrices whose level changed are written."""
+        if allocation.removed_blocks and self.depth is None:
+            raise SieveError("the allocation removes decoder blocks, but this pruner was built without the model's "
+                             "block list")
         changed, levels = [], []
         for m in self.matrices:
             level = self.state_of(m, allocation)
-            if self.current[m.name] == level:
+            if self.current[m.name] == level or level.removes_block:
                 continue
             if level != DENSE and not level.factorised and self.method is None:
                 raise SieveError(f"{m.name} is sparsified, but no scoring method was given")
@@ -178,6 +185,8 @@ class ModelPruner:
         for m, level in zip(changed, levels, strict=True):
             self.current[m.name] = level
         self._write(changed)
+        if self.depth is not None and self.depth.removed != allocation.removed_blocks:
+            self.depth.show(sorted(allocation.removed_blocks))
 
     def _write(self, changed: Sequence[Matrix]) -> None:
         self.in_place.write([m for m in changed if m.name not in self.live], self.current, self._thresholded,
@@ -229,6 +238,8 @@ class ModelPruner:
         for m in changed:
             self.current[m.name] = DENSE
         self._write(changed)
+        if self.depth is not None and self.depth.removed:
+            self.depth.show(())
 
     def release(self) -> None:
         """Dense weights back and, for ``on_the_fly``, the model's plain modules (no parametrisation)."""

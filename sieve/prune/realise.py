@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sieve.errors import SieveError
+from sieve.models.depth import BlockRemoval
 from sieve.models.matrix import Matrix
 from sieve.prune.allocation import AllocationFile
 from sieve.prune.pruner import ModelPruner
@@ -103,7 +104,8 @@ def realise(ws: Workspace, file: AllocationFile, *, store: StatsStore | None, wh
     file.check_model(ws.matrices, ws.model_id, ws.weights_hash, str(where), ws.model_identity)
     if statistics is None:
         statistics = statistics_for(ws, file, store, task_texts)
-    pruner = ModelPruner(file_matrices(file, ws.matrices), method, statistics.per_matrix, file.lowrank)
+    pruner = ModelPruner(file_matrices(file, ws.matrices), method, statistics.per_matrix, file.lowrank,
+                         depth=BlockRemoval(ws.model) if file.removed_blocks else None)
     start = time.perf_counter()
     pruner.apply(file.allocation)
     return PrunedModel(ws, file, method, pruner, statistics, time.perf_counter() - start)

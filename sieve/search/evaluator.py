@@ -21,6 +21,7 @@ import torch
 
 from sieve.data.general import token_blocks
 from sieve.metrics.quality import MAX_LENGTH
+from sieve.models.depth import BlockRemoval
 from sieve.prune.pruner import ModelPruner
 from sieve.scoring.encode import encode_task
 from sieve.search.config import SearchConfig
@@ -75,7 +76,8 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     mode = execution.pruner_mode
     pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
                          device=ws.device if execution.streamed else None, contiguous=mode == "in_place",
-                         graph_safe=execution.graph_safe)
+                         graph_safe=execution.graph_safe,
+                         depth=BlockRemoval(ws.model) if config.space.depth else None)
     pruner.precompute_levels(space.row_counts())
     for name in space.factorisable():  # one SVD per matrix, up front: every rank afterwards is a slice
         pruner.factors_of(name)

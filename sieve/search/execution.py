@@ -170,8 +170,9 @@ def plan_execution(config: SearchConfig, model: ModelFacts, demanded: Collection
 
     1. where: in this process, or ``workers`` Ray actors (each decides its own memory-bound steps);
     2. pruner mode (:func:`choose_mode`); in place is impossible with streamed blocks;
-    3. CUDA graphs: a GPU, resident blocks, and in place — or on the fly where every level is a
-       per-weight threshold (graph-safe: fixed per-matrix threshold buffers);
+    3. CUDA graphs: a GPU, resident blocks, a fixed stack of blocks (no depth genes), and in place —
+       or on the fly where every level is a per-weight threshold (graph-safe: fixed per-matrix
+       threshold buffers); a space that removes blocks needs them resident;
     4. lanes: in this process, graphs, a fitness read from task scores; replicas (≈ 3× the
        weights each) within half the free memory;
     5. candidates per forward: in this process, no lanes, in place, plain ``Linear`` matrices,
@@ -189,12 +190,17 @@ def plan_execution(config: SearchConfig, model: ModelFacts, demanded: Collection
                        model.free_bytes, model.streamed)
     threshold_reason = not_thresholded(config)
     score_reason = not_from_scores(config)
+    depth_reason = config.space.changes_depth
+    if depth_reason is not None and model.streamed:
+        raise SieveError(f"{depth_reason}: every decoder block must be resident on the device, but this model's blocks "
+                         "are streamed from host memory (it does not fit); use a device with more memory")
 
     graph_safe = mode == "on_the_fly" and threshold_reason is None
     graphs = config.cuda_graphs
     if graphs:
         reason = ("there is no GPU" if model.device != "cuda" else
                   "decoder blocks are streamed from host memory" if model.streamed else
+                  depth_reason if depth_reason is not None else
                   f"pruning on the fly replays a graph only where every level is a per-weight threshold "
                   f"({threshold_reason})" if mode == "on_the_fly" and not graph_safe else None)
         if reason is not None:

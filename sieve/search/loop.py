@@ -93,6 +93,7 @@ class Search:
         self.algorithm.setup(self.problem, termination=NoTermination(), seed=seed)
         self.cache: dict[str, list[float]] = {}
         self.generation = -1
+        self.exhausted = False
         self.evaluations = 0
         self.tokens = 0
         self.seconds = 0.0
@@ -147,13 +148,17 @@ class Search:
             alive = ranked[: self.plan.promote[stage]]
         return F
 
-    def step(self) -> GenerationRecord:
+    def step(self) -> GenerationRecord | None:
+        """One generation; ``None`` (and :attr:`exhausted`) when the space has no new feasible genome."""
         start = time.perf_counter()
         evals_before = self.evaluations
         infills = self.algorithm.ask()
         if infills is None or len(infills) == 0:  # every budget-feasible genome was already proposed
-            raise SieveError(f"the search space has no new genomes within the budget window {self.window} after "
-                             f"generation {self.generation}; raise --budget or use a finer space")
+            if not self.exhausted:
+                log.warning("every genome within the budget window %s has been proposed by generation %d: the search "
+                            "stops there (its best is the best of the space it scored)", self.window, self.generation)
+            self.exhausted = True
+            return None
         X = infills.get("X").astype(np.int64)
         if self.generation < 0:
             F = np.array(self._scores(list(X), self.plan.final))
@@ -198,7 +203,7 @@ class Search:
 
     def run(self, generations: int) -> None:
         """Advance until ``generations`` generations after the initial population are done."""
-        while self.generation < generations:
+        while self.generation < generations and not self.exhausted:
             self.step()
 
     def best(self) -> tuple[np.ndarray, float]:

@@ -1,8 +1,9 @@
 """Run a search in its run directory: prepare once, loop generations, write results.
 
 :func:`prepare` builds everything a search needs from its config — workspace, space, statistics,
-uniform and OWL seeds, the candidate evaluator — and takes an already-open workspace and already
-computed statistics, so Pareto probes, benchmarks and Ray actors reuse them instead of reloading.
+the labelled baselines that seed it (:mod:`~sieve.search.seeds`), the candidate evaluator — and
+takes an already-open workspace and already computed statistics, so Pareto probes, benchmarks and
+Ray actors reuse them instead of reloading.
 :class:`SearchRun` is the stateful shell: it holds the run directory's lock for its lifetime, checks
 a resume before writing anything (config identity and input digests in
 :meth:`~sieve.search.rundir.RunDir.resumed_config`, the model's weights hash here), and writes the
@@ -25,7 +26,6 @@ from sieve.errors import SieveError
 from sieve.metrics.quality import QualityProbe
 from sieve.models.loading import resolve_model_path
 from sieve.prune.allocation import Allocation, AllocationFile
-from sieve.prune.owl import owl_allocation
 from sieve.prune.pruner import ModelPruner
 from sieve.scores.base import ScoringMethod
 from sieve.search.checkpoint import Checkpoint, cache_key
@@ -33,9 +33,9 @@ from sieve.search.config import SearchConfig
 from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, build_evaluator
 from sieve.search.execution import ExecutionPlan, ModelFacts, plan_execution
 from sieve.search.loop import GenerationRecord, Search
-from sieve.search.operators import repair_budget
 from sieve.search.phases import Phases
 from sieve.search.rundir import RunDir
+from sieve.search.seeds import baselines, removal_map, seed_genomes
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
 from sieve.workspace import Workspace, resolve_device
@@ -50,10 +50,8 @@ class Prepared:
     workspace: Workspace
     space: SearchSpace
     window: tuple[int, int]
-    uniform: Allocation
-    owl: Allocation
-    uniform_rank: Allocation | None
-    seeds: list[np.ndarray]
+    baselines: dict[str, Allocation]  # by label, in seeding order (:mod:`sieve.search.seeds`)
+    seeds: list[np.ndarray]  # the baselines' genomes first, then any extra seeds
     evaluator: CandidateEvaluator
     statistics: Statistics
     config: SearchConfig
@@ -144,30 +142,17 @@ def prepare(
             checked = check_search(config, workspace, resumed=resumed)
     ws, space, window = checked.workspace, checked.space, checked.window
     checked.execution.log_notes()
-    method = config.space.method
     with phases("statistics"):
         if statistics is None:
             statistics = search_statistics(config, ws, space, store)
         elif store is not None:
             statistics.save_to(store)
     with phases("setup"):
-        lowrank_only = config.space.mask is None
-        multiple = config.space.lowrank.rank_multiple if config.space.lowrank is not None else 1
-        uniform = (Allocation.uniform_rank(space.matrices, config.budget, multiple) if lowrank_only
-                   else Allocation.uniform(space.matrices, config.budget) if not space.pattern.structured
-                   else Allocation({}, space.pattern))
-        owl = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
-        uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget, multiple)
-                        if config.space.lowrank is not None and not lowrank_only else None)
-        rng = np.random.default_rng(config.seed)
-        costs = [g.costs for g in space.genes]
-        starts = [uniform.removed_fractions(space.matrices) if lowrank_only else uniform.sparsity, owl.sparsity,
-                  *(extra_seeds or [])]
-        if uniform_rank is not None:
-            starts.insert(2, uniform_rank.removed_fractions(space.matrices))
-        seeds = [repair_budget(space.nearest_genome(a), costs, space.lower, space.upper, window, rng) for a in starts]
+        found = baselines(config, ws, space, window, statistics)
+        starts = [removal_map(a, space) for a in found.values()] + list(extra_seeds or [])
+        seeds = seed_genomes(starts, space, window, config.seed)
         evaluator = build_evaluator(config, ws, space, statistics, checked.execution)
-    return Prepared(ws, space, window, uniform, owl, uniform_rank, seeds, evaluator, statistics, config)
+    return Prepared(ws, space, window, found, seeds, evaluator, statistics, config)
 
 
 BackendFactory = Callable[[Prepared, RunDir], EvaluationBackend]
@@ -312,18 +297,22 @@ class SearchRun:
             "best_genome": best.tolist(),
             "achieved_sparsity": space.cost(best) / space.total,
             "evaluations": search.evaluations,
+            "generations_done": search.generation,
+            "exhausted": search.exhausted,
             "tokens": search.tokens,
             "search_seconds": search.seconds,
             "stats_seconds": prepared.statistics.seconds,
             "timings": timings,
             "execution": prepared.evaluator.execution.model_dump(mode="json"),
-            "uniform_fitness": _cached_full(search, prepared.seeds[0]),
-            "owl_fitness": _cached_full(search, prepared.seeds[1]),
+            "baseline_fitness": {label: _cached_full(search, genome)
+                                 for label, genome in zip(prepared.baselines, prepared.seeds)},
             "unrouted_experts": sorted(
                 m.name for m in space.matrices if m.expert is not None
                 and any(s.n_tokens == 0 for s in (prepared.statistics.per_matrix[m.name].general,
                                                   prepared.statistics.per_matrix[m.name].task) if s is not None)),
         }
+        if not config.space.depth:  # the first two seeds of zeros and factors: uniform and OWL
+            outcome["uniform_fitness"], outcome["owl_fitness"] = list(outcome["baseline_fitness"].values())[:2]
         if report:
             with phases("final_evaluation"):
                 outcome["table"] = final_table(prepared, best)
@@ -346,14 +335,9 @@ def _cached_full(search: Search, genome: np.ndarray) -> float | None:
 def final_table(prepared: Prepared, best: np.ndarray) -> list[dict[str, Any]]:
     """Dense vs uniform vs OWL vs best-found on the held-out test split and general text; ``reduction``
     is the fraction of the space's parameters really removed (factorisation), ``sparsity`` the zeros."""
-    ws, pruner, space, spec = prepared.workspace, prepared.pruner, prepared.space, prepared.config.space
+    ws, pruner, space = prepared.workspace, prepared.pruner, prepared.space
     probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, prepared.config.evaluation)
-    method = prepared.method.name
-    uniform_label = f"uniform-lowrank-{spec.lowrank.covariance}" if spec.mask is None else f"uniform-{method}"
-    candidates = [("dense", None), (uniform_label, prepared.uniform), (f"owl-{method}", prepared.owl)]
-    if prepared.uniform_rank is not None:
-        candidates.append((f"uniform-lowrank-{spec.lowrank.covariance}", prepared.uniform_rank))
-    candidates.append(("sieve-search", space.allocation(best)))
+    candidates = [("dense", None), *prepared.baselines.items(), ("sieve-search", space.allocation(best))]
     rows = []
     for label, allocation in candidates:
         if allocation is None:

@@ -131,6 +131,17 @@ class SpaceSpec(Frozen):
         return next((why for p in self.primitives if (why := p.not_thresholded) is not None), None)
 
     @property
+    def changes_depth(self) -> str | None:
+        """Why a candidate runs another stack of decoder blocks (no graph captured once replays it,
+        and blocks must be resident), or ``None``."""
+        return next((why for p in self.primitives if (why := p.changes_depth) is not None), None)
+
+    @property
+    def depth(self) -> bool:
+        """Whether a gene can remove a whole decoder block."""
+        return self.changes_depth is not None
+
+    @property
     def sources(self) -> tuple[str, ...]:
         """Calibration sources the space reads: the method's (masks, OWL seed) and the primitives'."""
         found = set(self.method.sources).union(*(p.sources for p in self.primitives))
@@ -180,6 +191,8 @@ class SearchSpace:
         self.matrices = select_matrices(matrices, spec.modules)
         self.pattern = spec.pattern
         groups = self._group(self.matrices)
+        for primitive in spec.primitives:
+            primitive.check_genes(groups, self.matrices)
         smallest = min(sum(m.numel for m in g) for g in groups.values())
         setter = min(spec.primitives, key=lambda p: p.order)
         self.step = setter.level_step(self.matrices, smallest, spec.levels)

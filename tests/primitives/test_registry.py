@@ -1,4 +1,4 @@
-"""The primitive registry is what the rest dispatches through: it lists ``mask`` and ``lowrank``,
+"""The primitive registry is what the rest dispatches through: it lists ``mask``, ``lowrank`` and ``depth``,
 each level costs itself and records itself into an allocation, and the CLI's name lists (read from
 source, before torch is imported) equal the registries."""
 
@@ -6,6 +6,7 @@ import pytest
 
 from sieve.models.adapters import find_matrices
 from sieve.primitives.base import DENSE, PRIMITIVES, LevelGrid
+from sieve.primitives.depth import Depth, RemovedBlock
 from sieve.primitives.lowrank import LowRank, RankLevel, removed_params
 from sieve.primitives.mask import Mask, MaskLevel, Pattern
 from sieve.prune.allocation import Allocation
@@ -16,12 +17,14 @@ from sieve.search.space import SpaceSpec
 
 
 def test_registry_lists_mask_and_lowrank_and_builds_them():
-    assert PRIMITIVES.names() == ["lowrank", "mask"]
+    assert PRIMITIVES.names() == ["depth", "lowrank", "mask"]
     assert PRIMITIVES.build({"name": "mask", "pattern": "2:4"}) == Mask(pattern="2:4")
     assert PRIMITIVES.build("lowrank") == LowRank()
-    assert [p.not_thresholded for p in (Mask(), Mask(pattern="2:4"), LowRank())] == [
-        None, "the space prunes in N:M patterns", "the space has factorised (low-rank) levels"]
-    assert [p.exact for p in (Mask(), Mask(pattern="2:4"), LowRank())] == [True, False, False]
+    assert [p.not_thresholded for p in (Mask(), Mask(pattern="2:4"), LowRank(), Depth())] == [
+        None, "the space prunes in N:M patterns", "the space has factorised (low-rank) levels",
+        "the space removes decoder blocks"]
+    assert [p.exact for p in (Mask(), Mask(pattern="2:4"), LowRank(), Depth())] == [True, False, False, True]
+    assert [p.changes_depth is not None for p in (Mask(), LowRank(), Depth())] == [False, False, True]
 
 
 def test_cli_name_lists_equal_the_registries():
@@ -40,13 +43,14 @@ def test_levels_cost_and_record_themselves_through_the_allocation(llama):
         MaskLevel(3, sparsity=3 / cols): (rows * 3, Allocation({m.name: 3 / cols})),
         MaskLevel(2, Pattern(2, 4), 0.5): (rows * cols // 2, Allocation({m.name: 0.5}, patterns={m.name: Pattern(2, 4)})),
         RankLevel(5): (removed_params(rows, cols, 5), Allocation({m.name: 0.0}, ranks={m.name: 5})),
+        RemovedBlock(m.block): (rows * cols, Allocation({}, removed_blocks=frozenset({m.block}))),
     }
     for level, (cost, allocation) in cases.items():
         assert level.removed(rows, cols) == cost
         assert Allocation.from_levels({m.name: level}) == allocation
         assert allocation.level_of(m) == level and allocation.removed(m) == cost
     assert MaskLevel(3, sparsity=0.1) == MaskLevel(3, sparsity=0.2)  # the count is the level, not the nominal fraction
-    assert len({MaskLevel(3), RankLevel(3), DENSE}) == 3
+    assert len({MaskLevel(3), RankLevel(3), DENSE, RemovedBlock(0)}) == 4
 
 
 @pytest.mark.parametrize("primitives", [[{"name": "mask"}], [{"name": "lowrank"}],

@@ -42,12 +42,17 @@ def test_the_gpu_preset_plans_every_space_and_fitness(space, fitness, facts) -> 
     packs = cfg.space.not_thresholded is None and fitness in ("task_nll", "task_acc")
     assert plan.candidates_per_forward == (24 if packs else 1)
     assert plan.strategy == ("packed" if packs else "sequential")
-    assert len(plan.notes) == (0 if packs else 1)
+    graphs_note = cfg.space.depth and facts is GPU  # a space that removes blocks is scored eagerly
+    assert len(plan.notes) == (0 if packs else 1) + graphs_note
+    if graphs_note:
+        assert plan.notes[0] == ("--cuda-graphs (preset or default) does not apply: the space removes decoder blocks "
+                                 "(each candidate runs another stack of blocks); scoring eagerly")
+        assert not plan.cuda_graphs
     if packs:
         assert plan_execution(cfg, facts, {"batch_candidates"}) == plan.model_copy(
             update={"demanded": ("batch_candidates",)})
     else:
-        assert plan.notes[0].startswith("--batch-candidates 24 (preset or default) does not apply: ")
+        assert plan.notes[-1].startswith("--batch-candidates 24 (preset or default) does not apply: ")
         with pytest.raises(SieveError, match="^--batch-candidates 24: "):
             plan_execution(cfg, facts, {"batch_candidates"})
 

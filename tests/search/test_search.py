@@ -143,5 +143,8 @@ def test_every_shipped_space_searches(space, search_config, tiny_model_dir, tmp_
     if spec.pattern.structured:
         assert set(file.module_patterns.values()) <= {"2:4"}
         assert set(file.modules.values()) <= {0.0, 0.5}
-    if spec.mask is None:  # real reduction: factors only, no zeros
-        assert file.module_ranks and set(file.modules.values()) == {0.0}
+    if spec.mask is None:  # real reduction: factors or removed blocks only, no zeros
+        assert file.module_ranks or file.removed_blocks
+        assert set(file.modules.values()) <= {0.0}
+    if spec.depth and spec.lowrank is None:
+        assert len(file.removed_blocks) == 1 and not file.module_ranks

@@ -43,7 +43,14 @@ def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request)
         x = y
     alloc = space.allocation(x)
     assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)  # costs are exact
-    if not space.pattern.structured and space.spec.lowrank is None:
+    if space.spec.depth and space.spec.lowrank is None:  # whole blocks: all of a removed block goes, nothing else
+        per_block = {m.block: 0 for m in space.matrices}
+        for m in space.matrices:
+            per_block[m.block] += m.numel
+        assert total_cost(x, costs) == sum(per_block[b] for b in alloc.removed_blocks)
+        assert 0 < len(alloc.removed_blocks) < len(per_block)
+        assert high - space.step < total_cost(x, costs) <= high <= budget * space.total
+    elif space.spec.mask is not None and not space.pattern.structured and space.spec.lowrank is None:
         assert abs(total_cost(x, costs) - budget * space.total) <= space.step
         assert space.max_increment == space.step
         removed = sum(m.shape[0] * row_prune_count(m.shape[1], alloc.sparsity[m.name]) for m in space.matrices)

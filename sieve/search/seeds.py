@@ -1,0 +1,105 @@
+"""Where a search starts and what it is measured against: the labelled baseline allocations of a space.
+
+Every baseline is an allocation the search's budget allows (repaired into its window) that joins
+the initial population, so the best the search returns is never worse on validation than any of
+them, and its final table scores each on the held-out test split:
+
+* zeros and factors: the uniform allocation of the space's primitive, OWL's outlier-weighted
+  sparsities, and (mixed spaces) uniform low-rank factors;
+* spaces that remove whole blocks: ShortGPT's choice (the lowest block influence
+  ``BI_l = 1 − mean cos(x_l, x_{l+1})``) on general text and on task text, and Gromov et al.'s
+  contiguous run (the smallest angular distance between its input and output, general text),
+  from one pass of each text through the dense model (:func:`~sieve.stats.blocks.block_similarity`);
+  a ``deploy`` space adds uniform low-rank factors. Each takes as many whole blocks as the budget
+  holds; the repair fills any remainder with other levels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from sieve.prune.allocation import Allocation
+from sieve.prune.depth_choice import angular_blocks, shortgpt_blocks
+from sieve.prune.owl import owl_allocation
+from sieve.search.config import SearchConfig
+from sieve.search.operators import repair_budget
+from sieve.search.space import SearchSpace
+from sieve.stats.blocks import block_similarity
+from sieve.stats.calibrate import Statistics, general_batches, text_batches
+from sieve.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def baselines(config: SearchConfig, ws: Workspace, space: SearchSpace, window: tuple[int, int],
+              statistics: Statistics) -> dict[str, Allocation]:
+    """The space's baselines by label, in seeding order (see the module docstring)."""
+    spec = config.space
+    multiple = spec.lowrank.rank_multiple if spec.lowrank is not None else 1
+    uniform_rank = Allocation.uniform_rank(space.matrices, config.budget, multiple) if spec.lowrank is not None else None
+    if spec.depth:
+        found = depth_baselines(config, ws, space, window)
+        if uniform_rank is not None:
+            found[f"uniform-lowrank-{spec.lowrank.covariance}"] = uniform_rank
+        return found
+    method = spec.method
+    found = {}
+    if spec.mask is None:
+        found[f"uniform-lowrank-{spec.lowrank.covariance}"] = uniform_rank
+    elif space.pattern.structured:
+        found[f"uniform-{method.name}"] = Allocation({}, space.pattern)
+    else:
+        found[f"uniform-{method.name}"] = Allocation.uniform(space.matrices, config.budget)
+    found[f"owl-{method.name}"] = owl_allocation(space.matrices, method, statistics.per_matrix, config.budget)
+    if uniform_rank is not None and spec.mask is not None:
+        found[f"uniform-lowrank-{spec.lowrank.covariance}"] = uniform_rank
+    return found
+
+
+def blocks_within(space: SearchSpace, high: int) -> int:
+    """How many whole blocks a budget of ``high`` parameters removes (blocks of the mean size)."""
+    sizes: dict[int, int] = {}
+    for m in space.matrices:
+        sizes[m.block] = sizes.get(m.block, 0) + m.numel
+    return min(len(sizes) - 1, int(high // (sum(sizes.values()) / len(sizes))))
+
+
+def depth_baselines(config: SearchConfig, ws: Workspace, space: SearchSpace, window: tuple[int, int]) -> dict[str, Allocation]:
+    """ShortGPT on general and on task text, and the angular run on general text."""
+    k = blocks_within(space, window[1])
+    device = ws.device
+    sources = {"general": general_batches(ws.corpus, ws.tokenizer, config.calibration)}
+    if ws.task is not None:
+        sources["task"] = text_batches(list(ws.task.calibration_texts())[: config.calibration.task_examples],
+                                       ws.tokenizer, config.calibration)
+    found: dict[str, Allocation] = {}
+    for source, batches in sources.items():
+        moved = [(ids.to(device), mask.to(device) if mask is not None else None) for ids, mask in batches]
+        similarity = block_similarity(ws.model, moved)
+        found[f"shortgpt-{source}"] = Allocation({}, removed_blocks=frozenset(shortgpt_blocks(similarity.influence, k)))
+        if source == "general":
+            found["angular-general"] = Allocation({}, removed_blocks=frozenset(angular_blocks(similarity.angular, k)))
+    log.info("depth baselines (%d blocks): %s", k, "; ".join(f"{label} {sorted(a.removed_blocks)}"
+                                                            for label, a in found.items()))
+    return found
+
+
+def removal_map(allocation: Allocation, space: SearchSpace) -> Mapping[str, float]:
+    """Per matrix, where the search's :meth:`~sieve.search.space.SearchSpace.nearest_genome` starts
+    from: the fraction of its parameters removed (factors, removed blocks), or its nominal sparsity
+    (zeros)."""
+    if allocation.ranks or allocation.removed_blocks:
+        return allocation.removed_fractions(space.matrices)
+    return allocation.sparsity
+
+
+def seed_genomes(starts: Sequence[Mapping[str, float]], space: SearchSpace, window: tuple[int, int],
+                 seed: int) -> list[np.ndarray]:
+    """Each start (a per-matrix removal map) as the nearest genome, repaired into the budget window
+    (one generator, in order)."""
+    rng = np.random.default_rng(seed)
+    costs = [g.costs for g in space.genes]
+    return [repair_budget(space.nearest_genome(start), costs, space.lower, space.upper, window, rng) for start in starts]
