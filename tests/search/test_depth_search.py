@@ -84,6 +84,10 @@ def test_depth_search_removes_whole_blocks_and_exports_a_plain_folder(depth_run,
     assert len(file.removed_blocks) == 2 and not file.module_ranks and set(file.modules.values()) <= {0.0}
     results = json.loads((depth_run / "results.json").read_text())
     assert results["achieved_sparsity"] == 0.5
+    seeds = results["baseline_fitness"]  # every depth baseline seeds the search, which keeps the best of them
+    assert set(seeds) == {"shortgpt-general", "shortgpt-task", "angular-general", "greedy-task"}
+    assert results["best_fitness"] <= min(seeds.values())
+    assert {row["method"] for row in results["table"]} >= {"dense", *seeds, "sieve-search"}
     out = tmp_path / "hf"
     result = CliRunner().invoke(app, ["export", str(depth_run), "--to", "hf", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
