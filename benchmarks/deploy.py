@@ -105,12 +105,21 @@ def measure(model: torch.nn.Module, device: torch.device, settings: dict[str, An
     row["prefill_tokens_per_s"] = prefill_tokens_per_second(model, batch, seq, repeats=repeats)
     row["prefill_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     # every eager figure before the first compilation of this model (see reset_compiled)
-    for compiled in (False, True):
+    for b in settings["decode_batches"]:
+        row[f"decode_b{b}_eager_tokens_per_s"] = decode_tokens_per_second(
+            model, b, settings["prompt_len"], settings["new_tokens"], False, repeats=repeats)
+    for driver in settings["compiled_drivers"]:
+        driven = compile_settings.model_copy(update={"driver": driver})
         for b in settings["decode_batches"]:
-            key = f"decode_b{b}_{'compiled' if compiled else 'eager'}_tokens_per_s"
-            row[key] = decode_tokens_per_second(model, b, settings["prompt_len"], settings["new_tokens"], compiled,
-                                                repeats=repeats, settings=compile_settings)
+            row[decode_key(b, driver)] = decode_tokens_per_second(model, b, settings["prompt_len"], settings["new_tokens"],
+                                                                  True, repeats=repeats, settings=driven)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def decode_key(batch: int, driver: str) -> str:
+    """``decode_b{batch}_compiled_tokens_per_s`` for sieve's static-cache loop (the compiled figure of
+    every comparison), ``..._compiled_generate_...`` for transformers' compiled ``generate``."""
+    return f"decode_b{batch}_compiled{'' if driver == 'loop' else '_' + driver}_tokens_per_s"
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +148,9 @@ def table_line(row: dict[str, Any], batches: tuple[int, ...]) -> str:
         return f"{text} ({ratio[key]:.2f}x)" if ratio.get(key) is not None and row["variant"] != "dense" else text
 
     decode = "  ".join(f"b{b} eager {cell(f'decode_b{b}_eager_tokens_per_s')} compiled "
-                       f"{cell(f'decode_b{b}_compiled_tokens_per_s')}" for b in batches)
+                       f"{cell(decode_key(b, 'loop'))}"
+                       + (f" (generate {cell(decode_key(b, 'generate'))})" if decode_key(b, "generate") in row else "")
+                       for b in batches)
     return (f"{row['model']:<20} {row['variant']:<10} params {cell('parameters', 1e6, '{:.2f}M')}  "
             f"ckpt {cell('checkpoint_bytes', 2**30, '{:.2f}G')}  peak {cell('prefill_peak_gib', 1, '{:.2f}G')}  "
             f"prefill {cell('prefill_tokens_per_s')} tok/s  decode tok/s: {decode}")
@@ -195,6 +206,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--depth-fraction", type=float, default=0.25)
     p.add_argument("--new-tokens", type=int, default=None, help="decode length (default 128; 4 with --smoke)")
     p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager with --smoke)")
+    p.add_argument("--compiled-drivers", default="loop",
+                   help="compiled decode drivers, comma-separated: loop (sieve's static-cache loop, the compared "
+                        "figure) and/or generate (transformers' compiled generate, for reference)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
     p.add_argument("--smoke", action="store_true")
@@ -220,12 +234,16 @@ def run(args: argparse.Namespace, variants: list[tuple[str, Path]], argv: list[s
     variants = sorted(variants, key=lambda v: v[0] != "dense")  # dense first: its figures are the ratios' reference
 
     compile_settings = CompileSettings(backend=args.compile_backend or ("aot_eager" if args.smoke else "inductor"))
+    drivers = tuple(args.compiled_drivers.split(","))
+    if "loop" not in drivers or not set(drivers) <= {"loop", "generate"}:
+        raise SystemExit(f"--compiled-drivers {args.compiled_drivers}: give loop, optionally with generate")
     settings: dict[str, Any] = {
         "prefill": (2, 16) if args.smoke else (64, 512),
         "decode_batches": (1, 2) if args.smoke else (1, 32),
         "prompt_len": 8 if args.smoke else 16,
         "new_tokens": args.new_tokens or (4 if args.smoke else 128),
         "repeats": 1 if args.smoke else 3,
+        "compiled_drivers": drivers,
         "dtype": str(dtype).removeprefix("torch."),
         "compile": compile_settings.model_dump(),
     }

@@ -138,14 +138,15 @@ def test_deploy_smoke(tmp_path):
     import deploy
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    body = json.loads(Path(deploy.main(["--smoke", "--out-dir", str(tmp_path)])).read_text())
+    args = ["--smoke", "--compiled-drivers", "loop,generate", "--out-dir", str(tmp_path)]
+    body = json.loads(Path(deploy.main(args)).read_text())
     rows = {r["variant"]: r for r in body["rows"]}
     assert list(rows) == ["dense", "depth", "lowrank"]
     block = sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**deploy.SMOKE_LLAMA)).model.layers[0].parameters())
     dense, depth = rows["dense"], rows["depth"]
     assert block > 0 and depth["parameters"] == dense["parameters"] - block
     assert depth["checkpoint_bytes"] < dense["checkpoint_bytes"] and rows["lowrank"]["parameters"] < dense["parameters"]
-    figures = [f"decode_b{b}_{mode}_tokens_per_s" for b in (1, 2) for mode in ("eager", "compiled")]
+    figures = [f"decode_b{b}_{mode}_tokens_per_s" for b in (1, 2) for mode in ("eager", "compiled", "compiled_generate")]
     for row in rows.values():
         assert row["prefill_peak_gib"] is None  # CPU: no peak-memory figure
         assert all(row[k] > 0 for k in ["prefill_tokens_per_s", *figures])
@@ -156,5 +157,19 @@ def test_deploy_smoke(tmp_path):
                 assert ratio == pytest.approx(row[key] / dense[key], rel=1e-3)
     assert dense["vs_dense"]["parameters"] == 1.0
     assert body["settings"]["compile"]["backend"] == "aot_eager" and body["settings"]["decode_batches"] == [1, 2]
-    assert body["command"].endswith("--smoke --out-dir " + str(tmp_path))
+    assert body["command"].endswith(" ".join(args)) and body["settings"]["compiled_drivers"] == ["loop", "generate"]
     assert body["device"] and body["commit"] and body["date"]
+
+
+def test_gemm_shapes_smoke(tmp_path):
+    """Every rank is timed beside its rounded-up multiple of 64, and an aligned rank is its own reference."""
+    import gemm_shapes
+
+    body = json.loads(Path(gemm_shapes.main(["--smoke", "--out-dir", str(tmp_path)])).read_text())
+    rows = body["rows"]
+    assert {(r["rows"], r["cols"], r["tokens"]) for r in rows} == {(64, 128, 1), (64, 128, 16)}
+    assert sorted({r["rank"] for r in rows}) == gemm_shapes.ranks_for(128) == [32, 56, 63, 64, 65, 72]
+    assert all(r["seconds"] > 0 and r["vs_dense"] > 0 for r in rows)
+    assert all(r["slowdown_vs_aligned_up"] == 1.0 for r in rows if r["rank"] % 64 == 0)
+    assert all(r["slowdown_vs_aligned_up"] is None for r in rows if r["rank"] > 64)
+    assert body["command"].startswith("benchmarks/gemm_shapes.py --smoke") and body["commit"]

@@ -55,17 +55,20 @@ host's single thread and varied by ±30 % between identical runs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import math
 import statistics
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from sieve.config import Frozen
 from sieve.errors import SieveError
+from sieve.models.forward import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +93,20 @@ class CompileSettings(Frozen):
     mode: str | None = None
     fullgraph: bool = True
     dynamic: bool | None = False
+    driver: Literal["loop", "generate"] = "loop"
+
+    def compile_mode(self, device: torch.device) -> str | None:
+        """``mode``, or for inductor ``"reduce-overhead"`` (CUDA graphs) on CUDA and ``"default"`` elsewhere."""
+        if self.mode is None and self.backend == "inductor":
+            return "reduce-overhead" if device.type == "cuda" else "default"
+        return self.mode
 
     def compile_config(self, device: torch.device) -> Any:
         """transformers' :class:`~transformers.CompileConfig` for ``device``."""
         from transformers import CompileConfig
 
-        mode = self.mode
-        if mode is None and self.backend == "inductor":
-            mode = "reduce-overhead" if device.type == "cuda" else "default"
-        config = CompileConfig(fullgraph=self.fullgraph, dynamic=self.dynamic, backend=self.backend, mode=mode)
+        config = CompileConfig(fullgraph=self.fullgraph, dynamic=self.dynamic, backend=self.backend,
+                               mode=self.compile_mode(device))
         if device.type not in ("cuda", "xpu"):
             # generate compiles only on accelerators unless this (test) flag is set on the instance
             config._compile_all_devices = True
@@ -117,6 +125,7 @@ def reset_compiled() -> None:
     global _COMPILED_FOR
     torch._dynamo.reset()
     _COMPILED_FOR = None
+    _DECODERS.clear()
     try:
         from torch._inductor.async_compile import shutdown_compile_workers
     except ImportError:  # an older or newer torch without it: nothing to stop
@@ -163,6 +172,92 @@ def _own_compiled_state(model: torch.nn.Module) -> None:
     _COMPILED_FOR = weakref.ref(model)
 
 
+def _eos_ids(model: torch.nn.Module) -> list[int]:
+    """The end-of-sequence ids ``generate``'s ``min_new_tokens`` masks (the generation config's, else the config's)."""
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            return [value] if isinstance(value, int) else list(value)
+    return []
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_step(model: torch.nn.Module, cache: Any, token: torch.Tensor, position: torch.Tensor,
+                 cache_position: torch.Tensor, mask: torch.Tensor, suppressed: torch.Tensor,
+                 cache_argument: str) -> torch.Tensor:
+    """One greedy decode step over a static cache: ``argmax`` of the last logits, ``suppressed`` ids at −∞."""
+    logits = model(input_ids=token, attention_mask=mask, position_ids=position, cache_position=cache_position,
+                   use_cache=True, **{cache_argument: cache}).logits[:, -1]
+    return logits.index_fill(-1, suppressed, -math.inf).argmax(-1)
+
+
+class StaticDecoder:
+    """Greedy decoding of one model with a static KV cache and one compiled step per token.
+
+    The loop is the one transformers documents for static caches (``StaticCache`` + a compiled
+    ``decode_one_tokens``): an eager prefill writes the prompt into a cache allocated at its final
+    length ``prompt + new``, then each token is one call of :func:`_decode_step` compiled with
+    ``torch.compile`` — the forward, the end-of-sequence mask and the argmax in one graph (one CUDA
+    graph replay per token under ``"reduce-overhead"``). Every input has the same shape at every
+    step: the token ``(b, 1)``, its positions ``(b, 1)``, the cache position ``(1,)`` and the
+    padding mask over the whole cache ``(b, prompt + new)`` (future entries 1; causality masks them).
+    Between steps only the next token, a position increment and the copy of the output out of the
+    graph's buffer run on the host: none of ``generate``'s per-step input preparation, logits
+    processors or stopping checks. Caches are kept per ``(batch, length)`` and reset before reuse,
+    so their tensors keep the addresses the CUDA graphs were recorded with.
+    """
+
+    def __init__(self, model: torch.nn.Module, settings: CompileSettings) -> None:
+        self.model, self.settings = model, settings
+        device = model_device(model)
+        self.step = torch.compile(_decode_step, backend=settings.backend, mode=settings.compile_mode(device),
+                                  fullgraph=settings.fullgraph, dynamic=settings.dynamic)
+        self.suppressed = torch.tensor(_eos_ids(model), dtype=torch.long, device=device)
+        self.caches: dict[tuple[int, int], Any] = {}
+        self.cache_argument = _cache_argument(model)
+
+    def cache(self, batch: int, length: int) -> Any:
+        from transformers import StaticCache
+
+        key = (batch, length)
+        if key not in self.caches:
+            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        else:
+            self.caches[key].reset()
+        return self.caches[key]
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        batch, prompt = input_ids.shape
+        length = prompt + new_tokens
+        cache = self.cache(batch, length)
+        full_mask = torch.ones(batch, length, dtype=mask.dtype, device=mask.device)
+        full_mask[:, :prompt] = mask
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        with evaluating(self.model):
+            logits = self.model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                                cache_position=torch.arange(prompt, device=input_ids.device), use_cache=True,
+                                **{self.cache_argument: cache}).logits[:, -1]
+            token = logits.index_fill(-1, self.suppressed, -math.inf).argmax(-1)
+            out = torch.empty(batch, new_tokens, dtype=torch.long, device=input_ids.device)
+            out[:, 0] = token
+            position = positions[:, -1:] + 1
+            for i in range(1, new_tokens):
+                token = self.step(self.model, cache, out[:, i - 1:i], position,
+                                  torch.tensor([prompt + i - 1], device=input_ids.device), full_mask, self.suppressed,
+                                  self.cache_argument)
+                out[:, i] = token
+                position = position + 1
+        return out
+
+
+_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, StaticDecoder] = weakref.WeakKeyDictionary()
+
+
 def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, compiled: bool,
                     attention_mask: torch.Tensor | None = None,
                     settings: CompileSettings | None = None) -> torch.Tensor:
@@ -182,6 +277,12 @@ def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tok
     else:
         settings = settings or CompileSettings()
         _own_compiled_state(model)
+        if settings.driver == "loop":
+            decoder = _DECODERS.get(model)
+            if decoder is None or decoder.settings != settings:
+                decoder = _DECODERS[model] = StaticDecoder(model, settings)
+            with _no_silent_fallback():
+                return decoder.generate(input_ids, mask, max_new_tokens)
         with _no_silent_fallback():
             out = model.generate(input_ids, cache_implementation="static",
                                  compile_config=settings.compile_config(device), **kwargs)
@@ -232,7 +333,7 @@ def prefill_tokens_per_second(model: torch.nn.Module, batch: int, seq_len: int, 
     """Prefill throughput ``batch · seq_len / t`` (``t``: median seconds of one eager forward of a
     random ``(batch, seq_len)`` batch, ``use_cache=False``, logits of the last position only when
     :func:`~sieve.models.forward.forward_features` finds ``logits_to_keep`` honoured)."""
-    from sieve.models.forward import evaluating, forward_features
+    from sieve.models.forward import forward_features
 
     kwargs: dict[str, Any] = {"use_cache": False}
     if forward_features(model).logits_to_keep:

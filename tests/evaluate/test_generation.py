@@ -83,18 +83,20 @@ def reference_greedy(model, ids: torch.Tensor, mask: torch.Tensor, new: int) -> 
     return torch.cat(out, 1)
 
 
-@pytest.mark.parametrize("build", [dense, factorised, depth])  # depth last: see the timer test
-def test_compiled_greedy_equals_eager_greedy(build):
+@pytest.mark.parametrize(("build", "driver"), [(dense, "loop"), (dense, "generate"), (factorised, "loop"),
+                                               (depth, "loop")])  # depth last: see the timer test
+def test_compiled_greedy_equals_eager_greedy(build, driver):
     model = build()
     ids, mask = prompt()
     eager = greedy_generate(model, ids, NEW, compiled=False, attention_mask=mask)
     graphs = counters["stats"]["unique_graphs"]
-    compiled = greedy_generate(model, ids, NEW, compiled=True, attention_mask=mask, settings=CPU_COMPILE)
+    settings = CPU_COMPILE.model_copy(update={"driver": driver})
+    compiled = greedy_generate(model, ids, NEW, compiled=True, attention_mask=mask, settings=settings)
     assert counters["stats"]["unique_graphs"] == graphs + 1  # the decode step really went through dynamo, as one graph
     assert eager.shape == compiled.shape == (2, NEW)
     assert torch.equal(compiled, eager)
     assert not (eager == EOS).any()  # generation ran to the full length
-    again = greedy_generate(model, ids, NEW, compiled=True, attention_mask=mask, settings=CPU_COMPILE)
+    again = greedy_generate(model, ids, NEW, compiled=True, attention_mask=mask, settings=settings)
     assert torch.equal(again, eager) and counters["stats"]["unique_graphs"] == graphs + 1  # reused, not recompiled
 
 
