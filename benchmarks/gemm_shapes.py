@@ -12,6 +12,7 @@ above 1 means the unaligned shape itself costs). The rule sieve derives from it 
 :mod:`sieve.primitives.lowrank` (``rank_multiple``).
 
 Timing: CUDA events around 50 repetitions after 10 warm-up runs (CPU: perf_counter, 5 and 2).
+The results file is rewritten after every shape, so a cut-off run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
                         if (row["rows"], row["cols"], row["tokens"]) == (rows, cols, m))
             print(f"{rows}x{cols} m={m}: dense {dense * 1e6:.1f} us; worst unaligned slowdown {worst[0]:.2f}x (rank {worst[1]})",
                   flush=True)
+            write_result("gemm-shapes", body, args.out_dir, args.tag)  # after every shape: a cut-off run keeps them
     path = write_result("gemm-shapes", body, args.out_dir, args.tag)
     print(path)
     return path

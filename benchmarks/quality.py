@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for cov in COVARIANCES:
                 pruner = lowrank_pruners.setdefault(cov, ModelPruner(ws.matrices, None, stats, LowRank(covariance=cov)))
                 t0 = time.perf_counter()
-                allocation = Allocation.uniform_rank(ws.matrices, sparsity)
+                allocation = Allocation.uniform_rank(ws.matrices, sparsity, pruner.lowrank.multiple_for)
                 pruner.apply(allocation)
                 record(f"uniform-lowrank-{cov}", budget_text, pattern, None, probe.measure(ws.model, ws.matrices),
                        time.perf_counter() - t0, 0, allocation.reduction(ws.matrices))

@@ -13,15 +13,18 @@ Two paths, one entry point (:func:`greedy_generate`):
 * **eager** — ``model.generate(do_sample=False)`` with the default dynamic KV cache
   (``cache_implementation="dynamic"``, ``disable_compile=True`` so that a hub generation config
   asking for a static cache cannot switch compilation on behind the caller's back);
-* **compiled** — transformers' own supported route, ``generate(cache_implementation="static",
-  compile_config=CompileConfig(...))``: the KV cache is allocated once at its final length
-  (prompt + new tokens), so every decode step has the same shapes, and ``generate`` runs the
-  *decode* step through ``torch.compile(model.__call__)`` (the prefill stays eager: its shape
-  changes with the prompt). ``generate`` decides this in ``_valid_auto_compile_criteria``: the cache
-  must be compileable and not a ``DynamicCache``, and the device CUDA/XPU/TPU — or the
-  ``CompileConfig``'s ``_compile_all_devices`` flag set, which transformers keeps for tests and
-  which this module sets on the CPU. On CUDA the mode is ``"reduce-overhead"`` (inductor kernels
-  replayed as one CUDA graph per step: one launch per token instead of hundreds).
+* **compiled** — by default sieve's :class:`StaticDecoder` (``CompileSettings.driver="loop"``):
+  the static-cache loop transformers documents (an eager prefill into a ``StaticCache`` allocated
+  at its final length, then one ``torch.compile``-d step per token), with the forward, the
+  end-of-sequence mask and the argmax inside the one compiled step, so that between tokens only the
+  next token's copy and a position increment run in Python. ``driver="generate"`` is transformers'
+  own route instead, ``generate(cache_implementation="static", compile_config=CompileConfig(...))``,
+  which compiles ``model.__call__`` for the decode steps and keeps its per-step input preparation,
+  logits processors and stopping check in Python; ``generate`` decides to compile in
+  ``_valid_auto_compile_criteria`` (a compileable, non-dynamic cache, and CUDA/XPU/TPU — or the
+  ``CompileConfig``'s ``_compile_all_devices`` flag, which transformers keeps for tests and which
+  this module sets on the CPU). On CUDA the mode is ``"reduce-overhead"`` (inductor kernels replayed
+  as CUDA graphs) in both.
 
 Both paths stop on token count only: ``min_new_tokens = max_new_tokens`` masks the end-of-sequence
 logit until the last step (identically in both paths), so timings always compare the same number of
@@ -42,14 +45,15 @@ synchronised on CUDA. ``t`` includes the (eager) prefill of the short prompt, as
 per request does. Prefill tokens/s = ``batch · seq_len / t`` for one forward without cache,
 computing the logits of the last position only when the model honours ``logits_to_keep``.
 
-What the compiled route does not remove (measured on one H200, torch 2.11, transformers 5.17,
-random bf16 Llama-8B, 128 new tokens): ``generate``'s own per-step host work (input preparation,
-logits processors, stopping check, cache bookkeeping) stays in Python outside the CUDA graph. There,
-batch-1 decode reached 148 tokens/s (6.8 ms/token) compiled against 39 eager, while reading 16 GB per
-token at ~4.3 TB/s would allow ~3.7 ms; a 1B model ran 3.2 ms/token against ~0.5 ms of bytes.
-So at batch 1 a smaller model's compiled speed-up comes out below its byte ratio (8 of 32 blocks
-removed: 1.15× at batch 1, 1.29× at batch 32, bytes 0.78×). Eager batch-1 figures follow the
-host's single thread and varied by ±30 % between identical runs.
+Measured (one H200, torch 2.11, transformers 5.17, random bf16 Llama-8B, 128 new tokens, batch 1):
+``generate``'s compiled route ran 148 tokens/s (6.8 ms/token), the loop 160 (6.3 ms; another run),
+eager 37–39; reading 16 GB per token at 4.8 TB/s would allow ~3.3 ms. That loop still built each
+step's cache position on the host (``torch.tensor([p], device="cuda")``: a blocking copy that
+made the host wait for the previous step every token, so host and GPU time added up instead of
+overlapping); it is built on the device now, not yet re-measured. As measured, a smaller model's
+compiled batch-1 speed-up came out below its byte ratio (8 of 32 blocks removed: 1.17× at batch 1 through the loop, 1.15× through
+``generate``; 1.34× and 1.29× at batch 32; bytes 0.78×). Eager batch-1 figures follow the host's
+single thread and varied by ±30 % between identical runs.
 """
 
 from __future__ import annotations
@@ -206,8 +210,9 @@ class StaticDecoder:
     step: the token ``(b, 1)``, its positions ``(b, 1)``, the cache position ``(1,)`` and the
     padding mask over the whole cache ``(b, prompt + new)`` (future entries 1; causality masks them).
     Between steps only the next token, a position increment and the copy of the output out of the
-    graph's buffer run on the host: none of ``generate``'s per-step input preparation, logits
-    processors or stopping checks. Caches are kept per ``(batch, length)`` and reset before reuse,
+    graph's buffer are queued, all on the device — nothing waits for the GPU until the end (a cache
+    position built on the host each step would be a blocking host-to-device copy per token) — and
+    none of ``generate``'s per-step input preparation, logits processors or stopping checks runs. Caches are kept per ``(batch, length)`` and reset before reuse,
     so their tensors keep the addresses the CUDA graphs were recorded with.
     """
 
@@ -246,10 +251,10 @@ class StaticDecoder:
             out = torch.empty(batch, new_tokens, dtype=torch.long, device=input_ids.device)
             out[:, 0] = token
             position = positions[:, -1:] + 1
+            steps = torch.arange(prompt, length, device=input_ids.device)  # on the device: no host copy per token
             for i in range(1, new_tokens):
-                token = self.step(self.model, cache, out[:, i - 1:i], position,
-                                  torch.tensor([prompt + i - 1], device=input_ids.device), full_mask, self.suppressed,
-                                  self.cache_argument)
+                token = self.step(self.model, cache, out[:, i - 1:i], position, steps[i - 1:i], full_mask,
+                                  self.suppressed, self.cache_argument)
                 out[:, i] = token
                 position = position + 1
         return out

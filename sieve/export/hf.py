@@ -173,7 +173,7 @@ def _prune_uniform(config: PruneConfig) -> PrunedModel:
                         general=config.general if "general" in sources else None, dtype=config.dtype,
                         device=config.device, split=config.split, base_dir=Path(config.workdir))
     if lowrank is not None:
-        allocation = Allocation.uniform_rank(ws.matrices, config.sparsity, lowrank.rank_multiple)
+        allocation = Allocation.uniform_rank(ws.matrices, config.sparsity, lowrank.multiple_for)
     else:
         pattern = config.primitive.parsed
         for m in ws.matrices:

@@ -24,7 +24,8 @@ the break-even rank ``r* = ⌈out · in / (out + in)⌉``, so rank ``r < r*`` re
 ``out · in − r · (out + in)`` parameters and anything else keeps the matrix dense.
 
 **Levels.** A matrix's level is :class:`RankLevel` ``r``. Gene level ``l`` gives each matrix the
-largest rank (a multiple of ``rank_multiple``) removing at least its share of ``l·step``; the step is
+largest rank (a multiple of its rank multiple, :meth:`LowRank.multiple_for`) removing at least its
+share of ``l·step``; the step is
 a multiple of the largest ``out + in`` so that every level moves every rank. :class:`FactorCache`
 holds each factorised matrix's factors up to break-even, computed once: every rank is a slice.
 """
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix
@@ -146,6 +147,16 @@ def rank_level(rows: int, cols: int, rank: int) -> Level:
 
 Covariance = Literal["general", "task", "fused"]
 
+#: Ranks of matrices at least ``ALIGNED_SIDE`` on their smaller side are multiples of
+#: ``ALIGNED_MULTIPLE`` unless a space says otherwise. Measured (``benchmarks/gemm_shapes.py``, one
+#: H200, bf16, the two GEMMs ``(x·Vᵀ)·Uᵀ`` of a factorised matrix against the next rank up that is a
+#: multiple of 64): ranks just off a multiple of 64 ran up to 8.1× slower at prefill (32768 tokens;
+#: 6.4–8.1× on 576×1536, 4096×4096 and 14336×4096) and up to 1.2–4.4× slower in decode (1 and 32
+#: tokens) on every shape from 576 to 14336 wide, i.e. slower than the larger aligned rank that does
+#: more work. Below 512 nothing was measured and a factorised GEMM is launch-bound anyway; there
+#: (the test models) ranks stay free.
+ALIGNED_MULTIPLE, ALIGNED_SIDE = 64, 512
+
 
 @PRIMITIVES.register
 class LowRank(Primitive):
@@ -155,9 +166,23 @@ class LowRank(Primitive):
     covariance: Covariance = "fused"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="task weight of the fused covariance")
     damp: float = Field(0.01, gt=0.0, description="Cholesky damping, a fraction of the mean channel energy")
-    rank_multiple: int = Field(1, ge=1, description="ranks are multiples of this: 8 or 64 give the two GEMMs of a "
-                               "factorised matrix the tensor-core-friendly shapes GPUs run fastest")
+    rank_multiple: int | Literal["auto"] = Field(
+        "auto", description="ranks are multiples of this; auto: 64 for matrices whose smaller side is at least "
+                            f"{ALIGNED_SIDE}, 1 below (see ALIGNED_MULTIPLE)")
     order: ClassVar[int] = 1
+
+    @field_validator("rank_multiple")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError("rank_multiple must be 'auto' or at least 1")
+        return value
+
+    def multiple_for(self, rows: int, cols: int) -> int:
+        """The rank multiple of an ``rows × cols`` matrix (:data:`ALIGNED_MULTIPLE` under ``auto``)."""
+        if self.rank_multiple != "auto":
+            return self.rank_multiple
+        return ALIGNED_MULTIPLE if min(rows, cols) >= ALIGNED_SIDE else 1
 
     @property
     def not_thresholded(self) -> str | None:
@@ -176,7 +201,7 @@ class LowRank(Primitive):
         last: tuple[int, ...] | None = None
         for level in range(1, n_levels + 1):
             target = level * step
-            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel), self.rank_multiple)
+            ranks = tuple(rank_for_removal(*m.shape, math.ceil(target * m.numel / numel), self.multiple_for(*m.shape))
                           for m in matrices)
             if ranks == last:
                 continue

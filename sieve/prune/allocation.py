@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,15 +82,17 @@ class Allocation:
         return MaskLevel.at(m.shape[1], self.sparsity.get(m.name, 0.0), self.pattern_of(m.name))
 
     @classmethod
-    def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float, multiple: int = 1) -> Allocation:
-        """Every matrix keeps the largest rank (a multiple of ``multiple``) that removes at least
-        ``fraction`` of its parameters."""
+    def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float,
+                     multiple: Callable[[int, int], int] = lambda rows, cols: 1) -> Allocation:
+        """Every matrix keeps the largest rank (a multiple of ``multiple(rows, cols)``, e.g.
+        :meth:`~sieve.primitives.lowrank.LowRank.multiple_for`) that removes at least ``fraction``
+        of its parameters."""
         check_sparsity(fraction, "fraction of parameters removed")
         ranks = {}
         for m in matrices:
             rows, cols = m.shape
             if fraction > 0:
-                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols), multiple)
+                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols), multiple(rows, cols))
         return cls({}, UNSTRUCTURED, {}, ranks)
 
     def removed(self, m: Matrix) -> int:

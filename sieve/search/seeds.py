@@ -44,8 +44,8 @@ def baselines(config: SearchConfig, ws: Workspace, space: SearchSpace, window: t
               statistics: Statistics) -> dict[str, Allocation]:
     """The space's baselines by label, in seeding order (see the module docstring)."""
     spec = config.space
-    multiple = spec.lowrank.rank_multiple if spec.lowrank is not None else 1
-    uniform_rank = Allocation.uniform_rank(space.matrices, config.budget, multiple) if spec.lowrank is not None else None
+    uniform_rank = (Allocation.uniform_rank(space.matrices, config.budget, spec.lowrank.multiple_for)
+                    if spec.lowrank is not None else None)
     if spec.depth:
         found = depth_baselines(config, ws, space, window)
         if uniform_rank is not None:

@@ -89,3 +89,17 @@ def test_parameter_counting(rows, cols, data):
     aligned = rank_for_removal(rows, cols, want, multiple)
     assert aligned % multiple == 0 and removed_params(rows, cols, aligned) >= want  # aligned: still enough removed
     assert aligned + multiple > rank  # and the largest such multiple
+
+
+def test_ranks_are_multiples_of_64_on_wide_matrices_by_default():
+    """``rank_multiple: auto`` aligns ranks where the measured GEMMs pay for it (a side of 512 or
+    more) and leaves them free below; an explicit multiple applies everywhere; 0 is refused."""
+    auto = LowRank()
+    assert auto.rank_multiple == "auto"
+    assert [auto.multiple_for(*shape) for shape in [(576, 1536), (1536, 576), (512, 4096), (511, 4096), (32, 64)]] == [
+        64, 64, 64, 1, 1]
+    assert LowRank(rank_multiple=8).multiple_for(32, 64) == LowRank(rank_multiple=8).multiple_for(4096, 4096) == 8
+    for removed in (1, 10_000, 300_000):
+        assert rank_for_removal(576, 1536, removed, auto.multiple_for(576, 1536)) % 64 == 0
+    with pytest.raises(ValueError, match="rank_multiple must be 'auto' or at least 1"):
+        LowRank(rank_multiple=0)
