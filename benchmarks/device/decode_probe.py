@@ -40,8 +40,8 @@ def run(fn, label, host_positions=False):
     mask = torch.ones(1, P + N, dtype=torch.long, device="cuda")
     times = []
     for rep in range(4):
-        cache.reset()
         with torch.inference_mode():
+            cache.reset()
             out = model(input_ids=ids, attention_mask=mask, cache_position=torch.arange(P, device="cuda"),
                         use_cache=True, **{name: cache}).logits[:, -1].argmax(-1)
             tok = out[:, None].clone()
