@@ -46,14 +46,13 @@ per request does. Prefill tokens/s = ``batch · seq_len / t`` for one forward wi
 computing the logits of the last position only when the model honours ``logits_to_keep``.
 
 Measured (one H200, torch 2.11, transformers 5.17, random bf16 Llama-8B, 128 new tokens, batch 1):
-``generate``'s compiled route ran 148 tokens/s (6.8 ms/token), the loop 160 (6.3 ms; another run),
-eager 37–39; reading 16 GB per token at 4.8 TB/s would allow ~3.3 ms. That loop still built each
-step's cache position on the host (``torch.tensor([p], device="cuda")``: a blocking copy that
-made the host wait for the previous step every token, so host and GPU time added up instead of
-overlapping); it is built on the device now, not yet re-measured. As measured, a smaller model's
-compiled batch-1 speed-up came out below its byte ratio (8 of 32 blocks removed: 1.17× at batch 1 through the loop, 1.15× through
-``generate``; 1.34× and 1.29× at batch 32; bytes 0.78×). Eager batch-1 figures follow the host's
-single thread and varied by ±30 % between identical runs.
+``generate``'s compiled route ran 148 tokens/s (6.8 ms/token); this loop with each step's cache
+position built on the host (``torch.tensor([p], device="cuda")``, a blocking copy that made the host
+wait for the previous token) 160 (6.3 ms); with every position on the device, as now, 177 (5.5 ms),
+eager 32–39; reading 16 GB per token at 4.8 TB/s would allow ~3.3 ms. With 8 of 32 blocks removed
+(bytes 0.78×) the loop's batch-1 speed-up went from 1.17× (host positions) to 1.28× (device
+positions); 1.31× at batch 32. Eager batch-1 figures follow the host's single thread and varied by
+±30 % between identical runs.
 """
 
 from __future__ import annotations
