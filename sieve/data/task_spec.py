@@ -1,6 +1,6 @@
 """One resolver for task specs (``--task`` and ``--tasks`` alike), and the files a task reads.
 
-A spec is the built-in name ``rotten_tomatoes``, a path to an lm-eval task YAML, or a task name
+A spec is a built-in name (:data:`BUILTIN_TASKS`: ``rotten_tomatoes``, ``python_names``), a path to an lm-eval task YAML, or a task name
 registered in lm-eval. :func:`resolve_task` turns it into a :class:`TaskRef`: what to hand to
 ``TaskManager.load`` (the YAML's absolute path, or the registered name) and lm-eval's task name.
 
@@ -14,6 +14,7 @@ directory and loads its task from there on resume.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,11 @@ import yaml
 from sieve.errors import SieveError
 from sieve.io import file_digest
 
-BUILTIN_TASKS = ("rotten_tomatoes",)
+#: Built-in task name → ``module:function`` that materialises its data and returns its YAML's path.
+BUILTIN_TASKS = {
+    "rotten_tomatoes": "sieve.data.rotten_tomatoes:materialize_rotten_tomatoes",
+    "python_names": "sieve.data.python_names:materialize_python_names",
+}
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,8 @@ def looks_like_path(spec: str) -> bool:
 def resolve_task(spec: str) -> TaskRef:
     """Built-in name, YAML path or registered lm-eval name → :class:`TaskRef` (registration is checked on load)."""
     if spec in BUILTIN_TASKS:
-        from sieve.data.rotten_tomatoes import materialize_rotten_tomatoes
-
-        path = materialize_rotten_tomatoes()
+        module, _, function = BUILTIN_TASKS[spec].partition(":")
+        path = getattr(importlib.import_module(module), function)()
         return TaskRef(spec, str(path), _task_name(path), path)
     if looks_like_path(spec):
         path = Path(spec).expanduser()

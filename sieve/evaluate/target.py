@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
-from sieve.models.loading import BUILTIN_MODELS
+from sieve.models.sources import BUILTIN_MODELS
 from sieve.prune.allocation import AllocationFile
 from sieve.prune.realise import PrunedModel, realise, sources_to_compute
 from sieve.search.rundir import RunDir

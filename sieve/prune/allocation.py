@@ -30,7 +30,7 @@ from sieve.models.identity import ModelIdentity
 from sieve.models.matrix import Matrix
 from sieve.primitives.base import Level, LevelRecord
 from sieve.primitives.depth import RemovedBlock
-from sieve.primitives.lowrank import LowRank, rank_for_removal, rank_level
+from sieve.primitives.lowrank import LowRank, break_even_rank, rank_for_removal, rank_level, removed_params
 from sieve.primitives.mask import UNSTRUCTURED, MaskLevel, Pattern, check_sparsity
 from sieve.scores.base import MethodSpec, ScoringMethod
 from sieve.stats.calibrate import CalibrationConfig
@@ -84,16 +84,34 @@ class Allocation:
     @classmethod
     def uniform_rank(cls, matrices: Iterable[Matrix], fraction: float,
                      multiple: Callable[[int, int], int] = lambda rows, cols: 1) -> Allocation:
-        """Every matrix keeps the largest rank (a multiple of ``multiple(rows, cols)``, e.g.
+        """Every matrix at about the same rank fraction, removing at least ``fraction`` of all the
+        matrices' parameters and as little more as the rank multiples allow.
+
+        Each matrix first takes the largest rank (a multiple of ``multiple(rows, cols)``, e.g.
         :meth:`~sieve.primitives.lowrank.LowRank.multiple_for`) that removes at least ``fraction``
-        of its parameters."""
+        of its own parameters. Rounding every rank down overshoots (with multiples of 64 on
+        SmolLM2's 576-wide matrices, 0.25 asked became 0.37 removed), so ranks are then raised one
+        multiple at a time, the matrix that gives up the largest fraction first, while the total
+        removed stays at or above ``fraction`` of the total and the rank below break-even."""
         check_sparsity(fraction, "fraction of parameters removed")
-        ranks = {}
-        for m in matrices:
-            rows, cols = m.shape
-            if fraction > 0:
-                ranks[m.name] = rank_for_removal(rows, cols, math.ceil(fraction * rows * cols), multiple(rows, cols))
-        return cls({}, UNSTRUCTURED, {}, ranks)
+        matrices = list(matrices)
+        if fraction <= 0:
+            return cls({}, UNSTRUCTURED, {}, {})
+        ranks = {m.name: rank_for_removal(*m.shape, math.ceil(fraction * m.numel), multiple(*m.shape))
+                 for m in matrices}
+        target = math.ceil(fraction * sum(m.numel for m in matrices))
+        removed = sum(removed_params(*m.shape, ranks[m.name]) for m in matrices)
+        while True:
+            by_fraction = sorted(matrices, key=lambda m: (-removed_params(*m.shape, ranks[m.name]) / m.numel, m.name))
+            for m in by_fraction:
+                step = multiple(*m.shape)
+                raised = ranks[m.name] + step
+                gain = removed_params(*m.shape, ranks[m.name]) - removed_params(*m.shape, raised)
+                if raised < break_even_rank(*m.shape) and removed - gain >= target:
+                    ranks[m.name], removed = raised, removed - gain
+                    break
+            else:
+                return cls({}, UNSTRUCTURED, {}, ranks)
 
     def removed(self, m: Matrix) -> int:
         """Parameters ``m`` gives up: zeros (masks) or the factors' saving (ranks)."""

