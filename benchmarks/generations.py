@@ -2,11 +2,15 @@
 
     python benchmarks/generations.py [--model smollm2-135m] [--task rotten_tomatoes] [--generations 300]
                                      [--checkpoints 30,100,300] [--seeds 0] [--space per_matrix] [--budget 0.5]
+                                     [--selection-examples 256]
 
 The gpu preset with ``evaluation: {curve: true}``: after the search each generation's best candidate
 is scored on the test split (:mod:`sieve.search.curve`). ``generations`` only stops the loop (it is
 not part of a run's identity), so the first 30 generations of a 300-generation run *are* the
 30-generation search with the same seed; the summary reads the 30 / 100 / 300 rows off one run.
+``--selection-examples N`` holds N more validation-pool documents out of the search and lets them
+choose the result among the generations' bests (:mod:`sieve.search.selection`); the run's
+``selected`` row gives that choice's test accuracy beside the last generation's.
 Writes ``benchmarks/results/generations-<date>-<device>[-TAG].json``; ``--smoke`` runs a tiny model.
 """
 
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--generations", type=int, default=300)
     p.add_argument("--checkpoints", default="30,100,300")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--selection-examples", type=int, default=0)
     p.add_argument("--runs", default="runs")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
@@ -73,13 +78,26 @@ def main(argv: list[str] | None = None) -> Path:
     tag = args.tag or ("smoke" if args.smoke else "")
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = validate(SearchConfig, {**base, **inputs, "evaluation": evaluation, "space": args.space,
-                                      "budget": args.budget, "generations": args.generations, "seed": seed})
+                                      "budget": args.budget, "generations": args.generations, "seed": seed,
+                                      "selection_examples": args.selection_examples})
         run = RunDir(Path(args.runs) / f"generations-s{seed}-{int(time.time())}")
         outcome = SearchRun(run, cfg).execute(report=True)
         dense = next(r for r in outcome["table"] if r["method"] == "dense")
         body["runs"].append({"seed": seed, "run": str(run.path), "search_seconds": outcome["search_seconds"],
                              "phases": outcome["phases"], "table": outcome["table"], "curve": outcome["curve"],
                              "summary": summary(outcome["curve"], checkpoints, dense["task_acc"])})
+        if "selection" in outcome:
+            sel = outcome["selection"]
+            at = {r["generation"]: r for r in outcome["curve"]}
+            body["runs"][-1]["selection"] = sel
+            body["runs"][-1]["selected"] = {
+                "chosen_generation": sel["chosen_generation"], "last_generation": sel["last_generation"],
+                "chosen_test_acc": at[sel["chosen_generation"]]["test_acc"],
+                "chosen_test_nll": at[sel["chosen_generation"]]["test_nll"],
+                "last_test_acc": at[sel["last_generation"]]["test_acc"],
+                "last_test_nll": at[sel["last_generation"]]["test_nll"], **{k: sel[k] for k in ("chosen", "last")}}
+            log.warning("seed %d selected generation %d on %d held-out documents: %s", seed, sel["chosen_generation"],
+                        sel["examples"], body["runs"][-1]["selected"])
         write_result("generations", body, args.out_dir, tag)
         for row in body["runs"][-1]["summary"]:
             log.warning("seed %d after %4d generations: validation %.4f  test acc %.3f  (dense %.3f, %d changes)",

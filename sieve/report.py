@@ -308,6 +308,13 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
         lines.append("")
     else:
         lines += ["`results.json` has no result table yet (the search has not finished, or ran without the final report).", ""]
+    if results and results.get("selection"):
+        sel = results["selection"]
+        lines += ["## Chosen on held-out documents", "",
+                  f"- {sel['examples']} validation-pool documents the search never scored chose generation "
+                  f"{sel['chosen_generation']}'s best: validation {_fmt(sel['chosen']['validation'], 4)}, held-out "
+                  f"{_fmt(sel['chosen']['selection'], 4)}; the last generation's ({sel['last_generation']}): "
+                  f"validation {_fmt(sel['last']['validation'], 4)}, held-out {_fmt(sel['last']['selection'], 4)}", ""]
     if results and results.get("curve"):
         lines += curve_lines(results["curve"])
     if "quality" in images:

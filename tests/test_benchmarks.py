@@ -180,11 +180,13 @@ def test_generations_smoke(tmp_path):
     import generations
 
     path = generations.main(["--smoke", "--generations", "3", "--checkpoints", "1,3", "--out-dir", str(tmp_path),
-                             "--runs", str(tmp_path / "runs")])
+                             "--runs", str(tmp_path / "runs"), "--selection-examples", "6"])
     body = json.loads(Path(path).read_text())
     (run,) = body["runs"]
     assert [r["generation"] for r in run["curve"]] == list(range(4))  # the initial population and 3 generations
     assert [s["generations"] for s in run["summary"]] == [1, 3]
     final = next(r for r in run["table"] if r["method"] == "sieve-search")
-    assert run["summary"][-1]["test_acc"] == final["task_acc"] == run["curve"][-1]["test_acc"]
+    chosen = run["selection"]["chosen_generation"]
+    assert run["selected"]["chosen_test_acc"] == final["task_acc"] == run["curve"][chosen]["test_acc"]
+    assert run["selected"]["last_test_acc"] == run["summary"][-1]["test_acc"] == run["curve"][-1]["test_acc"]
     assert body["command"].startswith("benchmarks/generations.py --smoke") and body["commit"] and body["date"]

@@ -9,6 +9,7 @@
 #   bash benchmarks/device/h200_qwen.sh gen-qwen  # search-task at 0.5, 30 generations, each generation's best on test
 #   bash benchmarks/device/h200_qwen.sh depth     # depth baselines, depth and deploy searches at 0.25 real (12 generations)
 #   bash benchmarks/device/h200_qwen.sh gen-smol  # SmolLM2 search-task at 0.5, 300 generations, each best on test
+#   bash benchmarks/device/h200_qwen.sh gen-select  # SmolLM2, 150 generations, 256 held-out documents choose the result
 #   bash benchmarks/device/h200_qwen.sh names     # python_names: dense and depth baselines (SmolLM2, 1.5B), depth search (1.5B)
 #   bash benchmarks/device/h200_qwen.sh speed     # per-candidate / search-loop throughput of the real 1.5B
 set -uo pipefail
@@ -45,6 +46,10 @@ print(resolve_model_path('$model'))" > "$out/convert.log" 2>&1; echo "convert: e
   depth)
     timeout 560 $py benchmarks/quality.py --model $model --budgets 0.25 --rows depth,search-depth,search-deploy $short \
       --tag qwen-depth > "$out/qwen-depth.log" 2>&1; echo "depth: exit $?"; rows "$out/qwen-depth.log" ;;
+  gen-select)
+    timeout 400 $py benchmarks/generations.py --generations ${GENS:-150} --checkpoints 30,100,150 --selection-examples 256 \
+      --runs /tmp/runs --out-dir "$out" --tag smollm2-selection > "$out/gen-select.log" 2>&1; echo "gen-select: exit $?"
+    grep -E "^seed|Error|error:" "$out/gen-select.log" ;;
   names)
     timeout 280 $py benchmarks/quality.py --model smollm2-135m --task python_names --budgets 0.25 --rows dense,depth \
       $short --tag smol-names > "$out/smol-names.log" 2>&1; echo "smol names: exit $?"; rows "$out/smol-names.log"

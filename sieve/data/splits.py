@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 from sieve.config import Frozen
 from sieve.data import lm_eval_compat
@@ -54,7 +54,7 @@ FEWSHOT_SEED = 1234
 
 # Independent random streams, so that e.g. changing max_validation never moves the test set.
 _STREAM_CARVE, _STREAM_CAP = 1, 2
-_ROLE_IDS = {"calibration": 0, "validation": 1, "test": 2}
+_ROLE_IDS = {"calibration": 0, "validation": 1, "test": 2, "selection": 3}
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,9 @@ class TaskSplits:
     test: tuple[TaskExample, ...]
     sizes: dict[str, int] = field(default_factory=dict)
     carved: tuple[str, ...] = ()
+    #: validation-pool documents outside ``validation``, held out to choose among a search's
+    #: candidates (``selection_examples``); empty unless asked for
+    selection: tuple[TaskExample, ...] = ()
 
     def calibration_texts(self) -> list[str]:
         """``context + gold continuation`` of each calibration example (what the model reads)."""
@@ -95,7 +98,7 @@ class TaskSplits:
         """Content hash of every example of every split (changes with the prompt or the data)."""
         body = [[self.name, self.output_type]] + [
             [role, [[ex.context, list(ex.continuations), ex.gold] for ex in getattr(self, role)]]
-            for role in ("calibration", "validation", "test")
+            for role in ("calibration", "validation", "test", *(("selection",) if self.selection else ()))
         ]
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
@@ -113,10 +116,12 @@ class SplitSpec(Frozen):
     max_calibration: PositiveInt | None = 128
     max_validation: PositiveInt | None = 256
     max_test: PositiveInt | None = 500
+    max_selection: NonNegativeInt = 0
 
     @property
     def caps(self) -> dict[str, int | None]:
-        return {"calibration": self.max_calibration, "validation": self.max_validation, "test": self.max_test}
+        return {"calibration": self.max_calibration, "validation": self.max_validation, "test": self.max_test,
+                "selection": self.max_selection}
 
 
 def load_task(spec: str, split: SplitSpec = SplitSpec(), *, base_dir: Path | None = None) -> TaskSplits:
@@ -318,8 +323,10 @@ def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> Ta
         # `lm_eval` draws for the same document.
         test = renderer.render(parts["test"], keep("test", len(parts["test"])),
                                full_stream=plan.random_fewshot)
-        validation = renderer.render(parts["validation"],
-                                     keep("validation", len(parts["validation"])))
+        kept = keep("validation", len(parts["validation"]))
+        validation = renderer.render(parts["validation"], kept)
+        selection = renderer.render(parts["validation"], _selection_indices(
+            len(parts["validation"]), kept, caps.get("selection") or 0, seed, name))
         # Calibration: minus every document shown as a few-shot example in those prompts.
         calib_docs = [d for d in parts["calibration"] if doc_key(d) not in renderer.shown]
         sizes["calibration_pool"] = len(calib_docs)
@@ -338,7 +345,21 @@ def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> Ta
         test=tuple(test),
         sizes=sizes,
         carved=plan.carved,
+        selection=tuple(selection),
     )
+
+
+def _selection_indices(n: int, kept: Sequence[int], cap: int, seed: int, name: str) -> list[int]:
+    """``cap`` of the validation pool's ``n`` documents outside the ``kept`` validation subset (seeded)."""
+    if not cap:
+        return []
+    taken = set(kept)
+    rest = [i for i in range(n) if i not in taken]
+    if len(rest) < cap:
+        raise SieveError(f"task {name!r}: selection_examples={cap} needs that many validation documents beyond the "
+                         f"{len(taken)} the search validates on, but the validation pool holds {n}; lower "
+                         f"selection_examples or validation_examples")
+    return [rest[i] for i in cap_indices(len(rest), cap, _rng(seed, _STREAM_CAP, "selection"))]
 
 
 class _Renderer:

@@ -46,6 +46,10 @@ class SearchConfig(InputsConfig):
     general_fitness_blocks: int = Field(8, gt=0)
     tolerance: float | None = Field(None, gt=0.0, lt=1.0)
     validation_examples: int = Field(64, gt=0)
+    selection_examples: int = Field(
+        0, ge=0, description="validation-pool documents held out from the search (disjoint from its validation "
+        "examples); after the search every generation's best is scored on them by task NLL and the best there is "
+        "the result (a long search's best may fit the validation examples rather than the task); 0: off")
     stages: tuple[int, ...] = (16,)
     promote: tuple[int, ...] = (2,)
     batch_size: int = Field(BATCH_SIZE, gt=0)
@@ -97,6 +101,9 @@ class SearchConfig(InputsConfig):
         counts = [self.offspring, *self.promote]
         if any(a < b for a, b in zip(counts, counts[1:])) or any(k <= 0 for k in counts):
             raise ValueError(f"promote must be positive and non-increasing from offspring: {counts}")
+        if self.selection_examples and self.fitness.name == "general_kl":
+            raise ValueError("selection_examples chooses by task NLL on held-out task documents; the general_kl "
+                             "fitness reads no task documents (leave selection_examples at 0)")
         return self
 
     @property
@@ -107,7 +114,8 @@ class SearchConfig(InputsConfig):
     def split(self) -> SplitSpec:
         """How the task is split: calibration, validation and test caps from this config."""
         return SplitSpec(seed=self.seed, max_calibration=self.calibration.task_examples,
-                         max_validation=self.validation_examples, max_test=self.evaluation.test_examples)
+                         max_validation=self.validation_examples, max_test=self.evaluation.test_examples,
+                         max_selection=self.selection_examples)
 
     def open_workspace(self) -> Workspace:
         return Workspace.open(self.model, task=self.task, general=self.general, dtype=self.dtype, device=self.device,

@@ -37,6 +37,7 @@ from sieve.search.loop import GenerationRecord, Search
 from sieve.search.phases import Phases
 from sieve.search.rundir import RunDir
 from sieve.search.seeds import GREEDY_LABELS, baselines, greedy_baseline, removal_map, seed_genomes
+from sieve.search.selection import select_on_heldout
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
 from sieve.workspace import Workspace, resolve_device
@@ -296,6 +297,15 @@ class SearchRun:
             timings = backend.timings().as_dict()
             backend.close()
         best, best_f = search.best()
+        selection = None
+        if config.selection_examples:
+            with phases("selection"):
+                ws = prepared.workspace
+                best, selection = select_on_heldout(run.history(), ws.task, ws.tokenizer, config.evaluation, space,
+                                                    prepared.pruner, ws.model)
+                best_f = selection["chosen"]["validation"]
+                prepared.allocation_file(best, fitness_value=best_f, generation=selection["chosen_generation"]).write(
+                    run.best_allocation_path)
         outcome: dict[str, Any] = {
             "best_fitness": best_f,
             "best_genome": best.tolist(),
@@ -315,6 +325,8 @@ class SearchRun:
                 and any(s.n_tokens == 0 for s in (prepared.statistics.per_matrix[m.name].general,
                                                   prepared.statistics.per_matrix[m.name].task) if s is not None)),
         }
+        if selection is not None:
+            outcome["selection"] = selection
         if not config.space.depth:  # the first two seeds of zeros and factors: uniform and OWL
             outcome["uniform_fitness"], outcome["owl_fitness"] = list(outcome["baseline_fitness"].values())[:2]
         if report:

@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 from sieve.models.matrix import Matrix
-from sieve.prune.allocation import Allocation
 from sieve.primitives.lowrank import break_even_rank, removed_params
+from sieve.prune.allocation import Allocation
 
 #: SmolLM2-135M's block: q, k, v, o, gate, up, down as (out, in)
 SHAPES = {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576),

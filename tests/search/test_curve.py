@@ -8,8 +8,8 @@ import numpy as np
 
 from sieve.metrics.quality import QualityProbe
 from sieve.report import write_report
-from sieve.search.rundir import RunDir
 from sieve.search.run import prepare
+from sieve.search.rundir import RunDir
 
 
 def test_curve_scores_each_generations_best_on_test_and_the_report_shows_it(search_config, run_search, tmp_path):
