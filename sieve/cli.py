@@ -137,8 +137,8 @@ def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m, gemma3-270m), HF folder, .gguf file or hub name.")]
-Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes, a YAML path (a task YAML is code) or a registered name.")]
+Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m, gemma3-270m, qwen2.5-coder-1.5b), HF folder, .gguf file or hub name.")]
+Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes or python_names, a YAML path (a task YAML is code) or a registered name.")]
 General = Annotated[Optional[str], typer.Option(help="General corpus: wikipedia, a .txt/.jsonl/.json file or a hub dataset.")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -227,6 +227,8 @@ def eval_(
                     dtype=dtype, device=device, baseline=baseline == "dense" or None)
     if test_examples is not None:
         fields["evaluation"] = {"test_examples": test_examples}
+    if model is not None and _is_tuned(model):  # a `sieve tune` output: before / after rows
+        from sieve.tune.evaluate import evaluate_tuned as evaluate
     rows, path, config = evaluate(validate(EvalConfig, fields, FLAGS))
     console.print(_quality_table(rows, f"{config.task} test split / {config.general} held-out"))
     if config.lm_eval_tasks:
@@ -411,9 +413,43 @@ def report(
     _setup_logging(verbose)
     from sieve.report import write_report
 
+    if _is_tuned(run):
+        from sieve.tune.report import write_tuned_report as write_report
     written = write_report(run)
     for what, path in written.items():
         console.print(f"{what:>10}: {path}", highlight=False)
+
+
+def _is_tuned(path: str | Path) -> bool:
+    from sieve.tune.outdir import is_tuned
+
+    return is_tuned(path)
+
+
+@app.command()
+@clean_errors
+def tune(
+    source: Annotated[Optional[str], typer.Argument(help="Search run directory or exported model folder.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder: the tuned model, exported like the run.")] = None,
+    task: Task = None,
+    steps: Annotated[Optional[int], typer.Option()] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank r (alpha 2r).")] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    distill: Annotated[bool, typer.Option("--distill", help="Add KL to the dense model on task and general text.")] = False,
+    config: Annotated[Optional[str], typer.Option(help="A built-in tune preset (gpu) or a YAML file.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the tuning in this folder.")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Device = None,
+    force: Force = False,
+    verbose: Verbose = False,
+) -> None:
+    """LoRA-tune a pruned model on the task's training split; zeros, factor ranks and removed blocks are kept."""
+    _setup_logging(verbose)
+    from sieve.tune.command import flag_fields, run_tune
+
+    flags = flag_fields(task=task, steps=steps, lora_rank=lora_rank, lr=lr, distill=distill, device=device, seed=seed)
+    echo = functools.partial(console.print, highlight=False, soft_wrap=True)
+    echo(run_tune(source, out, flags, preset=config, resume=resume, force=force, echo=echo))
 
 
 def main() -> None:  # pragma: no cover

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sieve.errors import SieveError
 
-BUILTIN_KINDS = ("search_spaces", "tasks", "configs")
+BUILTIN_KINDS = ("search_spaces", "tasks", "configs", "tune_configs")
 
 
 def _builtin_dir(kind: str) -> Path:

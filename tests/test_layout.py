@@ -21,6 +21,7 @@ LAYERS = [
     ("search", ["sieve.search"]),
     ("evaluate", ["sieve.evaluate"]),
     ("export", ["sieve.export", "sieve.report"]),
+    ("tune", ["sieve.tune"]),
     ("cli", ["sieve.cli"]),
     ("api", ["sieve"]),  # the package itself: the public facade (``sieve.load_pretrained``), above everything
 ]
