@@ -12,11 +12,13 @@ not part of a run's identity), so the first 30 generations of a 300-generation r
 choose the result among the generations' bests (:mod:`sieve.search.selection`); the run's
 ``selected`` row gives that choice's test accuracy beside the last generation's.
 Writes ``benchmarks/results/generations-<date>-<device>[-TAG].json``; ``--smoke`` runs a tiny model.
+``--plot OUT.png RESULT.json ...`` draws those results' curves instead (one panel per run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -50,6 +52,42 @@ def summary(curve: list[dict[str, Any]], checkpoints: list[int], dense_acc: floa
     return rows
 
 
+def plot(out: Path, results: list[Path]) -> Path:
+    """Validation fitness (left axis) and test accuracy (right axis) of every generation's best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(json.loads(path.read_text()), run) for path in results for run in json.loads(path.read_text())["runs"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (body, run) in zip(axes[0], panels):
+        gens = [r["generation"] for r in run["curve"]]
+        ax.plot(gens, [r["validation_fitness"] for r in run["curve"]], color="#1f77b4", label="validation NLL (searched)")
+        if "selection" in run:
+            sel = run["selection"]["per_generation"]
+            ax.plot([r["generation"] for r in sel], [r["selection"] for r in sel], color="#ff7f0e",
+                    label=f"held-out NLL ({run['selection']['examples']} docs)")
+        ax.plot(gens, [r["test_nll"] for r in run["curve"]], color="#7f7f7f", linestyle="--", label="test NLL")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("task NLL of the best (lower is better)")
+        right = ax.twinx()
+        right.plot(gens, [r["test_acc"] for r in run["curve"]], color="#2ca02c", label="test accuracy")
+        dense = next(r["task_acc"] for r in run["table"] if r["method"] == "dense")
+        right.axhline(dense, color="#2ca02c", linestyle=":", linewidth=1, label=f"dense test accuracy {dense:.3f}")
+        right.set_ylabel("test accuracy")
+        model = body["inputs"]["model"]
+        ax.set_title(f"{model}, {body['space']} at {body['budget']}, seed {run['seed']} ({body['commit']})", fontsize=9)
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+        ax.legend(handles, labels, fontsize=8, loc="upper right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +104,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--plot", nargs="+", type=Path, metavar=("OUT.png", "RESULT.json"))
     args = p.parse_args(argv)
+    if args.plot:
+        return plot(args.plot[0], args.plot[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else {
         "model": args.model, "task": args.task, "general": args.general}

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from sieve.config import Frozen
 from sieve.data.general import BUILTIN_CORPUS, GeneralCorpus
@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 BUILTIN_NAMES = {*BUILTIN_MODELS, *BUILTIN_TASKS, BUILTIN_CORPUS}
+
+
+def _device_name(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+#: A config field naming a device (checked when the config is validated, resolved when used).
+DeviceName = Annotated[str, AfterValidator(_device_name)]
 
 
 def resolve_device(device: str) -> str:
@@ -72,7 +82,7 @@ class InputsConfig(Frozen):
     task: str = "rotten_tomatoes"
     general: str = "wikipedia"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
+    device: DeviceName = "auto"
     max_gpu_memory: float | None = Field(
         None, gt=0, description="GiB of GPU memory for the model's weights; decoder blocks beyond it are streamed "
         "from host memory (default: all of them on the GPU, streaming only when they do not fit)")
@@ -83,12 +93,6 @@ class InputsConfig(Frozen):
     def _absolute(cls, value: str) -> str:
         return value if value in BUILTIN_NAMES else absolute_if_path(value)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not _DEVICE.fullmatch(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
 
 
 def place_on_gpu(loaded: LoadedModel, device: str, max_gpu_memory: float | None) -> None:

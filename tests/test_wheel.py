@@ -46,13 +46,15 @@ from sieve.config import load_yaml
 from sieve.data.rotten_tomatoes import materialize_rotten_tomatoes
 spaces = {n: SpaceSpec.load(n).name for n in builtin_names("search_spaces")}
 print(json.dumps({"file": sieve.__file__, "spaces": spaces, "configs": builtin_names("configs"),
-                  "tasks": builtin_names("tasks"), "gpu": load_yaml(builtin_file("configs", "gpu"))["generations"]}))
+                  "tasks": builtin_names("tasks"), "gpu": load_yaml(builtin_file("configs", "gpu"))["generations"],
+                  "tune_configs": builtin_names("tune_configs")}))
 """, cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr[-2000:]
     found = json.loads(probe.stdout)
     assert str(wheel_venv) in found["file"] and str(ROOT) not in found["file"]
     assert set(found["spaces"]) >= {"per_matrix", "per_block", "per_type", "nm", "evopress"}
-    assert found["configs"] == ["gpu"] and found["tasks"] == ["rotten_tomatoes"] and found["gpu"] == 30
+    assert found["configs"] == ["gpu"] and found["tasks"] == ["python_names", "rotten_tomatoes"] and found["gpu"] == 30
+    assert found["tune_configs"] == ["gpu"]
 
     help_text = _run(wheel_venv, str(wheel_venv / "bin" / "sieve"), "--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "search" in help_text.stdout

@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from sieve.config import Frozen, to_dict
 from sieve.resources import builtin_names, yaml_file
 from sieve.scoring.plan import BATCH_SIZE
-from sieve.workspace import _DEVICE, absolute_if_path
+from sieve.workspace import DeviceName, absolute_if_path
 
 #: fields a resume may change (they do not shape the result) and the recorded provenance, checked separately
 VOLATILE = ("device", "eval_batch_size", "digests", "base")
@@ -83,7 +83,7 @@ class TuneConfig(Frozen):
     max_length: PositiveInt = 1024
     dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = Field(0, ge=0)
-    device: str = "auto"
+    device: DeviceName = "auto"
     eval_batch_size: PositiveInt = BATCH_SIZE
     workdir: str = Field(default_factory=lambda: str(Path.cwd()), description="where a task's relative paths resolve")
     digests: dict[str, str] = Field(default_factory=dict, description="data digests, recorded at the start")
@@ -94,12 +94,6 @@ class TuneConfig(Frozen):
     def _absolute(cls, value: str | None) -> str | None:
         return None if value is None else absolute_if_path(value)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not _DEVICE.fullmatch(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TuneConfig:
