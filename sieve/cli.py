@@ -314,12 +314,16 @@ def _pareto(run, cfg) -> None:
     from sieve.search.pareto import run_pareto
 
     def show(point: dict) -> None:
-        console.print(f"budget {point['budget']:.3f}: test acc {point['task_acc']:.3f} (dense {point['dense_acc']:.3f}) "
-                      f"→ {'within' if point['feasible'] else 'outside'} tolerance {cfg.tolerance}", highlight=False)
+        held_out = (f"held-out acc {point['selection_acc']:.3f} (dense {point['dense_selection_acc']:.3f}), "
+                    if point["judged_on"] == "selection" else "")
+        console.print(f"budget {point['budget']:.3f}: {held_out}test acc {point['task_acc']:.3f} (dense "
+                      f"{point['dense_acc']:.3f}) → {'within' if point['feasible'] else 'outside'} tolerance "
+                      f"{cfg.tolerance}", highlight=False)
 
     result = run_pareto(cfg, run, on_point=show)
     answer = result["largest_budget"]
-    console.print(f"largest budget within {cfg.tolerance} of dense test accuracy: "
+    judged = "held-out" if cfg.selection_examples else "test"
+    console.print(f"largest budget within {cfg.tolerance} of dense {judged} accuracy: "
                   f"{answer if answer is not None else 'none found'} (frontier → {run.frontier_path})")
 
 

@@ -12,10 +12,13 @@ generation's best (``history.jsonl``, each distinct genome once) is scored on th
 the result is the one lowest there (ties: the earliest generation), i.e. early stopping chosen on
 held-out documents rather than on the ones the search optimised. ``results.json`` gets
 
-    selection = {examples, chosen_generation, last_generation, chosen: {validation, selection},
-                 last: {validation, selection}, per_generation: [{generation, validation, selection}]}
+    selection = {examples, chosen_generation, last_generation,
+                 chosen | last: {validation, selection, selection_acc}, dense: {selection, selection_acc},
+                 per_generation: [{generation, validation, selection, selection_acc}]}
 
-so the gap between the two splits is reported, not only the choice.
+(``selection`` the task NLL on the held-out documents, ``selection_acc`` the accuracy there) so the
+gap between the two splits is reported, not only the choice. ``--tolerance`` judges its probes on
+these documents when there are any (:mod:`sieve.search.pareto`).
 """
 
 from __future__ import annotations
@@ -36,23 +39,27 @@ def select_on_heldout(history: Sequence[Mapping[str, Any]], task: TaskSplits, to
                       space: SearchSpace, pruner: ModelPruner, model) -> tuple[np.ndarray, dict[str, Any]]:
     """The generation best with the lowest task NLL on ``task.selection``, and the ``selection`` record."""
     probe = QualityProbe(tokenizer, dataclasses.replace(task, test=task.selection), None, settings)
-    scored: dict[tuple[int, ...], float] = {}
+    scored: dict[tuple[int, ...], tuple[float, float]] = {}
     rows = []
     for line in history:
         genome = tuple(int(g) for g in line["best_genome"])
         if genome not in scored:
             pruner.apply(space.allocation(np.array(genome)))
-            scored[genome] = probe.measure(model, space.matrices).task_nll
-        rows.append({"generation": line["generation"], "validation": line["best"], "selection": scored[genome],
-                     "genome": genome})
+            report = probe.measure(model, space.matrices)
+            scored[genome] = (report.task_nll, report.task_acc)
+        nll, acc = scored[genome]
+        rows.append({"generation": line["generation"], "validation": line["best"], "selection": nll,
+                     "selection_acc": acc, "genome": genome})
     pruner.restore()
+    dense = probe.measure(model, space.matrices)
     chosen = min(rows, key=lambda r: (r["selection"], r["generation"]))
     last = rows[-1]
+    keys = ("validation", "selection", "selection_acc")
     record = {
         "examples": len(task.selection), "chosen_generation": chosen["generation"],
         "last_generation": last["generation"],
-        "chosen": {"validation": chosen["validation"], "selection": chosen["selection"]},
-        "last": {"validation": last["validation"], "selection": last["selection"]},
-        "per_generation": [{k: r[k] for k in ("generation", "validation", "selection")} for r in rows],
+        "chosen": {k: chosen[k] for k in keys}, "last": {k: last[k] for k in keys},
+        "dense": {"selection": dense.task_nll, "selection_acc": dense.task_acc},
+        "per_generation": [{k: r[k] for k in ("generation", *keys)} for r in rows],
     }
     return np.array(chosen["genome"]), record

@@ -152,3 +152,21 @@ def test_plan_keeps_depth_candidates_eager_and_resident(search_config, deep_mode
                        demanded={"batch_candidates"})
     with pytest.raises(SieveError, match="every decoder block must be resident"):
         plan_execution(cfg, ModelFacts(device="cuda", streamed=True))
+
+
+def test_deploy_space_under_tolerance_finds_a_frontier_of_real_reductions(search_config, deep_model_dir, tmp_path):
+    """``--tolerance`` with the deploy space: every probe is a deploy search (blocks removed and/or
+    factors, no zeros), warm-started like any other, and its reduction is real."""
+    from sieve.search.pareto import run_pareto
+    from sieve.search.rundir import RunDir
+
+    cfg = search_config(model=str(deep_model_dir), space="deploy", tolerance=0.99, budget=None, generations=1)
+    result = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)
+    assert [p["feasible"] for p in result["frontier"]] == [True, True]
+    assert result["largest_budget"] == max(p["budget"] for p in result["frontier"])
+    for p in result["frontier"]:
+        file = RunDir(tmp_path / "pareto").probe(p["budget"]).best_allocation()
+        alloc = file.allocation
+        assert (alloc.removed_blocks or alloc.ranks) and not any(alloc.sparsity.values())
+        matrices = find_matrices(AutoModelForCausalLM.from_pretrained(deep_model_dir))
+        assert alloc.reduction(matrices) <= p["budget"] + 1e-9
