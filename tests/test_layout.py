@@ -30,6 +30,8 @@ LAYERS = [
 def _modules() -> dict[str, Path]:
     found = {}
     for path in ROOT.rglob("*.py"):
+        if path.name == "__main__.py":  # an entry point (`python -m sieve.cli`): running it is not importing it
+            continue
         parts = path.relative_to(ROOT.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = path

@@ -3,23 +3,17 @@
 Each command turns the flags the user gave (and only those: defaults live on the config models)
 into one validated, frozen config, calls one library function, and prints a table. Expected
 failures (:class:`~sieve.errors.SieveError`, and OS errors of the machine such as a full disk:
-:data:`OS_PROBLEMS`) print one ``error:`` line and exit 2; anything else
-prints one line naming a log file with the traceback and exits 1; Ctrl-C or SIGTERM during a search
+:data:`~sieve.cli.errors.OS_PROBLEMS`) print one ``error:`` line and exit 2; anything else
+prints one line naming a log file with the traceback and exits 1 (:mod:`sieve.cli.errors`); Ctrl-C or SIGTERM during a search
 prints the resume command (or, before the first generation finished, that re-running starts afresh)
 and exits 130.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
-import logging
-import os
 import signal
-import sys
 import time
-import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -27,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sieve.cli.errors import clean_errors, setup_logging
 from sieve.errors import SieveError
 from sieve.resources import builtin_names, registered_names
 
@@ -35,84 +30,6 @@ _STARTED = time.perf_counter()  #: when the CLI was imported: a search reports i
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="How many parameters does my task really need?")
 console = Console()
 err = Console(stderr=True)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for noisy in ("transformers", "datasets", "lm_eval", "ray"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def _crash_log(exc: BaseException) -> Path:
-    from sieve.resources import cache_dir
-
-    path = cache_dir() / "logs" / f"sieve-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"sieve {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
-    return path
-
-
-#: OS errors that the user's machine causes, not sieve: one ``error:`` line and exit 2
-OS_PROBLEMS = {
-    errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
-    errno.ENOTDIR: "not a folder", errno.EISDIR: "is a folder",
-}
-WRITE_PROBLEMS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
-def os_problem(exc: OSError) -> str | None:
-    """``"no space left on device writing runs/x/checkpoint/state.json"``, ``"permission denied:
-    PATH"``: the line for an error of :data:`OS_PROBLEMS`; ``None`` for any other (a bug)."""
-    problem = OS_PROBLEMS.get(exc.errno)
-    path = exc.filename2 or exc.filename
-    if problem is None or path is None:
-        return problem
-    return f"{problem} writing {path}" if exc.errno in WRITE_PROBLEMS else f"{problem}: {path}"
-
-
-def _bug(exc: BaseException) -> typer.Exit:
-    """One line naming the log file that holds the traceback; exit 1."""
-    log_path = _crash_log(exc)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    typer.echo(f"error: unexpected {type(exc).__name__}: {first} (a bug; traceback in {log_path})", err=True)
-    return typer.Exit(1)
-
-
-def clean_errors(fn):
-    """Run a command: a SieveError, or an OS error the machine causes (a full disk, a read-only or
-    forbidden folder, a name too long), is one line and exit 2; any other exception one line naming
-    the log file that holds its traceback, and exit 1. Never a traceback on the terminal."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except SieveError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            problem = os_problem(exc)
-            if problem is None:
-                raise _bug(exc) from None
-            typer.echo(f"error: {problem}", err=True)
-            raise typer.Exit(2) from None
-        except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a log file
-            raise _bug(exc) from None
-
-    return wrapper
 
 
 def _listed(names: list[str]) -> str:
@@ -166,7 +83,7 @@ def prune(
     verbose: Verbose = False,
 ) -> None:
     """Prune a model (uniformly, by an allocation, or by exported masks) and save it as a plain HF folder."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.config import FLAGS, validate
     from sieve.export.hf import prune_model, prune_with_masks
     from sieve.prune.config import PruneConfig
@@ -214,7 +131,7 @@ def eval_(
     """Task test accuracy / NLL, general perplexity and achieved sparsity (plus lm-eval with --tasks).
 
     A run directory or an allocation JSON is applied in memory to its dense model."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.config import FLAGS, validate
     from sieve.evaluate.api import evaluate
     from sieve.evaluate.config import EvalConfig
@@ -279,7 +196,7 @@ def search(
     verbose: Verbose = False,
 ) -> None:
     """Search per-matrix sparsity under an exact global budget (pymoo GA, checkpointed, resumable)."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.config import FLAGS, load_yaml, validate
     from sieve.resources import yaml_file
     from sieve.search.config import SearchConfig
@@ -397,7 +314,7 @@ def export(
     verbose: Verbose = False,
 ) -> None:
     """Export an allocation: pruned HF folder, llm-compressor recipe, binary masks, or a per-module table."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.export import export_allocation
 
     fmt = {"name": to, **_given(modifier=modifier)}
@@ -414,7 +331,7 @@ def report(
     verbose: Verbose = False,
 ) -> None:
     """Plots (fitness per generation, sparsity heatmap, quality bars) and report.md in RUN/report/."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.report import write_report
 
     if _is_tuned(run):
@@ -448,7 +365,7 @@ def tune(
     verbose: Verbose = False,
 ) -> None:
     """LoRA-tune a pruned model on the task's training split; zeros, factor ranks and removed blocks are kept."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from sieve.tune.command import flag_fields, run_tune
 
     flags = flag_fields(task=task, steps=steps, lora_rank=lora_rank, lr=lr, distill=distill, device=device, seed=seed)
@@ -458,7 +375,3 @@ def tune(
 
 def main() -> None:  # pragma: no cover
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
