@@ -19,26 +19,35 @@ from typing import Any
 
 import numpy as np
 
-from sieve.metrics.quality import QualityProbe
+from sieve.metrics.quality import QualityProbe, QualityReport
 from sieve.prune.pruner import ModelPruner
 from sieve.search.space import SearchSpace
+
+
+def measure_generation_bests(history: Sequence[Mapping[str, Any]], space: SearchSpace, pruner: ModelPruner,
+                             probe: QualityProbe, model) -> dict[tuple[int, ...], QualityReport]:
+    """``probe``'s report of every distinct ``best_genome`` in ``history``, each measured once; the
+    model is dense again afterwards."""
+    measured: dict[tuple[int, ...], QualityReport] = {}
+    for line in history:
+        genome = tuple(int(g) for g in line["best_genome"])
+        if genome not in measured:
+            pruner.apply(space.allocation(np.array(genome)))
+            measured[genome] = probe.measure(model, space.matrices)
+    pruner.restore()
+    return measured
 
 
 def generation_curve(history: Sequence[Mapping[str, Any]], space: SearchSpace, pruner: ModelPruner,
                      probe: QualityProbe, model) -> list[dict[str, Any]]:
     """One row per history line; the task test metrics of that generation's best genome."""
-    measured: dict[tuple[int, ...], tuple[float, float]] = {}
+    measured = measure_generation_bests(history, space, pruner, probe, model)
     rows = []
     previous = None
     for line in history:
         genome = tuple(int(g) for g in line["best_genome"])
-        if genome not in measured:
-            pruner.apply(space.allocation(np.array(genome)))
-            report = probe.measure(model, space.matrices)
-            measured[genome] = (report.task_acc, report.task_nll)
-        acc, nll = measured[genome]
-        rows.append({"generation": line["generation"], "validation_fitness": line["best"], "test_acc": acc,
-                     "test_nll": nll, "changed": genome != previous})
+        report = measured[genome]
+        rows.append({"generation": line["generation"], "validation_fitness": line["best"], "test_acc": report.task_acc,
+                     "test_nll": report.task_nll, "changed": genome != previous})
         previous = genome
-    pruner.restore()
     return rows

@@ -32,6 +32,7 @@ import numpy as np
 from sieve.data.splits import TaskSplits
 from sieve.metrics.quality import EvalSettings, QualityProbe
 from sieve.prune.pruner import ModelPruner
+from sieve.search.curve import measure_generation_bests
 from sieve.search.space import SearchSpace
 
 
@@ -39,18 +40,13 @@ def select_on_heldout(history: Sequence[Mapping[str, Any]], task: TaskSplits, to
                       space: SearchSpace, pruner: ModelPruner, model) -> tuple[np.ndarray, dict[str, Any]]:
     """The generation best with the lowest task NLL on ``task.selection``, and the ``selection`` record."""
     probe = QualityProbe(tokenizer, dataclasses.replace(task, test=task.selection), None, settings)
-    scored: dict[tuple[int, ...], tuple[float, float]] = {}
+    measured = measure_generation_bests(history, space, pruner, probe, model)
     rows = []
     for line in history:
         genome = tuple(int(g) for g in line["best_genome"])
-        if genome not in scored:
-            pruner.apply(space.allocation(np.array(genome)))
-            report = probe.measure(model, space.matrices)
-            scored[genome] = (report.task_nll, report.task_acc)
-        nll, acc = scored[genome]
-        rows.append({"generation": line["generation"], "validation": line["best"], "selection": nll,
-                     "selection_acc": acc, "genome": genome})
-    pruner.restore()
+        rows.append({"generation": line["generation"], "validation": line["best"],
+                     "selection": measured[genome].task_nll, "selection_acc": measured[genome].task_acc,
+                     "genome": genome})
     dense = probe.measure(model, space.matrices)
     chosen = min(rows, key=lambda r: (r["selection"], r["generation"]))
     last = rows[-1]
