@@ -10,12 +10,7 @@
 #   bash benchmarks/device/h200_deploy.sh smol-prep  # SmolLM2 low-rank, depth and deploy searches at 25 % and their exports
 #   bash benchmarks/device/h200_deploy.sh smol       # those exports and dense through deploy.py
 set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-unknown}
-here=$(pwd)
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-py="env PYTHONPATH=$here python3"
+source "$(dirname "$0")/env.sh"
 sieve="env PYTHONPATH=$here python3 -m sieve.cli"
 case ${1:?step} in
   speed)

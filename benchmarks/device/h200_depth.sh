@@ -6,10 +6,7 @@
 # a cut-off run keeps what it measured. Wheels as for h100_suite.sh, installed first.
 #   SIEVE_COMMIT=<hash> bash benchmarks/device/h200_depth.sh
 set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-unknown}
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
+source "$(dirname "$0")/env.sh"
 budget=${BUDGET:-0.25}
 PYTHONPATH=$(pwd) timeout ${FIRST_S:-400} python3 benchmarks/quality.py --budgets "$budget" --rows dense,depth,search-depth \
   --seeds 0,1,2 --runs /tmp/runs --out-dir "$out" --tag depth > "$out/depth.log" 2>&1

@@ -6,11 +6,7 @@
 # preset. Wheels as for h100_suite.sh, installed first. Pass SIEVE_COMMIT=<hash>.
 #   bash benchmarks/device/h200_plan.sh spaces|whole|quality
 set -euo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-unknown}
-here=$(pwd)
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
+source "$(dirname "$0")/env.sh"
 sieve() { PYTHONPATH=$here python3 -m sieve.cli "$@"; }
 summary() {  # one line per run: plan, notes, loop and phase seconds, best fitness, test acc of the best
   python3 - "$@" <<'PY' | tee -a "$out/summary.txt"

@@ -13,12 +13,7 @@
 #   bash benchmarks/device/h200_qwen.sh names     # python_names: dense and depth baselines (SmolLM2, 1.5B), depth search (1.5B)
 #   bash benchmarks/device/h200_qwen.sh speed     # per-candidate / search-loop throughput of the real 1.5B
 set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export SIEVE_CACHE=/tmp/sieve-cache SIEVE_COMMIT=${SIEVE_COMMIT:-unknown}
-here=$(pwd)
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-py="env PYTHONPATH=$here python3"
+source "$(dirname "$0")/env.sh"
 model=qwen2.5-coder-1.5b
 short="--search-config benchmarks/device/qwen_search.yaml --seeds ${SEEDS:-0} --runs /tmp/runs --out-dir $out"
 rows() { grep -hE "^(dense|uniform|owl|shortgpt|angular|greedy|search)|Error|error:" "$1" | tail -${2:-20}; }
