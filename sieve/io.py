@@ -149,6 +149,23 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return rows
 
 
+def read_progress_log(path: str | Path, key: str) -> list[dict[str, Any]]:
+    """The rows of a progress log (``history.jsonl``): :func:`read_jsonl`, and every row a JSON
+    object with an integer ``key`` (``generation``, ``step``); else one error naming the line."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        if not (isinstance(row, dict) and isinstance(row.get(key), int)):
+            raise SieveError(f"{path} line {number} is damaged (not a JSON object with an integer "
+                             f"'{key}'); fix or delete that line")
+    return rows
+
+
+def truncate_progress_log(path: str | Path, key: str, last: int) -> None:
+    """Keep the rows of a progress log up to ``row[key] == last`` (a resume recomputes the rest)."""
+    rows = [r for r in read_progress_log(path, key) if r[key] <= last]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes (hex, first 16 characters)."""
     h = hashlib.sha256()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import fnmatch
-import json
 import logging
 import os
 import shutil
@@ -50,7 +49,16 @@ from sieve.config import FLAGS, differences, load_yaml, to_dict, validate
 from sieve.data.general import BUILTIN_CORPUS
 from sieve.data.task_spec import resolve_task, task_files
 from sieve.errors import SieveError
-from sieve.io import append_jsonl, file_digest, fsync_dir, read_json, read_jsonl, write_json, write_text, write_yaml
+from sieve.io import (
+    append_jsonl,
+    file_digest,
+    fsync_dir,
+    read_json,
+    read_progress_log,
+    truncate_progress_log,
+    write_json,
+    write_yaml,
+)
 from sieve.prune.allocation import AllocationFile
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.config import SearchConfig
@@ -339,12 +347,7 @@ class RunDir:
     def history(self) -> list[dict[str, Any]]:
         """One row per generation written; a damaged line is one error naming it (only a torn last
         line, what a kill mid-append leaves, is dropped)."""
-        rows = read_jsonl(self.history_path)
-        for number, row in enumerate(rows, 1):
-            if not (isinstance(row, dict) and isinstance(row.get("generation"), int)):
-                raise SieveError(f"{self.history_path} line {number} is damaged (not a JSON object with an integer "
-                                 "'generation'); fix or delete that line")
-        return rows
+        return read_progress_log(self.history_path, "generation")
 
     def append_history(self, row: dict[str, Any]) -> None:
         append_jsonl(self.history_path, row)
@@ -352,8 +355,7 @@ class RunDir:
     def truncate_history(self, generation: int) -> None:
         """Drop history lines past ``generation`` (written by a generation that did not finish); the
         run continues, so an earlier failure no longer describes it."""
-        rows = [r for r in self.history() if r["generation"] <= generation]
-        write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in rows))
+        truncate_progress_log(self.history_path, "generation", generation)
         self.failed_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ failure

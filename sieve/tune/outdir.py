@@ -33,7 +33,15 @@ from typing import Any
 
 from sieve.config import load_yaml, to_dict, validate
 from sieve.errors import SieveError
-from sieve.io import append_jsonl, fsync_dir, read_json, read_jsonl, write_json, write_text, write_yaml
+from sieve.io import (
+    append_jsonl,
+    fsync_dir,
+    read_json,
+    read_progress_log,
+    truncate_progress_log,
+    write_json,
+    write_yaml,
+)
 from sieve.search.rundir import LOCK, RunDir
 from sieve.tune.checkpoint import Checkpoint
 from sieve.tune.config import TuneConfig
@@ -109,22 +117,14 @@ class TuneDir:
         return Checkpoint.load(self.checkpoint_path)
 
     def history(self) -> list[dict[str, Any]]:
-        rows = read_jsonl(self.history_path)
-        for number, row in enumerate(rows, 1):
-            if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
-                raise SieveError(f"{self.history_path} line {number} is damaged (not a JSON object with an integer "
-                                 "'step'); fix or delete that line")
-        return rows
+        return read_progress_log(self.history_path, "step")
 
     def append_history(self, row: dict[str, Any]) -> None:
         append_jsonl(self.history_path, row)
 
     def truncate_history(self, step: int) -> None:
         """Drop the lines of steps past the checkpoint (a resume computes them again)."""
-        import json
-
-        rows = [r for r in self.history() if r["step"] <= step]
-        write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in rows))
+        truncate_progress_log(self.history_path, "step", step)
 
     def summary(self) -> dict[str, Any]:
         try:
