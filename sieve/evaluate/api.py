@@ -67,14 +67,20 @@ def _check_output(config: EvalConfig, target: AllocationTarget | None) -> Path:
     return check_output(output, files, force=True, writes="file", flag="--json")
 
 
-def _measure(label: str, model_id: str, ws: Workspace, probe: QualityProbe, config: EvalConfig) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": label, "model": model_id, **probe.measure(ws.model, ws.matrices).as_dict()}
+def measure_row(label: str, model_id: str, model, tokenizer, matrices, probe: QualityProbe,
+                config: EvalConfig) -> dict[str, Any]:
+    """One row of ``sieve eval``: the probe's report of ``model`` (and lm-eval's, with ``--tasks``)."""
+    row: dict[str, Any] = {"method": label, "model": model_id, **probe.measure(model, matrices).as_dict()}
     if config.lm_eval_tasks:
         from sieve.evaluate.lm_eval_runner import run_lm_eval
 
-        row["lm_eval"] = run_lm_eval(ws.model, ws.tokenizer, config.lm_eval_tasks, limit=config.limit,
+        row["lm_eval"] = run_lm_eval(model, tokenizer, config.lm_eval_tasks, limit=config.limit,
                                      batch_size=config.evaluation.batch_size)
     return row
+
+
+def _measure(label: str, model_id: str, ws: Workspace, probe: QualityProbe, config: EvalConfig) -> dict[str, Any]:
+    return measure_row(label, model_id, ws.model, ws.tokenizer, ws.matrices, probe, config)
 
 
 def evaluate(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig]:

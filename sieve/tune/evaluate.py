@@ -14,6 +14,7 @@ from typing import Any
 
 from sieve.config import to_dict, validate
 from sieve.data.splits import SplitSpec
+from sieve.evaluate.api import measure_row
 from sieve.evaluate.config import EvalConfig
 from sieve.io import check_output, write_json
 from sieve.metrics.quality import QualityProbe
@@ -25,14 +26,7 @@ from sieve.workspace import Workspace
 
 
 def _row(label: str, stage: str, model_id: str, model, probe: QualityProbe, config: EvalConfig, tokenizer) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": label, "stage": stage, "model": model_id,
-                           **probe.measure(model, find_matrices(model)).as_dict()}
-    if config.lm_eval_tasks:
-        from sieve.evaluate.lm_eval_runner import run_lm_eval
-
-        row["lm_eval"] = run_lm_eval(model, tokenizer, config.lm_eval_tasks, limit=config.limit,
-                                     batch_size=config.evaluation.batch_size)
-    return row
+    return {"stage": stage, **measure_row(label, model_id, model, tokenizer, find_matrices(model), probe, config)}
 
 
 def evaluate_tuned(config: EvalConfig) -> tuple[list[dict[str, Any]], Path, EvalConfig]:
