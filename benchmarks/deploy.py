@@ -124,14 +124,15 @@ def decode_key(batch: int, driver: str) -> str:
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row with ``vs_dense``: every figure divided by the same figure of its model's dense row
-    (null where either is null or dense is 0, or no dense row has been measured yet)."""
+    (null where either is null or dense is 0, or no dense row has been measured yet), to four
+    significant digits (a fixed number of decimals would lose most of a small ratio's precision)."""
     dense = {r["model"]: r for r in rows if r["variant"] == "dense"}
     out = []
     for row in rows:
         ref = dense.get(row["model"])
         ratios = None
         if ref is not None:
-            ratios = {k: (round(v / ref[k], 4) if v is not None and ref.get(k) else None)
+            ratios = {k: (float(f"{v / ref[k]:.4g}") if v is not None and ref.get(k) else None)
                       for k, v in row.items() if k not in LABELS and k != "vs_dense"}
         out.append({**{k: v for k, v in row.items() if k != "vs_dense"}, "vs_dense": ratios})
     return out
