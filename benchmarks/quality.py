@@ -45,7 +45,7 @@ from sieve.scores import get_method  # noqa: E402
 from sieve.search.config import SearchConfig  # noqa: E402
 from sieve.search.run import SearchRun, prepare  # noqa: E402
 from sieve.search.rundir import RunDir  # noqa: E402
-from sieve.stats.calibrate import ensure_stats  # noqa: E402
+from sieve.stats.calibrate import CacheStore, ensure_stats  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -64,6 +64,9 @@ SEARCHES = {
     "search-depth-general": {"space": "depth", "fitness": "general_kl"},
     "search-deploy": {"space": "deploy", "fitness": "task_nll"},
 }
+STATS_FREE = {"dense", "depth", "search-depth", "search-depth-general"}  # rows that read no statistics
+NEEDS_HESSIAN = {"uniform", "uniform-lowrank", "search-lowrank", "search-mixed", "search-lowrank-task",
+                 "search-lowrank-task-x64", "search-deploy"}  # SparseGPT's H and every factorisation's XᵀX
 DEPTH_BASELINES = ("shortgpt-general", "shortgpt-task", "angular-general", "greedy-task")
 COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))
@@ -89,13 +92,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cal, settings = base.calibration, base.evaluation
     ws = base.open_workspace()  # one workspace and one set of statistics for every row, searches included
     start = time.perf_counter()
-    statistics = ensure_stats(ws.model, ws.tokenizer, ws.matrices, ("general", "task"), weights_hash=ws.weights_hash,
-                              cfg=cal, general=ws.corpus, task_texts=ws.task.calibration_texts(), hessian=True)
+    groups = set(args.rows.split(","))
+    # stored once in the shared cache (a later invocation reuses them; each search's run directory
+    # links to that file), Hessians only where a row reads them: a 1.5B model's are ~10 GB per source
+    sources = () if groups <= STATS_FREE else ("general", "task")
+    statistics = ensure_stats(ws.model, ws.tokenizer, ws.matrices, sources, weights_hash=ws.weights_hash,
+                              cfg=cal, general=ws.corpus, task_texts=ws.task.calibration_texts(),
+                              hessian=bool(groups & NEEDS_HESSIAN), store=CacheStore.for_model(ws.loaded.model_id))
     stats = statistics.per_matrix
     stats_seconds = time.perf_counter() - start
     probe = QualityProbe(ws.tokenizer, ws.task, ws.corpus, settings)
     rows: list[dict[str, Any]] = []
-    groups = set(args.rows.split(","))
     body = {**provenance(), "model": ws.loaded.model_id, "task": inputs["task"], "general": inputs["general"],
             "command": " ".join(["benchmarks/quality.py", *(args.argv or [])]),
             "smoke": args.smoke, "calibration": to_dict(cal), "evaluation": to_dict(settings),

@@ -50,6 +50,29 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def link_atomic(source: str | Path, path: str | Path) -> bool:
+    """Make ``path`` a hard link to ``source`` atomically (link to a temporary sibling, rename, fsync
+    the folder): the same bytes on disk once, however many runs hold them. ``False`` where the file
+    system cannot link them (another device, no hard links); the caller then writes a copy. Safe
+    because sieve never writes a file in place: every rewrite is a new file renamed over the old."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.parent / f".{path.name}.{os.getpid()}.link.tmp"
+    tmp_path.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp_path)
+    except OSError:
+        return False
+    try:
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise named_os_error(exc, path) from exc
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return True
+
+
 def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

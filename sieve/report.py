@@ -266,7 +266,7 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
         "budget": config.budget, "fitness": config.fitness.name, "general_weight": config.general_weight,
         "generations": config.generations, "offspring": config.offspring, "population": config.population,
         "seed": config.seed, "validation_examples": config.validation_examples, "stages": list(config.stages),
-        "promote": list(config.promote), "device": config.device, "scoring method": config.space.method.describe(),
+        "promote": list(config.promote), "device": config.device, "scoring method": config.space.scoring.describe() if config.space.scoring is not None else "none (nothing is scored)",
     }
     lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in settings.items()]

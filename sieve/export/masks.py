@@ -120,7 +120,7 @@ class MasksExporter(Exporter):
         meta = {
             "model": pruned.ws.model_id,
             "weights_hash": pruned.ws.weights_hash,
-            "method": pruned.method.describe(),
+            "method": pruned.method.describe() if pruned.method is not None else None,
             "pattern": pruned.file.pattern,
             "sparsity": sparsity,
         }

@@ -123,6 +123,9 @@ class Primitive(Frozen, ABC):
     #: a space with several primitives takes the level step of the lowest ``order`` and lists its
     #: levels first among equal costs
     order: ClassVar[int] = 100
+    #: whether its levels are chosen by the space's scoring method (the method's calibration
+    #: sources are then read; a space of primitives that never score reads none of them)
+    scored: ClassVar[bool] = False
 
     @property
     def exact(self) -> bool:

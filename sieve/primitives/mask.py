@@ -110,6 +110,7 @@ class Mask(Primitive):
     name: Literal["mask"] = "mask"
     pattern: str = "unstructured"
     order: ClassVar[int] = 0  # whole weights per row: its step is every space's step
+    scored: ClassVar[bool] = True
 
     @field_validator("pattern")
     @classmethod

@@ -74,7 +74,7 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
         execution = plan_execution(config, ModelFacts.of(ws, space.matrices, config.max_gpu_memory), demanded)
         execution.log_notes()
     mode = execution.pruner_mode
-    pruner = ModelPruner(space.matrices, config.space.method, stats.per_matrix, config.space.lowrank, mode=mode,
+    pruner = ModelPruner(space.matrices, config.space.scoring, stats.per_matrix, config.space.lowrank, mode=mode,
                          device=ws.device if execution.streamed else None, contiguous=mode == "in_place",
                          graph_safe=execution.graph_safe,
                          depth=BlockRemoval(ws.model) if config.space.depth else None)

@@ -63,8 +63,8 @@ class Prepared:
         return self.evaluator.pruner
 
     @property
-    def method(self) -> ScoringMethod:
-        return self.config.space.method
+    def method(self) -> ScoringMethod | None:
+        return self.config.space.scoring
 
     def allocation_file(self, genome: np.ndarray, **search: Any) -> AllocationFile:
         """``genome`` as a ``sieve.allocation/v1`` file that reproduces its masks anywhere."""
@@ -72,7 +72,7 @@ class Prepared:
         return AllocationFile.build(
             self.space.allocation(genome),
             model=ws.model_id, weights_hash=ws.weights_hash, model_digests=ws.model_identity.digests, dtype=ws.dtype,
-            method=self.method.describe(),
+            method=self.method.describe() if self.method is not None else None,
             lowrank=config.space.lowrank.model_dump() if config.space.lowrank else None,
             calibration=config.calibration.model_dump(), task=config.task, general=config.general,
             split=config.split().model_dump(), workdir=config.workdir, stats=self.statistics.fingerprints,
@@ -135,8 +135,8 @@ def prepare(
     checked: Checked | None = None,
     phases: Phases | None = None,
 ) -> Prepared:
-    """Everything a search needs; ``workspace`` / ``statistics`` are reused when given (and the
-    statistics are then copied into ``store``). ``resumed``: the checkpoint of a resume, whose model
+    """Everything a search needs; ``workspace`` / ``statistics`` are reused when given (restricted
+    to the sources the space reads, and then linked or copied into ``store``). ``resumed``: the checkpoint of a resume, whose model
     the loaded one must be; ``checked``: :func:`check_search`'s answer where the caller has it."""
     phases = phases or Phases()
     if checked is None:
@@ -147,8 +147,10 @@ def prepare(
     with phases("statistics"):
         if statistics is None:
             statistics = search_statistics(config, ws, space, store)
-        elif store is not None:
-            statistics.save_to(store)
+        else:
+            statistics = statistics.only(config.space.sources, space.matrices)
+            if store is not None:
+                statistics.save_to(store)
     with phases("setup"):
         evaluator = build_evaluator(config, ws, space, statistics, checked.execution)
         found = baselines(config, ws, space, window, statistics)

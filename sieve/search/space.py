@@ -57,7 +57,7 @@ from sieve.primitives.lowrank import LowRank
 from sieve.primitives.mask import UNSTRUCTURED, Mask, Pattern
 from sieve.prune.allocation import Allocation
 from sieve.resources import builtin_names, yaml_file
-from sieve.scores.base import MethodSpec
+from sieve.scores.base import MethodSpec, ScoringMethod
 from sieve.scores.fused import Fused
 
 __all__ = ["Gene", "LevelGrid", "SearchSpace", "SpaceSpec"]
@@ -142,9 +142,18 @@ class SpaceSpec(Frozen):
         return self.changes_depth is not None
 
     @property
+    def scoring(self) -> ScoringMethod | None:
+        """The scoring method where something scores with it — the masks, and the OWL zeros baseline
+        a space without depth genes is compared against and seeded from — else ``None``: a space of
+        block removal and factors scores nothing, so its runs read no method's statistics."""
+        return self.method if any(p.scored for p in self.primitives) or not self.depth else None
+
+    @property
     def sources(self) -> tuple[str, ...]:
-        """Calibration sources the space reads: the method's (masks, OWL seed) and the primitives'."""
-        found = set(self.method.sources).union(*(p.sources for p in self.primitives))
+        """Calibration sources the space reads: the :attr:`scoring` method's and the primitives' own
+        (``XᵀX`` of the factors). ``depth`` reads none."""
+        scoring = self.scoring
+        found = set(scoring.sources if scoring is not None else ()).union(*(p.sources for p in self.primitives))
         return tuple(s for s in ("general", "task") if s in found)
 
     @staticmethod

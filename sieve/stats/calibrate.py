@@ -31,6 +31,7 @@ from sieve.config import Frozen
 from sieve.data.batching import pad_right
 from sieve.data.general import GeneralCorpus, token_blocks
 from sieve.errors import SieveError
+from sieve.io import link_atomic
 from sieve.models.adapters import adapter_for
 from sieve.models.matrix import Matrix
 from sieve.resources import cache_dir
@@ -112,13 +113,29 @@ class Statistics:
     seconds: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     by_source: dict[str, CalibrationStats] = field(default_factory=dict)
+    #: where each source's statistics are already stored (read from or written to a store)
+    files: dict[str, Path] = field(default_factory=dict)
 
     def save_to(self, store: StatsStore) -> None:
-        """Write every source's statistics into ``store`` (e.g. a Pareto probe's run directory)."""
+        """Put every source's statistics into ``store`` (e.g. a Pareto probe's run directory): a hard
+        link to the file they are already stored in where the file system allows (a 1.5B model's
+        Hessians are ~10 GB per source; twenty runs need not hold twenty copies), else a copy."""
         for source, stats in self.by_source.items():
             path = store.path(source, stats.fingerprint)
-            if not path.exists():
-                stats.save(path)
+            if path.exists():
+                continue
+            stored = self.files.get(source)
+            if stored is not None and stored.exists() and link_atomic(stored, path):
+                continue
+            stats.save(path)
+            self.files.setdefault(source, path)
+
+    def only(self, sources: Sequence[str], matrices: Sequence[Matrix]) -> Statistics:
+        """These statistics restricted to ``sources`` (a run records and stores only what its space reads)."""
+        kept = {s: self.by_source[s] for s in sources if s in self.by_source}
+        return Statistics(_per_matrix(kept, matrices), {s: self.fingerprints[s] for s in kept},
+                          {s: self.seconds.get(s, 0.0) for s in kept}, {s: self.tokens.get(s, 0) for s in kept},
+                          kept, {s: self.files[s] for s in kept if s in self.files})
 
     def __getitem__(self, name: str) -> MatrixStats:
         return self.per_matrix[name]
@@ -146,7 +163,7 @@ def read_stored(store: StatsStore, fingerprints: Mapping[str, str], matrices: Se
             raise SieveError(f"statistics {path} lack matrix {missing[0]!r}")
         loaded[source] = stats
     return Statistics(_per_matrix(loaded, matrices), dict(fingerprints), {s: 0.0 for s in loaded},
-                      {s: _tokens(loaded[s]) for s in loaded}, loaded)
+                      {s: _tokens(loaded[s]) for s in loaded}, loaded, {s: store.path(s, fp) for s, fp in fingerprints.items()})
 
 
 def ensure_stats(
@@ -183,6 +200,7 @@ def ensure_stats(
             if cached.fingerprint == fp and (cached.has_hessian or not hessian):
                 log.info("reusing %s statistics from %s", source, path)
                 collected[source] = cached
+                result.files[source] = path
                 result.seconds[source], result.tokens[source] = 0.0, _tokens(cached)
                 continue
             if store.strict:
@@ -198,6 +216,7 @@ def ensure_stats(
         result.tokens[source] = _tokens(stats)
         if path is not None:
             stats.save(path)
+            result.files[source] = path
         collected[source] = stats
     result.per_matrix = _per_matrix(collected, matrices)
     result.by_source = collected

@@ -88,6 +88,8 @@ def test_depth_search_removes_whole_blocks_and_exports_a_plain_folder(depth_run,
     assert set(seeds) == {"shortgpt-general", "shortgpt-task", "angular-general", "greedy-task"}
     assert results["best_fitness"] <= min(seeds.values())
     assert {row["method"] for row in results["table"]} >= {"dense", *seeds, "sieve-search"}
+    assert file.stats == {} and file.method is None  # nothing is scored: no statistics collected or stored
+    assert not (depth_run / "stats").exists() or not any((depth_run / "stats").iterdir())
     out = tmp_path / "hf"
     result = CliRunner().invoke(app, ["export", str(depth_run), "--to", "hf", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -173,3 +173,18 @@ def test_deploy_removal_supersedes_a_block_of_rank_zero_factors(llama, tmp_path)
         zero_ranks = [o for c, o in zip(lowrank_only.costs, lowrank_only.options) if c == numel]
         assert zero_ranks and all(level.factorised and level.rank == 0 for level in zero_ranks[0])
         assert len(gene.options) == len(lowrank_only.options)  # the rank-0 option became the removal
+
+
+@pytest.mark.parametrize(("text", "sources"), [
+    ("genes: block\nprimitives: [{name: depth}]\n", ()),
+    ("genes: block\nprimitives: [{name: depth}]\nmethod: {name: fused}\n", ()),
+    ("genes: matrix\nprimitives: [{name: mask}]\nmethod: {name: wanda}\n", ("general",)),
+    ("genes: matrix\nprimitives: [{name: mask}]\nmethod: {name: wanda, source: task}\n", ("task",)),
+    ("genes: matrix\nprimitives: [{name: lowrank, covariance: task}]\nmethod: {name: wanda}\n", ("general", "task")),
+    ("genes: block\nprimitives: [{name: lowrank, covariance: general}, {name: depth}]\n", ("general",)),
+])
+def test_a_space_reads_the_sources_its_primitives_use(tmp_path, text, sources):
+    """A scoring method's sources count only where something scores with it (masks; the OWL baseline
+    of a space without depth genes): whole-block removal reads no statistics, so no run of it
+    collects or stores any."""
+    assert SpaceSpec.load(_write(tmp_path, "modules: ['*']\n" + text)).sources == sources

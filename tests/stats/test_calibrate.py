@@ -67,3 +67,38 @@ def test_damaged_statistics_are_one_line(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(SieveError, match="statistics file .* is damaged"):
         CalibrationStats.load(bad)
+
+
+def test_runs_given_stored_statistics_hold_one_copy(llama, tmp_path):
+    """Statistics already in a store are hard-linked into each run's store (same inode, same bytes),
+    and a store the cache cannot link to gets a copy that reads back identical."""
+    import os
+
+    from sieve.search.rundir import RunStatsStore
+
+    stats = _stats(llama, CacheStore(tmp_path / "cache"))
+    cached = stats.files["task"]
+    for run in ("a", "b"):
+        stats.save_to(RunStatsStore(tmp_path / run / "stats"))
+    linked = [tmp_path / run / "stats" / "task.safetensors" for run in ("a", "b")]
+    assert {os.stat(p).st_ino for p in linked} == {os.stat(cached).st_ino}
+    assert os.stat(cached).st_nlink == 3
+    unstored = _stats(llama)  # computed in memory: the first store gets a copy, the next links to it
+    assert unstored.files == {}
+    unstored.save_to(RunStatsStore(tmp_path / "c"))
+    unstored.save_to(RunStatsStore(tmp_path / "d"))
+    assert os.stat(tmp_path / "c" / "task.safetensors").st_ino == os.stat(tmp_path / "d" / "task.safetensors").st_ino
+    mats = find_matrices(llama)
+    back = read_stored(RunStatsStore(tmp_path / "d"), unstored.fingerprints, mats, hessian=False)
+    for m in mats:
+        assert torch.equal(back.per_matrix[m.name].task.sq_sum, unstored.per_matrix[m.name].task.sq_sum)
+
+
+def test_only_keeps_the_named_sources(llama):
+    stats = _stats(llama)
+    mats = find_matrices(llama)
+    none = stats.only((), mats)
+    assert none.fingerprints == {} and none.by_source == {}
+    assert all(s.general is None and s.task is None for s in none.per_matrix.values())
+    kept = stats.only(("task", "general"), mats)
+    assert kept.fingerprints == stats.fingerprints and set(kept.per_matrix) == {m.name for m in mats}
