@@ -190,3 +190,22 @@ def test_generations_smoke(tmp_path):
     assert run["selected"]["chosen_test_acc"] == final["task_acc"] == run["curve"][chosen]["test_acc"]
     assert run["selected"]["last_test_acc"] == run["summary"][-1]["test_acc"] == run["curve"][-1]["test_acc"]
     assert body["command"].startswith("benchmarks/generations.py --smoke") and body["commit"] and body["date"]
+
+
+@pytest.mark.slow
+def test_tune_smoke(tmp_path):
+    """The tuning benchmark runs the user's commands: a pruned base, tuned plainly and with
+    distillation at a mix; the structure is the base's before and after."""
+    import tune
+
+    path = tune.main(["--smoke", "--bases", "zeros", "--mixes", "0.5", "--out-dir", str(tmp_path),
+                      "--work", str(tmp_path / "work")])
+    body = json.loads(Path(path).read_text())
+    assert [(r["base"], r["variant"]) for r in body["rows"]] == [("zeros", "ce"), ("zeros", "distill-mix0.5")]
+    assert body["rows"][1]["settings"]["distill"]["general_mix"] == 0.5 and body["rows"][0]["settings"]["distill"] is None
+    for row in body["rows"]:
+        before, after = row["test"]["before"], row["test"]["after"]
+        assert before["sparsity"] == after["sparsity"] == pytest.approx(0.6, abs=0.01)
+        assert before["parameters"] == after["parameters"]
+        assert row["tune_command"].startswith(f"sieve tune {tmp_path / 'work' / 'zeros-0.6'} --out")
+    assert body["bases"]["zeros"]["command"].startswith("sieve prune") and body["commit"] and body["date"]
