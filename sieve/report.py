@@ -123,18 +123,20 @@ def _family(method: str) -> str:
     return "sieve"
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically (every report figure, search's and tune's)."""
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=130, bbox_inches="tight"))
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure with constrained layout, made without pyplot (no global state, no GUI backend)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
 def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any], config: SearchConfig, path: Path) -> Path:
-    fig = _figure(7.5, 4.2)
+    fig = new_figure(7.5, 4.2)
     ax = fig.add_subplot()
     gens = [h["generation"] for h in history]
     # A median that lands on a candidate eliminated at an early fidelity stage (fitness
@@ -167,7 +169,7 @@ def plot_fitness(history: Sequence[Mapping[str, Any]], results: Mapping[str, Any
         more_handles, more_labels = test_ax.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, loc="best", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def curve_lines(curve: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -176,14 +178,14 @@ def curve_lines(curve: Sequence[Mapping[str, Any]]) -> list[str]:
              "Each generation's best candidate on the test split (`evaluation: {curve: true}`; reported only, "
              "never used to choose).", "",
              "| generation | validation fitness | test acc | test NLL |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['generation']} | {_fmt(r['validation_fitness'], 4)} | {_fmt(r['test_acc'], 3)} | "
-              f"{_fmt(r['test_nll'], 3)} |" for r in curve if r["changed"] or r is curve[-1]]
+    lines += [f"| {r['generation']} | {fmt_number(r['validation_fitness'], 4)} | {fmt_number(r['test_acc'], 3)} | "
+              f"{fmt_number(r['test_nll'], 3)} |" for r in curve if r["changed"] or r is curve[-1]]
     return lines + [""]
 
 
 def plot_allocation(grid: SparsityGrid, budget: float | None, achieved: float | None, path: Path) -> Path:
     n_kinds, n_blocks = grid.values.shape
-    fig = _figure(max(6.0, 1.2 + 0.36 * n_blocks), max(3.0, 1.4 + 0.45 * n_kinds))
+    fig = new_figure(max(6.0, 1.2 + 0.36 * n_blocks), max(3.0, 1.4 + 0.45 * n_kinds))
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(grid.values)
     from matplotlib import colormaps
@@ -211,11 +213,11 @@ def plot_allocation(grid: SparsityGrid, budget: float | None, achieved: float | 
                             color="white" if math.isnan(v) or v < 0.6 else "black")
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("fraction of parameters given up (r: factorised, rank r)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_quality(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    fig = _figure(10.0, 4.4)
+    fig = new_figure(10.0, 4.4)
     labels = [f"{r['method']}\nsparsity {r['sparsity']:.3f}" for r in table]
     colors = [COLORS[_family(r["method"])] for r in table]
     x = np.arange(len(table))
@@ -240,10 +242,11 @@ def plot_quality(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
             ax.set_ylim(0, max(finite) * 1.15)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Held-out quality: dense vs uniform vs OWL vs sieve search")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def _fmt(value: Any, digits: int) -> str:
+def fmt_number(value: Any, digits: int) -> str:
+    """``value`` to ``digits`` decimals; ``–`` where it is missing or not finite (a table cell)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -280,21 +283,21 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
     lines += ["## Search", ""]
     if history:
         last = history[-1]
-        lines.append(f"- generations finished: {last['generation']} (best fitness {_fmt(last['best'], 4)}, "
-                     f"median {_fmt(last['median'], 4)})")
+        lines.append(f"- generations finished: {last['generation']} (best fitness {fmt_number(last['best'], 4)}, "
+                     f"median {fmt_number(last['median'], 4)})")
     if results:
         lines.append(f"- evaluations: {results.get('evaluations', '–')}, forward tokens: {results.get('tokens', 0):,}, "
-                     f"search time: {_fmt(results.get('search_seconds'), 0)} s")
+                     f"search time: {fmt_number(results.get('search_seconds'), 0)} s")
         seeds = results.get("baseline_fitness") or {"uniform": results.get("uniform_fitness"),
                                                     "OWL": results.get("owl_fitness")}
-        lines.append("- fitness of the seeds: " + ", ".join(f"{label} {_fmt(value, 4)}" for label, value in seeds.items())
-                     + f"; best {_fmt(results.get('best_fitness'), 4)}")
+        lines.append("- fitness of the seeds: " + ", ".join(f"{label} {fmt_number(value, 4)}" for label, value in seeds.items())
+                     + f"; best {fmt_number(results.get('best_fitness'), 4)}")
         phases = results.get("phases")
         if phases:
-            lines.append("- wall time by phase: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v, 1)} s"
+            lines.append("- wall time by phase: " + ", ".join(f"{k.replace('_', ' ')} {fmt_number(v, 1)} s"
                                                              for k, v in phases.items()))
     lines.append(f"- best allocation: `best_allocation.json` (generation {allocation.get('generation', '–')}, achieved "
-                 f"sparsity {_fmt(allocation.get('achieved_sparsity'), 4)})")
+                 f"sparsity {fmt_number(allocation.get('achieved_sparsity'), 4)})")
     lines.append("")
     if "fitness" in images:
         lines += [f"![best and median fitness per generation]({images['fitness']})", ""]
@@ -303,8 +306,8 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
     if table:
         lines += ["| method | sparsity | task acc | task NLL | wiki PPL | test examples |", "|---|---:|---:|---:|---:|---:|"]
         for r in table:
-            lines.append(f"| {r['method']} | {_fmt(r['sparsity'], 4)} | {_fmt(r['task_acc'], 3)} | {_fmt(r['task_nll'], 3)} | "
-                         f"{_fmt(r['wiki_ppl'], 2)} | {r.get('n_test', '–')} |")
+            lines.append(f"| {r['method']} | {fmt_number(r['sparsity'], 4)} | {fmt_number(r['task_acc'], 3)} | {fmt_number(r['task_nll'], 3)} | "
+                         f"{fmt_number(r['wiki_ppl'], 2)} | {r.get('n_test', '–')} |")
         lines.append("")
     else:
         lines += ["`results.json` has no result table yet (the search has not finished, or ran without the final report).", ""]
@@ -312,9 +315,9 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
         sel = results["selection"]
         lines += ["## Chosen on held-out documents", "",
                   f"- {sel['examples']} validation-pool documents the search never scored chose generation "
-                  f"{sel['chosen_generation']}'s best: validation {_fmt(sel['chosen']['validation'], 4)}, held-out "
-                  f"{_fmt(sel['chosen']['selection'], 4)}; the last generation's ({sel['last_generation']}): "
-                  f"validation {_fmt(sel['last']['validation'], 4)}, held-out {_fmt(sel['last']['selection'], 4)}", ""]
+                  f"{sel['chosen_generation']}'s best: validation {fmt_number(sel['chosen']['validation'], 4)}, held-out "
+                  f"{fmt_number(sel['chosen']['selection'], 4)}; the last generation's ({sel['last_generation']}): "
+                  f"validation {fmt_number(sel['last']['validation'], 4)}, held-out {fmt_number(sel['last']['selection'], 4)}", ""]
     if results and results.get("curve"):
         lines += curve_lines(results["curve"])
     if "quality" in images:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from sieve.cli.errors import clean_errors, setup_logging
 from sieve.errors import SieveError
+from sieve.models.sources import BUILTIN_MODELS
 from sieve.resources import builtin_names, registered_names
 
 _STARTED = time.perf_counter()  #: when the CLI was imported: a search reports its start-up from here
@@ -54,8 +55,8 @@ def _quality_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-Model = Annotated[Optional[str], typer.Option(help="Built-in name (smollm2-135m, gemma3-270m, qwen2.5-coder-1.5b), HF folder, .gguf file or hub name.")]
-Task = Annotated[Optional[str], typer.Option(help="lm-eval task: built-in rotten_tomatoes or python_names, a YAML path (a task YAML is code) or a registered name.")]
+Model = Annotated[Optional[str], typer.Option(help=f"Built-in name ({', '.join(BUILTIN_MODELS)}), HF folder, .gguf file or hub name.")]
+Task = Annotated[Optional[str], typer.Option(help=f"lm-eval task: built-in {' or '.join(builtin_names('tasks'))}, a YAML path (a task YAML is code) or a registered name.")]
 General = Annotated[Optional[str], typer.Option(help="General corpus: wikipedia, a .txt/.jsonl/.json file or a hub dataset.")]
 Dtype = Annotated[Optional[str], typer.Option(help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from sieve.io import read_json, write_text
-from sieve.report import _figure, _fmt, _save
+from sieve.report import fmt_number, new_figure, save_png
 from sieve.tune.outdir import TuneDir
 
 
 def plot_tuning(history: Sequence[Mapping[str, Any]], best_step: int, path: Path) -> Path:
-    fig = _figure(7.5, 4.2)
+    fig = new_figure(7.5, 4.2)
     ax = fig.add_subplot()
     train = [r for r in history if "loss" in r]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="#1f77b4", label="training loss")
@@ -35,7 +35,7 @@ def plot_tuning(history: Sequence[Mapping[str, Any]], best_step: int, path: Path
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def markdown(folder: TuneDir, summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None, image: str) -> str:
@@ -53,18 +53,18 @@ def markdown(folder: TuneDir, summary: Mapping[str, Any], evaluation: Mapping[st
         lines.append(f"| {key} | {value['before']:,} | {value['after']:,} |")
     lines += ["", "## Validation (selects the best step)", "", f"{summary['selection']}.", "",
               "| | step | val task NLL | val acc |", "|---|---:|---:|---:|",
-              f"| before tuning | 0 | {_fmt(summary['before']['val_nll'], 4)} | {_fmt(summary['before']['val_acc'], 3)} |",
-              f"| tuned (best step) | {summary['best_step']} | {_fmt(summary['after']['val_nll'], 4)} | "
-              f"{_fmt(summary['after']['val_acc'], 3)} |", "",
+              f"| before tuning | 0 | {fmt_number(summary['before']['val_nll'], 4)} | {fmt_number(summary['before']['val_acc'], 3)} |",
+              f"| tuned (best step) | {summary['best_step']} | {fmt_number(summary['after']['val_nll'], 4)} | "
+              f"{fmt_number(summary['after']['val_acc'], 3)} |", "",
               f"{summary['steps_run']} of {config['steps']} steps run" + (" (stopped early)" if summary["stopped_early"]
-                                                                          else "") + f", {_fmt(summary['seconds'], 0)} s.",
+                                                                          else "") + f", {fmt_number(summary['seconds'], 0)} s.",
               ""]
     lines += ["## Test split (`sieve eval`)", ""]
     if evaluation and evaluation.get("rows"):
         lines += ["| model | task acc | task NLL | wiki PPL | sparsity | parameters |", "|---|---:|---:|---:|---:|---:|"]
         for r in evaluation["rows"]:
-            lines.append(f"| {r['method']} | {_fmt(r['task_acc'], 3)} | {_fmt(r['task_nll'], 3)} | "
-                         f"{_fmt(r['wiki_ppl'], 2)} | {_fmt(r['sparsity'], 4)} | {r['parameters']:,} |")
+            lines.append(f"| {r['method']} | {fmt_number(r['task_acc'], 3)} | {fmt_number(r['task_nll'], 3)} | "
+                         f"{fmt_number(r['wiki_ppl'], 2)} | {fmt_number(r['sparsity'], 4)} | {r['parameters']:,} |")
     else:
         lines.append(f"Not measured yet: run `sieve eval {folder.path}`.")
     lines += ["", f"![training loss and validation NLL per step]({image})", ""]

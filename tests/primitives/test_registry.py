@@ -33,6 +33,19 @@ def test_cli_name_lists_equal_the_registries():
     for package, registry in [("sieve.primitives", PRIMITIVES), ("sieve.scores", SCORES),
                               ("sieve.search.fitness", FITNESS), ("sieve.export", EXPORTERS)]:
         assert registered_names(package) == registry.names()
+    from sieve.data.task_spec import BUILTIN_TASKS
+    from sieve.resources import builtin_names
+
+    assert builtin_names("tasks") == sorted(BUILTIN_TASKS)  # --task's help lists the task YAMLs
+
+
+def test_the_cli_imports_no_torch():
+    """``sieve --help`` stays fast: the CLI's module (and every name list in its help) loads without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, sieve.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_levels_cost_and_record_themselves_through_the_allocation(llama):
