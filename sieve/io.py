@@ -41,6 +41,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise named_os_error(exc, path) from exc
+    return _move_into_place(tmp_path, path)
+
+
+def _move_into_place(tmp_path: Path, path: Path) -> Path:
+    """Rename ``tmp_path`` over ``path`` and fsync their folder (the temporary never stays behind)."""
+    try:
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except OSError as exc:
@@ -63,13 +72,7 @@ def link_atomic(source: str | Path, path: str | Path) -> bool:
         os.link(source, tmp_path)
     except OSError:
         return False
-    try:
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise named_os_error(exc, path) from exc
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    _move_into_place(tmp_path, path)
     return True
 
 
