@@ -12,6 +12,11 @@
 #   bash benchmarks/device/h200_qwen.sh gen-select  # SmolLM2, 150 generations, 256 held-out documents choose the result
 #   bash benchmarks/device/h200_qwen.sh names     # python_names: dense and depth baselines (SmolLM2, 1.5B), depth search (1.5B)
 #   bash benchmarks/device/h200_qwen.sh speed     # per-candidate / search-loop throughput of the real 1.5B
+#   bash benchmarks/device/h200_qwen.sh zeros46   # uniform, OWL and search-task at 0.4 and 0.6 zeros
+#   SEEDS=1,2 bash benchmarks/device/h200_qwen.sh seeds  # search-task at 0.5, more seeds
+#   bash benchmarks/device/h200_qwen.sh lowrank   # uniform low-rank, low-rank and mixed searches at 20 / 30 % real
+# Statistics live once in $SIEVE_CACHE (quality.py; each run links them), Hessians only for rows
+# that read them, none for depth rows: the 1.5B's are ~10 GB per source.
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 model=qwen2.5-coder-1.5b
@@ -50,6 +55,15 @@ print(resolve_model_path('$model'))" > "$out/convert.log" 2>&1; echo "convert: e
       $short --tag smol-names > "$out/smol-names.log" 2>&1; echo "smol names: exit $?"; rows "$out/smol-names.log"
     timeout 300 $py benchmarks/quality.py --model $model --task python_names --budgets 0.25 --rows dense,depth,search-depth \
       $short --tag qwen-names > "$out/qwen-names.log" 2>&1; echo "qwen names: exit $?"; rows "$out/qwen-names.log" ;;
+  zeros46)
+    timeout 570 $py benchmarks/quality.py --model $model --budgets 0.4,0.6 --rows uniform,owl,search-task $short \
+      --tag qwen-zeros46 > "$out/qwen-zeros46.log" 2>&1; echo "zeros46: exit $?"; rows "$out/qwen-zeros46.log" 30 ;;
+  seeds)
+    timeout 570 $py benchmarks/quality.py --model $model --budgets 0.5 --rows search-task $short \
+      --tag qwen-seeds > "$out/qwen-seeds.log" 2>&1; echo "seeds: exit $?"; rows "$out/qwen-seeds.log" ;;
+  lowrank)
+    timeout 570 $py benchmarks/quality.py --model $model --budgets 0.2,0.3 --rows uniform-lowrank,search-lowrank,search-mixed \
+      $short --tag qwen-lowrank > "$out/qwen-lowrank.log" 2>&1; echo "lowrank: exit $?"; rows "$out/qwen-lowrank.log" 30 ;;
   speed)
     timeout 400 $py benchmarks/throughput.py --models $model --modes in_place --search-loop --graphs on \
       --search-candidates 8 --out-dir "$out" --tag qwen > "$out/qwen-speed.log" 2>&1; echo "speed: exit $?"
