@@ -123,7 +123,10 @@ class LevelCrossover(Crossover):
 
 
 class SeededSampling(Sampling):
-    """Initial population: the seeds (uniform, OWL) first, then perturbations of them."""
+    """Initial population: every seed (the space's baselines) first, then perturbations of them up
+    to the population size. More seeds than the population are all kept: the initial population is
+    then larger, and the first survival keeps the best ``population`` of it (a baseline listed last,
+    like the greedy depth choice, is never dropped unscored)."""
 
     def __init__(self, space: SearchSpace, seeds: Sequence[np.ndarray], max_switches: int = 8) -> None:
         super().__init__()
@@ -131,7 +134,7 @@ class SeededSampling(Sampling):
         self.lower, self.upper, self.max_switches = space.lower, space.upper, max_switches
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
-        rows = [s.copy() for s in self.seeds[:n_samples]]
+        rows = [s.copy() for s in self.seeds]
         while len(rows) < n_samples:
             base = self.seeds[len(rows) % len(self.seeds)]
             n = int(random_state.integers(1, self.max_switches + 1))

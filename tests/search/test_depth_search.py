@@ -115,6 +115,17 @@ def test_depth_search_removes_whole_blocks_and_exports_a_plain_folder(depth_run,
     assert prune_json["removed_blocks"] == sorted(file.removed_blocks) and prune_json["reduction"] == 0.5
 
 
+def test_a_population_smaller_than_the_baselines_still_scores_every_one(search_config, run_search, deep_model_dir,
+                                                                       tmp_path):
+    """Four depth baselines, a population of two: every baseline is scored in the initial population
+    and the search's best is at least the best of them (the greedy choice, listed last, included)."""
+    out = run_search(search_config(model=str(deep_model_dir), space="depth", budget=0.5, generations=1, population=2,
+                                   offspring=2), tmp_path / "run", report=False)
+    seeds = out["baseline_fitness"]
+    assert len(seeds) == 4 and None not in seeds.values()
+    assert out["best_fitness"] <= min(seeds.values())
+
+
 def test_depth_search_resumes_to_the_uninterrupted_result(search_config, run_search, deep_model_dir, tmp_path):
     cfg = search_config(model=str(deep_model_dir), space="depth", budget=0.25, generations=3)
     full = run_search(cfg, tmp_path / "full", report=False)

@@ -56,3 +56,11 @@ def test_operator_seed_determinism(name, setup):
     if name in ("mutation", "repair"):  # switches are budget-neutral; repair lands in the window
         costs = [g.costs for g in space.genes]
         assert all(window[0] < total_cost(x, costs) <= window[1] for x in a)
+
+
+def test_sampling_keeps_every_seed_beyond_the_population(setup):
+    """More seeds than the population: all of them start, in order (none is dropped unscored)."""
+    space, window, problem, start = setup
+    seeds = [switch_levels(start, space.lower, space.upper, np.random.default_rng(k), 3) for k in range(5)]
+    rows = SeededSampling(space, seeds)(problem, 3, random_state=np.random.default_rng(0)).get("X")
+    assert len(rows) == 5 and all(np.array_equal(r, s) for r, s in zip(rows, seeds))
