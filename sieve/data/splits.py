@@ -117,6 +117,11 @@ class SplitSpec(Frozen):
     max_validation: PositiveInt | None = 256
     max_test: PositiveInt | None = 500
     max_selection: NonNegativeInt = 0
+    #: the selection role skips the first ``skip_selection`` documents of its seeded order (a tuning
+    #: validates on documents past a search's own selection documents) and, with ``selection_up_to``,
+    #: takes as many as remain when fewer than ``max_selection`` do
+    skip_selection: NonNegativeInt = 0
+    selection_up_to: bool = False
 
     @property
     def caps(self) -> dict[str, int | None]:
@@ -134,7 +139,8 @@ def load_task(spec: str, split: SplitSpec = SplitSpec(), *, base_dir: Path | Non
     start = time.perf_counter()
     with working_directory(base_dir):
         task = load_lm_eval_task(resolve_task(spec))
-        splits = build_splits(task, seed=split.seed, caps=split.caps)
+        splits = build_splits(task, seed=split.seed, caps=split.caps, skip_selection=split.skip_selection,
+                              selection_up_to=split.selection_up_to)
     log.info(
         "task %s: %d calibration / %d validation / %d test examples%s (%.1f s)",
         splits.name, len(splits.calibration), len(splits.validation), len(splits.test),
@@ -296,7 +302,8 @@ def plan_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> _Pl
                  random_fewshot=sampler is not None and not first_n)
 
 
-def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> TaskSplits:
+def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None], skip_selection: int = 0,
+                 selection_up_to: bool = False) -> TaskSplits:
     """Plan the splits of an lm-eval task, then render the kept documents into examples."""
     name = task.task_name
     output_type = getattr(task, "OUTPUT_TYPE", None) or task.config.output_type
@@ -326,7 +333,7 @@ def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> Ta
         kept = keep("validation", len(parts["validation"]))
         validation = renderer.render(parts["validation"], kept)
         selection = renderer.render(parts["validation"], _selection_indices(
-            len(parts["validation"]), kept, caps.get("selection") or 0, seed, name))
+            len(parts["validation"]), kept, caps.get("selection") or 0, seed, name, skip_selection, selection_up_to))
         # Calibration: minus every document shown as a few-shot example in those prompts.
         calib_docs = [d for d in parts["calibration"] if doc_key(d) not in renderer.shown]
         sizes["calibration_pool"] = len(calib_docs)
@@ -349,17 +356,21 @@ def build_splits(task: Task, *, seed: int, caps: Mapping[str, int | None]) -> Ta
     )
 
 
-def _selection_indices(n: int, kept: Sequence[int], cap: int, seed: int, name: str) -> list[int]:
-    """``cap`` of the validation pool's ``n`` documents outside the ``kept`` validation subset (seeded)."""
+def _selection_indices(n: int, kept: Sequence[int], cap: int, seed: int, name: str, skip: int = 0,
+                       up_to: bool = False) -> list[int]:
+    """``cap`` of the validation pool's ``n`` documents outside the ``kept`` validation subset: the
+    ``skip``-th to ``(skip + cap)``-th of one seeded order of the rest, so the documents of a
+    smaller ``cap`` (``skip = 0``) are a prefix and ``skip = S`` never meets the first ``S``."""
     if not cap:
         return []
     taken = set(kept)
     rest = [i for i in range(n) if i not in taken]
-    if len(rest) < cap:
+    if len(rest) - skip < cap and not (up_to and len(rest) > skip):
         raise SieveError(f"task {name!r}: selection_examples={cap} needs that many validation documents beyond the "
-                         f"{len(taken)} the search validates on, but the validation pool holds {n}; lower "
-                         f"selection_examples or validation_examples")
-    return [rest[i] for i in cap_indices(len(rest), cap, _rng(seed, _STREAM_CAP, "selection"))]
+                         f"{len(taken) + skip} the search validates and selects on, but the validation pool holds "
+                         f"{n}; lower selection_examples or validation_examples")
+    order = _rng(seed, _STREAM_CAP, "selection").permutation(len(rest))
+    return sorted(rest[int(i)] for i in order[skip:skip + cap])
 
 
 class _Renderer:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sieve.data.splits import SplitSpec
 from sieve.errors import SieveError
 from sieve.evaluate.target import open_target
 from sieve.export.base import ExportRequest
@@ -48,6 +49,9 @@ class SourceInfo:
     workdir: str | None
     dense: str | None  # the dense model it was pruned from
     digests: dict[str, str] = field(default_factory=dict)
+    #: how the search that chose the base split the task's documents (its validation and selection
+    #: documents chose the base, so the tuning validates on others); ``None`` without a search
+    split: SplitSpec | None = None
 
     def inputs(self) -> dict[str, Path | None]:
         """The paths it reads, named for :func:`sieve.io.check_output`."""
@@ -65,12 +69,14 @@ def describe_source(source: str | Path) -> SourceInfo:
         config = run.config()
         file = run.best_allocation()
         return SourceInfo("run", path, config.task, config.general, config.workdir, file.model or config.model,
-                          {"best_allocation.json": file_digest(run.best_allocation_path)})
+                          {"best_allocation.json": file_digest(run.best_allocation_path)}, config.split())
     if path.is_dir() and (path / "config.json").is_file():
         file = _folder_allocation(path)
         weights = {p.name: file_digest(p) for p in sorted(path.glob("*.safetensors"))}
+        searched = file is not None and file.space is not None
         return SourceInfo("folder", path, file.task if file else None, file.general if file else None,
-                          file.workdir if file else None, file.model if file else None, weights)
+                          file.workdir if file else None, file.model if file else None, weights,
+                          file.split if searched else None)
     if not path.exists():
         raise SieveError(f"{source} does not exist: give a search run directory or an exported model folder")
     raise SieveError(f"{source} is neither a sieve search run (no config.yaml) nor a model folder (no config.json)")

@@ -34,7 +34,7 @@ from sieve.evaluate.target import local_path
 from sieve.io import check_output, file_digest, fsync_dir, write_json, write_safetensors
 from sieve.models.adapters import find_matrices
 from sieve.scoring.encode import encode_task
-from sieve.tune.base import Base, describe_source, open_base, open_dense
+from sieve.tune.base import Base, SourceInfo, describe_source, open_base, open_dense
 from sieve.tune.checkpoint import Progress
 from sieve.tune.config import TuneConfig
 from sieve.tune.data import TrainingData, examples_digest
@@ -86,14 +86,40 @@ def resume(out: str | Path, *, device: str | None = None, on_step: Progressed | 
     return _execute(config, folder, new=False, force=False, on_step=on_step, stop_after=stop_after)
 
 
-def _data(config: TuneConfig, tokenizer) -> tuple[TrainingData, Any, dict[str, str]]:
-    """Training examples (the calibration role), the encoded validation split, and their digests.
-    The test split is rendered for one document only (lm-eval's split logic needs one) and never read."""
-    split = SplitSpec(seed=config.seed, max_calibration=config.train_examples,
-                      max_validation=config.validation_examples, max_test=1)
+def tuning_split(config: TuneConfig, info: SourceInfo) -> SplitSpec:
+    """How the tuning splits the task. A base chosen by a search on this task validates on documents
+    that search never scored: its validation and selection documents picked the base, so on them the
+    untuned model (step 0) would look better than it is and early stopping would favour it. The
+    tuning then splits as the search did (its seed and validation subset) and validates on
+    ``validation_examples`` of the validation pool's other documents, past the search's selection
+    ones (as many as remain, when fewer do). Otherwise the tuning's own seed draws the validation
+    documents. The test split is rendered for one document only (lm-eval's split logic needs one)."""
+    searched = info.split if info.split is not None and info.task == config.task else None
+    if searched is None:
+        return SplitSpec(seed=config.seed, max_calibration=config.train_examples,
+                         max_validation=config.validation_examples, max_test=1)
+    return SplitSpec(seed=searched.seed, max_calibration=config.train_examples, max_validation=searched.max_validation,
+                     max_selection=config.validation_examples, skip_selection=searched.max_selection,
+                     selection_up_to=True, max_test=1)
+
+
+def held_out_note(config: TuneConfig, info: SourceInfo) -> str:
+    searched = tuning_split(config, info).max_selection > 0
+    return " the search that chose the base never scored" if searched else ""
+
+
+def _data(config: TuneConfig, info: SourceInfo, tokenizer) -> tuple[TrainingData, Any, dict[str, str]]:
+    """Training examples (the calibration role), the encoded validation documents
+    (:func:`tuning_split`), and their digests; the test split is never read."""
+    split = tuning_split(config, info)
     splits = load_task(config.task, split, base_dir=Path(config.workdir))
+    held_out = split.max_selection > 0
+    validation_examples = splits.selection if held_out else splits.validation
+    if held_out:
+        log.info("tuning validates on %d validation documents the search that chose the base never scored",
+                 len(validation_examples))
     general = None
-    digests = {"task_examples": examples_digest(splits.calibration, splits.validation),
+    digests = {"task_examples": examples_digest(splits.calibration, validation_examples),
                **task_files(resolve_task(config.task), Path(config.workdir))}
     if config.distill is not None and config.distill.general_mix > 0:
         corpus = GeneralCorpus.load(config.general)
@@ -101,7 +127,7 @@ def _data(config: TuneConfig, tokenizer) -> tuple[TrainingData, Any, dict[str, s
         if config.general != BUILTIN_CORPUS and Path(config.general).is_file():
             digests[str(Path(config.general).resolve())] = file_digest(config.general)
     data = TrainingData.build(splits.calibration, tokenizer, config.max_length, general)
-    validation = encode_task(splits.validation, tokenizer, config.max_length)
+    validation = encode_task(validation_examples, tokenizer, config.max_length)
     log.info("tuning data: %d training examples (calibration split), %d validation examples",
              len(data.rows), len(validation))
     return data, validation, digests
@@ -123,7 +149,7 @@ def _execute(config: TuneConfig, folder: TuneDir, *, new: bool, force: bool, on_
     info = describe_source(config.source)
     device = resolve_device(config.device)
     base = open_base(info, device=device, dtype=config.dtype)
-    data, validation, digests = _data(config, base.tokenizer)
+    data, validation, digests = _data(config, info, base.tokenizer)
     identity = base.identity()
     with folder.lock():
         if new:
@@ -182,8 +208,10 @@ def _export(config: TuneConfig, base: Base, folder: TuneDir, trainer: Trainer, p
         "format": FORMAT, "out": str(folder.path), "config": to_dict(config), "base": identity, "digests": dict(config.digests),
         "steps_run": progress.step, "best_step": progress.best_step,
         "stopped_early": progress.step < config.steps,
-        "selection": f"validation task NLL (choice-normalised) on {len(trainer.validation)} validation examples, "
-                     f"measured at step 0 and every {config.eval_every} steps; the best step is exported",
+        "selection": f"validation task NLL (choice-normalised) on {len(trainer.validation)} validation examples"
+                     f"{held_out_note(config, base.info)}, measured at step 0 and every {config.eval_every} steps; "
+                     "the best step is exported",
+        "validation_held_out": tuning_split(config, base.info).max_selection > 0,
         "train_examples": len(trainer.data.rows), "validation_examples": len(trainer.validation),
         "before": {"val_nll": first["val_nll"], "val_acc": first["val_acc"]},
         "after": {"val_nll": chosen["val_nll"], "val_acc": chosen["val_acc"]},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 TINY_TUNE = dict(steps=12, batch_size=4, warmup_steps=1, eval_every=3, checkpoint_every=3, train_examples=16,
-                 validation_examples=8, lora=dict(rank=4, alpha=8.0), lr=3e-2, max_length=128, eval_batch_size=8,
+                 validation_examples=8, lora=dict(rank=4, alpha=8.0), lr=1e-2, max_length=128, eval_batch_size=8,
                  device="cpu")
 
 
