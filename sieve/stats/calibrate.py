@@ -131,11 +131,12 @@ class Statistics:
             self.files.setdefault(source, path)
 
     def only(self, sources: Sequence[str], matrices: Sequence[Matrix]) -> Statistics:
-        """These statistics restricted to ``sources`` (a run records and stores only what its space reads)."""
+        """These statistics restricted to ``sources`` (a run records and stores only what its space
+        reads). ``files`` is shared, not copied: where one restriction stores a file, the next links it."""
         kept = {s: self.by_source[s] for s in sources if s in self.by_source}
         return Statistics(_per_matrix(kept, matrices), {s: self.fingerprints[s] for s in kept},
                           {s: self.seconds.get(s, 0.0) for s in kept}, {s: self.tokens.get(s, 0) for s in kept},
-                          kept, {s: self.files[s] for s in kept if s in self.files})
+                          kept, self.files)
 
     def __getitem__(self, name: str) -> MatrixStats:
         return self.per_matrix[name]

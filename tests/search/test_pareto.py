@@ -22,6 +22,8 @@ def test_bisection_frontier_and_resume(search_config, tmp_path):
     assert result["largest_budget"] == (max(feasible) if feasible else None)
     saved = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
     assert saved["frontier"] == result["frontier"]
+    stored = sorted((tmp_path / "pareto").glob("budget-*/stats/*.safetensors"))  # one copy, linked by every probe
+    assert len(stored) == 2 * len(frontier) and len({p.stat().st_ino for p in stored}) == 2
     again = run_pareto(cfg, RunDir(tmp_path / "pareto"), steps=2)  # finished probes resume, same answer
     assert again == result
 

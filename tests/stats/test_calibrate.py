@@ -85,10 +85,10 @@ def test_runs_given_stored_statistics_hold_one_copy(llama, tmp_path):
     assert os.stat(cached).st_nlink == 3
     unstored = _stats(llama)  # computed in memory: the first store gets a copy, the next links to it
     assert unstored.files == {}
-    unstored.save_to(RunStatsStore(tmp_path / "c"))
-    unstored.save_to(RunStatsStore(tmp_path / "d"))
-    assert os.stat(tmp_path / "c" / "task.safetensors").st_ino == os.stat(tmp_path / "d" / "task.safetensors").st_ino
     mats = find_matrices(llama)
+    unstored.only(("task",), mats).save_to(RunStatsStore(tmp_path / "c"))  # what each Pareto probe does
+    unstored.only(("task",), mats).save_to(RunStatsStore(tmp_path / "d"))
+    assert os.stat(tmp_path / "c" / "task.safetensors").st_ino == os.stat(tmp_path / "d" / "task.safetensors").st_ino
     back = read_stored(RunStatsStore(tmp_path / "d"), unstored.fingerprints, mats, hessian=False)
     for m in mats:
         assert torch.equal(back.per_matrix[m.name].task.sq_sum, unstored.per_matrix[m.name].task.sq_sum)
