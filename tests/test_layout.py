@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sieve"
 
 #: low → high; a module may import its own layer and the layers before it
 LAYERS = [
-    ("core", ["sieve.errors", "sieve.config", "sieve.registry", "sieve.io", "sieve.resources"]),
+    ("core", ["sieve.errors", "sieve.config", "sieve.registry", "sieve.io", "sieve.lock", "sieve.resources"]),
     ("data", ["sieve.data"]),
     ("models", ["sieve.models", "sieve.workspace"]),
     ("stats", ["sieve.stats"]),

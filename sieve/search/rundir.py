@@ -31,15 +31,11 @@ and even then sieve deletes none of them.
 from __future__ import annotations
 
 import errno
-import fcntl
 import fnmatch
 import logging
 import os
 import shutil
-import socket
-import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +55,7 @@ from sieve.io import (
     write_json,
     write_yaml,
 )
+from sieve.lock import LOCK, FolderLock
 from sieve.prune.allocation import AllocationFile
 from sieve.search.checkpoint import Checkpoint
 from sieve.search.config import SearchConfig
@@ -68,7 +65,6 @@ log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 BEST_ALLOCATION = "best_allocation.json"
-LOCK = ".lock"
 FAILED = "failed.json"
 #: every name sieve writes at the top of a run directory (``.NAME.*.tmp``: an atomic write in flight)
 OWN_NAMES = (CONFIG, LOCK, FAILED, BEST_ALLOCATION, "stats", "checkpoint", "history.jsonl", "results.json",
@@ -99,6 +95,7 @@ class RunDir:
     def __init__(self, path: str | Path, *, force: bool = False) -> None:
         """``force``: a new run may start beside files sieve did not write (it never deletes them)."""
         self.path = Path(path).expanduser().absolute()
+        self._lock = FolderLock(self.path, "one search per run directory")
         self.force = force
         self.created = False  # set by :meth:`create`: this process made the run, so a failure marks it
 
@@ -229,17 +226,7 @@ class RunDir:
 
     def check_not_in_use(self) -> None:
         """Refuse, before anything is written, a run another process holds or whose ``.lock`` is not sieve's."""
-        if not (self.path / LOCK).exists() and not (self.path / LOCK).is_symlink():
-            return
-        fd = self._open_lock(os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._in_use(fd) from None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        self._lock.check_not_held()
 
     def _check_leftovers(self, config: SearchConfig) -> None:
         """What is here already may be restarted only when it is this same search and holds no finished generation."""
@@ -291,49 +278,9 @@ class RunDir:
         return merged
 
     # ------------------------------------------------------------------ the writer's lock
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the run for this process (an OS lock, released on any exit, even SIGKILL)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = self._open_lock(os.O_RDWR | os.O_CREAT)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._in_use(fd) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
-                      .encode(), 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def _open_lock(self, flags: int) -> int:
-        """The lock file, never through a link: a ``.lock`` that is a symbolic or hard link, not a
-        plain file, or holds anything but sieve's one line is refused (it is never truncated)."""
-        path = self.path / LOCK
-        try:
-            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise SieveError(f"{path} is a symbolic link, not sieve's lock file; remove it") from None
-            if exc.errno == errno.EISDIR:
-                raise SieveError(f"{path} is a folder, not sieve's lock file; remove it") from None
-            raise
-        info = os.fstat(fd)
-        text = os.pread(fd, 4096, 0) if stat.S_ISREG(info.st_mode) else b""
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or (text and not text.startswith(b"PID ")):
-            os.close(fd)
-            raise SieveError(f"{path} is not sieve's lock file (a plain file holding one 'PID …' line); remove it")
-        return fd
-
-    def _in_use(self, fd: int) -> SieveError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-        return SieveError(f"{self.path} is in use by {holder}; one search per run directory")
+    def lock(self) -> AbstractContextManager[None]:
+        """Hold the run for this process (:class:`~sieve.lock.FolderLock`: released on any exit, even SIGKILL)."""
+        return self._lock.hold()
 
     # ------------------------------------------------------------------ progress
     def checkpoint(self) -> Checkpoint | None:

@@ -17,7 +17,7 @@
                                                           written last: its presence marks a finished tuning
       eval.json, report/                                  ``sieve eval`` / ``sieve report``
 
-The lock is :class:`~sieve.search.rundir.RunDir`'s (an OS lock on a plain file opened with
+The lock is :class:`~sieve.lock.FolderLock`, as a search's run directory's (an OS lock on a plain file opened with
 ``O_NOFOLLOW``, released on any exit, even SIGKILL). The checkpoint folder is removed once the
 model is written.
 """
@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +41,12 @@ from sieve.io import (
     write_json,
     write_yaml,
 )
-from sieve.search.rundir import LOCK, RunDir
+from sieve.lock import LOCK, FolderLock
 from sieve.tune.checkpoint import Checkpoint
 from sieve.tune.config import TuneConfig
 
 CONFIG = "tune.yaml"
 SUMMARY = "tuning.json"
-
-
-class _Lock(RunDir):
-    """Search's run-directory lock, saying "tuning" when another process holds it."""
-
-    def _in_use(self, fd: int) -> SieveError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-        return SieveError(f"{self.path} is in use by {holder}; one tuning per output folder")
 
 
 def is_tuned(path: str | Path) -> bool:
@@ -67,7 +58,7 @@ def is_tuned(path: str | Path) -> bool:
 class TuneDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().absolute()
-        self._lock = _Lock(self.path)
+        self._lock = FolderLock(self.path, "one tuning per output folder")
 
     def __repr__(self) -> str:
         return f"TuneDir({str(self.path)!r})"
@@ -145,7 +136,7 @@ class TuneDir:
     def check_new(self, *, force: bool) -> None:
         """Refuse, before anything slow, a new tuning where one is unfinished (unless ``force``) or
         where another process holds the folder (always). Other leftovers are :func:`check_output`'s."""
-        self._lock.check_not_in_use()
+        self._lock.check_not_held()
         if self.config_path.is_file() and self.checkpoint_path.is_file() and not force:
             raise SieveError(f"{self.path} holds an unfinished tuning; continue it with `sieve tune --resume "
                              f"{self.path}`, or pass --force to start afresh")
@@ -161,7 +152,5 @@ class TuneDir:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         fsync_dir(self.path)
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        with self._lock.lock():
-            yield
+    def lock(self) -> AbstractContextManager[None]:
+        return self._lock.hold()
