@@ -103,17 +103,12 @@ def tuning_split(config: TuneConfig, info: SourceInfo) -> SplitSpec:
                      selection_up_to=True, max_test=1)
 
 
-def held_out_note(config: TuneConfig, info: SourceInfo) -> str:
-    searched = tuning_split(config, info).max_selection > 0
-    return " the search that chose the base never scored" if searched else ""
-
-
 def _data(config: TuneConfig, info: SourceInfo, tokenizer) -> tuple[TrainingData, Any, dict[str, str]]:
     """Training examples (the calibration role), the encoded validation documents
     (:func:`tuning_split`), and their digests; the test split is never read."""
     split = tuning_split(config, info)
     splits = load_task(config.task, split, base_dir=Path(config.workdir))
-    held_out = split.max_selection > 0
+    held_out = split.max_selection > 0  # documents the search never scored: the selection role
     validation_examples = splits.selection if held_out else splits.validation
     if held_out:
         log.info("tuning validates on %d validation documents the search that chose the base never scored",
@@ -181,6 +176,7 @@ def _export(config: TuneConfig, base: Base, folder: TuneDir, trainer: Trainer, p
             identity: dict[str, Any], masked: list[str], n_targets: int, seconds: float) -> dict[str, Any]:
     """Merge the best step's adapters and write the model folder, then ``tuning.json`` last."""
     best = trainer.best
+    held_out = tuning_split(config, base.info).max_selection > 0
     load_adapter_state(base.model, best)
     merge(base.model)
     after = Base(base.model, base.tokenizer, base.model_id, base.allocation, base.info).identity()
@@ -209,9 +205,9 @@ def _export(config: TuneConfig, base: Base, folder: TuneDir, trainer: Trainer, p
         "steps_run": progress.step, "best_step": progress.best_step,
         "stopped_early": progress.step < config.steps,
         "selection": f"validation task NLL (choice-normalised) on {len(trainer.validation)} validation examples"
-                     f"{held_out_note(config, base.info)}, measured at step 0 and every {config.eval_every} steps; "
-                     "the best step is exported",
-        "validation_held_out": tuning_split(config, base.info).max_selection > 0,
+                     f"{' the search that chose the base never scored' if held_out else ''}, measured at step 0 "
+                     f"and every {config.eval_every} steps; the best step is exported",
+        "validation_held_out": held_out,
         "train_examples": len(trainer.data.rows), "validation_examples": len(trainer.validation),
         "before": {"val_nll": first["val_nll"], "val_acc": first["val_acc"]},
         "after": {"val_nll": chosen["val_nll"], "val_acc": chosen["val_acc"]},
