@@ -81,11 +81,10 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     prepared = prepare(reference, None)
     space, rng = prepared.space, np.random.default_rng(0)
-    costs = [g.costs for g in space.genes]
     from sieve.search.operators import repair_budget
 
     genomes = list(prepared.seeds) + [
-        repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, prepared.window, rng)
+        repair_budget(rng.integers(space.lower, space.upper + 1), space.costs, prepared.window, rng)
         for _ in range(args.candidates - len(prepared.seeds))]
     final = prepared.evaluator.plan.final
     full = np.array([prepared.evaluator.evaluate(g, final).value for g in genomes])

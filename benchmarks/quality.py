@@ -12,8 +12,10 @@ per-matrix levels on general-text Wanda scores, KL to dense on general text, mul
 task covariance alone instead of the fused one). Depth (whole decoder blocks; ``--rows depth`` for the
 baselines): ``shortgpt-{general,task}``, ``angular-general``, ``greedy-task`` (each row lists its
 ``removed_blocks``), ``search-depth`` (sieve's depth search, task NLL), ``search-depth-general``
-(EvoPress's depth search: general-text KL) and ``search-deploy`` (per block: dense, factors or removed). ``reduction`` is the fraction of prunable parameters
-really removed (factors), ``sparsity`` the zeros. All rows share the calibration data, the splits and the
+(EvoPress's depth search: general-text KL), ``search-deploy`` (per block kept or removed, per matrix
+dense or factors) and ``search-deploy-block`` (per block: dense, factors at one shared fraction, or
+removed). ``reduction`` is the fraction of prunable parameters really removed (factors, removed
+blocks), ``sparsity`` the zeros. All rows share the calibration data, the splits and the
 evaluation. Each invocation writes ``benchmarks/results/quality-<date>-<device>[-TAG].json``;
 ``benchmarks/report.py`` merges the parts into markdown. ``--smoke`` runs everything on a tiny
 random model in seconds (it is part of ``make test``).
@@ -63,10 +65,11 @@ SEARCHES = {
     "search-depth": {"space": "depth", "fitness": "task_nll"},
     "search-depth-general": {"space": "depth", "fitness": "general_kl"},
     "search-deploy": {"space": "deploy", "fitness": "task_nll"},
+    "search-deploy-block": {"space": "deploy_block", "fitness": "task_nll"},
 }
 STATS_FREE = {"dense", "depth", "search-depth", "search-depth-general"}  # rows that read no statistics
 NEEDS_HESSIAN = {"uniform", "uniform-lowrank", "search-lowrank", "search-mixed", "search-lowrank-task",
-                 "search-lowrank-task-x64", "search-deploy"}  # SparseGPT's H and every factorisation's XᵀX
+                 "search-lowrank-task-x64", "search-deploy", "search-deploy-block"}  # SparseGPT's H and every factorisation's XᵀX
 DEPTH_BASELINES = ("shortgpt-general", "shortgpt-task", "angular-general", "greedy-task")
 COVARIANCES = ("general", "task", "fused")
 GPU_SEARCH = load_yaml(builtin_file("configs", "gpu"))

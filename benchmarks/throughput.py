@@ -111,8 +111,7 @@ def build_model(name: str, device: torch.device, vocab: int | None = None):
 
 def random_genomes(space: SearchSpace, window: tuple[int, int], n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    costs = [g.costs for g in space.genes]
-    return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, window, rng)
+    return [repair_budget(rng.integers(space.lower, space.upper + 1), space.costs, window, rng)
             for _ in range(n)]
 
 

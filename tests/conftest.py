@@ -195,9 +195,7 @@ def feasible_genomes():
 
     def make(prepared, n: int, seed: int = 0) -> list[np.ndarray]:
         space, rng = prepared.space, np.random.default_rng(seed)
-        costs = [g.costs for g in space.genes]
-        return [repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper,
-                              prepared.window, rng) for _ in range(n)]
+        return [repair_budget(rng.integers(space.lower, space.upper + 1), space.costs, prepared.window, rng) for _ in range(n)]
 
     return make
 

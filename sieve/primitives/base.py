@@ -150,7 +150,8 @@ class Primitive(Frozen, ABC):
         return ()
 
     def check_genes(self, genes: Mapping[str, Sequence[Matrix]], matrices: Sequence[Matrix]) -> None:
-        """Refuse a grouping of ``matrices`` (all the space's) into ``genes`` this primitive cannot act on."""
+        """Refuse a grouping of the space's matrices into ``genes`` this primitive cannot act on
+        (``matrices``: all the model's)."""
 
     @abstractmethod
     def level_step(self, matrices: Sequence[Matrix], smallest: int, grid: LevelGrid) -> int:

@@ -15,10 +15,13 @@ Removing a block is exact, not approximate: in memory the block is taken out of 
 **Step.** Alone in a space the level step is the greatest common divisor of the blocks' prunable
 parameters (one block, where all blocks are alike), so every total cost is a whole number of steps
 and a budget rounds down to whole blocks. Beside another primitive (``deploy``: low-rank factors)
-that primitive sets the step and removal is one more option of the block's gene, the costliest.
+that primitive sets the step.
 
-**Genes.** A depth gene must hold exactly the prunable matrices of one decoder block (``genes:
-block`` over every matrix of the blocks it covers): removing a block whose other matrices the
+**Genes.** Under ``genes: block`` removal is the costliest level of each block's gene. Under finer
+genes (``genes: matrix``: the ``deploy`` space, each matrix dense or factorised at its own rank) the
+space adds one *removal gene* per block beside them, keep or remove, which while it removes the
+block overrides its matrices' genes (:mod:`sieve.search.costs`). Either way the space must hold
+every prunable matrix of the model (``modules: ['*']``): removing a block whose other matrices the
 space does not count would remove more than the budget says.
 """
 
@@ -91,17 +94,17 @@ class Depth(Primitive):
         return [(sum(m.numel for m in matrices), (RemovedBlock(block),) * len(matrices))]
 
     def check_genes(self, genes: Mapping[str, Sequence[Matrix]], matrices: Sequence[Matrix]) -> None:
-        """Every gene is one whole decoder block: all of the block's prunable ``matrices``."""
-        per_block: dict[int, set[str]] = {}
-        for m in matrices:
-            per_block.setdefault(m.block, set()).add(m.name)
+        """Every gene lies within one decoder block, and the space holds every prunable matrix of
+        the model's blocks (``matrices``): removing a block the space only partly counts would
+        remove more than the budget says."""
+        selected = {m.name for members in genes.values() for m in members}
+        left_out = [m.name for m in matrices if m.name not in selected]
+        if left_out:
+            more = f" (and {len(left_out) - 1} more)" if len(left_out) > 1 else ""
+            raise SieveError(f"the depth primitive removes whole blocks, but the space leaves out {left_out[0]}{more}: "
+                             "select every matrix of the blocks (modules: ['*'])")
         for name, members in genes.items():
             blocks = {m.block for m in members}
             if len(blocks) != 1:
-                raise SieveError(f"the depth primitive needs one gene per decoder block ('genes: block'); gene {name} "
-                                 f"spans blocks {sorted(blocks)}")
-            missing = per_block[blocks.pop()] - {m.name for m in members}
-            if missing:
-                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise SieveError(f"the depth primitive removes whole blocks, but gene {name} leaves out "
-                                 f"{sorted(missing)[0]}{more}: select every matrix of the blocks (modules: ['*'])")
+                raise SieveError(f"the depth primitive needs genes within one decoder block ('genes: block' or "
+                                 f"'genes: matrix'); gene {name} spans blocks {sorted(blocks)}")

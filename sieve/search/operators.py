@@ -4,10 +4,12 @@
   goes up one level and another goes down one; with equal level steps this is budget-neutral.
 * :func:`uniform_crossover`: each gene from either parent with probability ½ (two complementary
   children); children generally miss the budget and are repaired.
-* :func:`repair_budget`: moves random genes one level at a time until the total cost lies in the
-  budget window ``(low, high]``. Every increment is at most ``high − low``, so from above the window
-  a decrement cannot jump below it and from below an increment cannot jump above it: the loop
-  always ends inside, and a feasible genome is returned unchanged (idempotence).
+* :func:`repair_budget`: moves random genes one level at a time until the total cost
+  (:class:`~sieve.search.costs.GenomeCosts`) lies in the budget window ``(low, high]``. Every
+  level increment of a non-removal gene is at most ``high − low``, so from above the window a
+  decrement cannot jump below it and from below an increment cannot jump above it: the loop ends
+  inside, and a feasible genome is returned unchanged (idempotence). Whole-block removal genes
+  move in the repair only where no level gene can.
 
 The pymoo classes only adapt array shapes and pass pymoo's ``random_state`` through, so a search is
 reproducible from its seed and resumable from the generator state.
@@ -24,48 +26,59 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
+from sieve.search.costs import GenomeCosts
 from sieve.search.space import SearchSpace
 
 
-def total_cost(genome: np.ndarray, costs: Sequence[np.ndarray]) -> int:
-    return int(sum(c[int(l)] for c, l in zip(costs, genome)))
+def repair_budget(genome: np.ndarray, costs: GenomeCosts, window: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Nearest-by-random-walk genome whose cost lies in ``(window[0], window[1]]``.
 
-
-def repair_budget(
-    genome: np.ndarray,
-    costs: Sequence[np.ndarray],
-    lower: np.ndarray,
-    upper: np.ndarray,
-    window: tuple[int, int],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Nearest-by-random-walk genome whose cost lies in ``(window[0], window[1]]``."""
+    Down while above the window, up while at or below it, one random gene one level at a time.
+    Removal genes (whole decoder blocks, far larger than a level step) move only when no other gene
+    can: the walk fills the window with fine levels and leaves which blocks go to the mutation and
+    crossover. An upward move that would jump past the window is not taken; if only such moves are
+    left, the cheapest block removal is taken and the walk goes down again."""
     low, high = window
-    x = np.clip(np.asarray(genome, dtype=np.int64), lower, upper)
-    total = total_cost(x, costs)
-    while total > high:
-        movable = np.flatnonzero(x > lower)
-        i = int(rng.choice(movable))
-        total += int(costs[i][x[i] - 1] - costs[i][x[i]])
-        x[i] -= 1
-    while total <= low:
-        movable = np.flatnonzero(x < upper)
-        i = int(rng.choice(movable))
-        total += int(costs[i][x[i] + 1] - costs[i][x[i]])
+    x = np.clip(np.asarray(genome, dtype=np.int64), costs.lower, costs.upper)
+    total = costs.total(x)
+    fine = ~costs.removal
+    for _ in range(len(x) + 1):
+        while total > high:
+            i = _pick(costs.movable(x, -1), fine, rng)
+            total += costs.delta(x, i, -1)
+            x[i] -= 1
+        while total <= low:
+            fits = [i for i in costs.movable(x, +1) if costs.delta(x, i, +1) <= high - total]
+            if not fits:
+                break
+            i = _pick(np.array(fits), fine, rng)
+            total += costs.delta(x, i, +1)
+            x[i] += 1
+        if low < total <= high:
+            return x
+        blocks = [i for i in costs.movable(x, +1) if costs.removal[i]]
+        i = min(blocks, key=lambda b: costs.delta(x, b, +1))
+        total += costs.delta(x, i, +1)
         x[i] += 1
-    return x
+    raise AssertionError("the budget repair did not reach the window")  # budget_window checked it reachable
 
 
-def switch_levels(
-    genome: np.ndarray, lower: np.ndarray, upper: np.ndarray, rng: np.random.Generator, n_switches: int | None = None
-) -> np.ndarray:
-    """Move ``n`` single levels from one gene to another (budget-neutral for equal steps)."""
+def _pick(candidates: np.ndarray, fine: np.ndarray, rng: np.random.Generator) -> int:
+    """A random candidate, a fine (non-removal) gene where there is one."""
+    preferred = candidates[fine[candidates]]
+    return int(rng.choice(preferred if len(preferred) else candidates))
+
+
+def switch_levels(genome: np.ndarray, costs: GenomeCosts, rng: np.random.Generator,
+                  n_switches: int | None = None) -> np.ndarray:
+    """Move ``n`` single levels from one gene to another (budget-neutral for equal steps; genes
+    whose block is removed count for nothing and are not moved)."""
     x = np.asarray(genome, dtype=np.int64).copy()
     if n_switches is None:
         n_switches = int(min(rng.integers(1, 4), rng.integers(1, 4)))
     for _ in range(n_switches):
-        up = np.flatnonzero(x < upper)
-        down = np.flatnonzero(x > lower)
+        up = costs.movable(x, +1)
+        down = costs.movable(x, -1)
         if len(up) == 0 or len(down) == 0:
             break
         i = int(rng.choice(up))
@@ -93,21 +106,20 @@ class LevelProblem(Problem):
 class BudgetRepair(Repair):
     def __init__(self, space: SearchSpace, window: tuple[int, int]) -> None:
         super().__init__()
-        self.costs = [g.costs for g in space.genes]
-        self.lower, self.upper, self.window = space.lower, space.upper, window
+        self.costs, self.window = space.costs, window
 
     def _do(self, problem, X, random_state=None, **kwargs):
         rng = random_state if random_state is not None else np.random.default_rng(0)
-        return np.array([repair_budget(x, self.costs, self.lower, self.upper, self.window, rng) for x in X])
+        return np.array([repair_budget(x, self.costs, self.window, rng) for x in X])
 
 
 class LevelSwitchMutation(Mutation):
     def __init__(self, space: SearchSpace) -> None:
         super().__init__(prob=1.0)
-        self.lower, self.upper = space.lower, space.upper
+        self.costs = space.costs
 
     def _do(self, problem, X, random_state=None, **kwargs):
-        return np.array([switch_levels(x, self.lower, self.upper, random_state) for x in X])
+        return np.array([switch_levels(x, self.costs, random_state) for x in X])
 
 
 class LevelCrossover(Crossover):
@@ -131,12 +143,12 @@ class SeededSampling(Sampling):
     def __init__(self, space: SearchSpace, seeds: Sequence[np.ndarray], max_switches: int = 8) -> None:
         super().__init__()
         self.seeds = [np.asarray(s, dtype=np.int64) for s in seeds]
-        self.lower, self.upper, self.max_switches = space.lower, space.upper, max_switches
+        self.costs, self.max_switches = space.costs, max_switches
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
         rows = [s.copy() for s in self.seeds]
         while len(rows) < n_samples:
             base = self.seeds[len(rows) % len(self.seeds)]
             n = int(random_state.integers(1, self.max_switches + 1))
-            rows.append(switch_levels(base, self.lower, self.upper, random_state, n))
+            rows.append(switch_levels(base, self.costs, random_state, n))
         return np.array(rows, dtype=np.int64)

@@ -107,18 +107,17 @@ def seed_genomes(starts: Sequence[Mapping[str, float]], space: SearchSpace, wind
     """Each start (a per-matrix removal map) as the nearest genome, repaired into the budget window
     (one generator, in order)."""
     rng = np.random.default_rng(seed)
-    costs = [g.costs for g in space.genes]
-    return [repair_budget(space.nearest_genome(start), costs, space.lower, space.upper, window, rng) for start in starts]
+    return [repair_budget(space.nearest_genome(start), space.costs, window, rng) for start in starts]
 
 
 def greedy_baseline(evaluator, space: SearchSpace, window: tuple[int, int], label: str) -> Allocation:
     """The greedy depth choice scored by ``evaluator`` (a search's
     :class:`~sieve.search.evaluator.CandidateEvaluator`) at full fidelity: the test split is never read."""
-    removal = {g.matrices[0].block: (i, next(j for j, o in enumerate(g.options) if o[0].removes_block))
-               for i, g in enumerate(space.genes)}
+    removal = {g.matrices[0].block: (i, j) for i, g in enumerate(space.genes)
+               for j, o in enumerate(g.options) if o[0].removes_block}
 
     def cost(removed: frozenset[int]) -> float:
-        genome = np.zeros(space.n_genes, dtype=np.int64)
+        genome = space.lower.copy()
         for block in removed:
             gene, level = removal[block]
             genome[gene] = level

@@ -52,13 +52,15 @@ from pydantic import Field, field_validator, model_validator
 from sieve.config import Frozen, load_yaml, validate
 from sieve.errors import SieveError
 from sieve.models.matrix import Matrix, select_matrices
-from sieve.primitives.base import Ladder, LevelGrid, Option, Primitive, PrimitiveSpec, merged_ladder
-from sieve.primitives.lowrank import LowRank
+from sieve.primitives.base import DENSE, Ladder, Level, LevelGrid, Option, Primitive, PrimitiveSpec, merged_ladder
+from sieve.primitives.depth import RemovedBlock
+from sieve.primitives.lowrank import LowRank, RankLevel
 from sieve.primitives.mask import UNSTRUCTURED, Mask, Pattern
 from sieve.prune.allocation import Allocation
 from sieve.resources import builtin_names, yaml_file
 from sieve.scores.base import MethodSpec, ScoringMethod
 from sieve.scores.fused import Fused
+from sieve.search.costs import GenomeCosts
 
 __all__ = ["Gene", "LevelGrid", "SearchSpace", "SpaceSpec"]
 
@@ -178,7 +180,9 @@ class SpaceSpec(Frozen):
 @dataclass(frozen=True)
 class Gene:
     """One searched variable: the matrices it controls, and per level what it does to each of them
-    (``options[l]``, one :class:`~sieve.primitives.base.Level` per matrix) and its exact cost."""
+    (``options[l]``, one :class:`~sieve.primitives.base.Level` per matrix) and its exact cost.
+    A removal gene (``removes``: its decoder block) keeps the block at level 0 — its matrices then
+    follow their own genes — and removes it at level 1, whatever those genes say."""
 
     name: str
     matrices: tuple[Matrix, ...]
@@ -186,6 +190,7 @@ class Gene:
     lo: int
     hi: int
     options: tuple[Option, ...]
+    removes: int | None = None
 
     @property
     def numel(self) -> int:
@@ -201,13 +206,22 @@ class SearchSpace:
         self.pattern = spec.pattern
         groups = self._group(self.matrices)
         for primitive in spec.primitives:
-            primitive.check_genes(groups, self.matrices)
+            primitive.check_genes(groups, matrices)
         smallest = min(sum(m.numel for m in g) for g in groups.values())
         setter = min(spec.primitives, key=lambda p: p.order)
         self.step = setter.level_step(self.matrices, smallest, spec.levels)
-        self.genes = [self._gene(name, tuple(ms)) for name, ms in groups.items()]
+        #: decoder blocks removed by genes of their own (finer genes beside them), not by a level of a block gene
+        self.removal_genes = spec.depth and spec.genes != "block"
+        primitives = tuple(p for p in spec.primitives if not (self.removal_genes and p.changes_depth))
+        if not primitives:
+            raise SieveError(f"space {spec.name}: a space that only removes blocks needs 'genes: block'")
+        self.genes = [self._gene(name, tuple(ms), primitives) for name, ms in groups.items()]
+        if self.removal_genes:
+            self.genes += [self._removal_gene(block, ms) for block, ms in _by_block(self.matrices).items()]
         self.total = sum(m.numel for m in self.matrices)
-        self.max_increment = max(int(np.diff(g.costs[g.lo : g.hi + 1]).max(initial=0)) for g in self.genes)
+        self.max_increment = max(int(np.diff(g.costs[g.lo : g.hi + 1]).max(initial=0)) for g in self.genes
+                                 if g.removes is None)
+        self.costs = self._genome_costs()
 
     def _group(self, matrices: Sequence[Matrix]) -> dict[str, list[Matrix]]:
         groups: dict[str, list[Matrix]] = {}
@@ -224,19 +238,34 @@ class SearchSpace:
             groups.setdefault(key, []).append(m)
         return groups
 
-    def _gene(self, name: str, matrices: tuple[Matrix, ...]) -> Gene:
-        ladder = self._ladder(matrices)
+    def _gene(self, name: str, matrices: tuple[Matrix, ...], primitives: tuple[Primitive, ...]) -> Gene:
+        ladder = self._ladder(matrices, primitives)
         return Gene(name, matrices, ladder.costs, ladder.lo, len(ladder.options) - 1, ladder.options)
 
-    def _ladder(self, matrices: tuple[Matrix, ...]) -> Ladder:
+    def _ladder(self, matrices: tuple[Matrix, ...], primitives: tuple[Primitive, ...]) -> Ladder:
         """One primitive: its own ladder. Several: dense plus every primitive's levels by cost."""
         spec = self.spec
-        if len(spec.primitives) == 1:
-            return spec.primitives[0].ladder(matrices, self.step, spec.levels, spec.choices)
+        if len(primitives) == 1:
+            return primitives[0].ladder(matrices, self.step, spec.levels, spec.choices)
         numel = sum(m.numel for m in matrices)
         n_levels = int(spec.levels.max * numel // self.step)
-        levels = [(c, p.order, o) for p in spec.primitives for c, o in p.levels(matrices, self.step, n_levels)]
+        levels = [(c, p.order, o) for p in primitives for c, o in p.levels(matrices, self.step, n_levels)]
         return merged_ladder(levels, numel, len(matrices), spec.levels)
+
+    def _removal_gene(self, block: int, matrices: list[Matrix]) -> Gene:
+        depth = next(p for p in self.spec.primitives if p.changes_depth)
+        [(cost, removed)] = depth.levels(matrices, self.step, 1)
+        return Gene(f"block{block}:removed", tuple(matrices), np.array([0, cost], dtype=np.int64), 0, 1,
+                    ((DENSE,) * len(matrices), removed), removes=block)
+
+    def _genome_costs(self) -> GenomeCosts:
+        costs = GenomeCosts.additive([g.costs for g in self.genes], self.lower, self.upper)
+        if not self.removal_genes:
+            return costs
+        gene_of_block = {g.removes: i for i, g in enumerate(self.genes) if g.removes is not None}
+        under = np.array([-1 if g.removes is not None else gene_of_block[g.matrices[0].block] for g in self.genes],
+                         dtype=np.int64)
+        return GenomeCosts(costs.costs, costs.lower, costs.upper, under)
 
     @property
     def n_genes(self) -> int:
@@ -251,7 +280,7 @@ class SearchSpace:
         return np.array([g.hi for g in self.genes], dtype=np.int64)
 
     def cost(self, genome: np.ndarray) -> int:
-        return int(sum(g.costs[int(l)] for g, l in zip(self.genes, genome)))
+        return self.costs.total(genome)
 
     @property
     def smallest_cost(self) -> int:
@@ -282,8 +311,7 @@ class SearchSpace:
             raise SieveError(f"--budget {budget:g} is below one level step of space {self.spec.name}; the smallest "
                              f"possible budget is {self.smallest_budget}")
         target = math.floor(wanted / self.step) * self.step if self.spec.exact else math.floor(wanted)
-        lowest = sum(int(g.costs[g.lo]) for g in self.genes)
-        highest = sum(int(g.costs[g.hi]) for g in self.genes)
+        lowest, highest = self.costs.total(self.lower), self.costs.total(self.upper)
         if target > highest or target < lowest:
             raise SieveError(
                 f"budget {budget} is unreachable in space {self.spec.name}: levels allow "
@@ -292,8 +320,17 @@ class SearchSpace:
         return target - max(self.max_increment, 1), target
 
     def allocation(self, genome: np.ndarray) -> Allocation:
-        return Allocation.from_levels({m.name: level for gene, l in zip(self.genes, genome)
-                                       for m, level in zip(gene.matrices, gene.options[int(l)])})
+        """The genome's levels per matrix; removal genes at 1 override their block's matrices, and a
+        kept block whose every matrix is at rank 0 (the same function, the same cost) is removed."""
+        levels: dict[str, Level] = {}
+        for gene, l in sorted(zip(self.genes, genome), key=lambda t: t[0].removes is not None):
+            if gene.removes is None or l > 0:
+                levels.update((m.name, level) for m, level in zip(gene.matrices, gene.options[int(l)]))
+        if self.removal_genes:
+            for block, ms in _by_block(self.matrices).items():
+                if all(isinstance(levels[m.name], RankLevel) and levels[m.name].rank == 0 for m in ms):
+                    levels.update((m.name, RemovedBlock(block)) for m in ms)
+        return Allocation.from_levels(levels)
 
     def row_counts(self) -> dict[str, set[int]]:
         """Every per-row prune count any level can ask of each matrix (for threshold precompute)."""
@@ -311,9 +348,19 @@ class SearchSpace:
                        if level.factorised})
 
     def nearest_genome(self, sparsity_of: dict[str, float]) -> np.ndarray:
-        """Levels closest to a per-matrix sparsity map (averaged over each gene's matrices)."""
+        """Levels closest to a per-matrix sparsity map (averaged over each gene's matrices). A removal
+        gene removes its block where every matrix of it is removed whole (fraction 1); the block's
+        other genes then stay at their lowest level, what keeping the block again starts from."""
+        removed = {g.removes for g in self.genes
+                   if g.removes is not None and all(sparsity_of.get(m.name, 0.0) >= 1.0 for m in g.matrices)}
         genome = []
         for gene in self.genes:
+            if gene.removes is not None:
+                genome.append(int(gene.removes in removed))
+                continue
+            if gene.matrices[0].block in removed:
+                genome.append(gene.lo)
+                continue
             want = sum(sparsity_of.get(m.name, 0.0) * m.numel for m in gene.matrices) / gene.numel
             levels = np.arange(gene.lo, gene.hi + 1)
             have = np.array([gene.costs[l] / gene.numel for l in levels])
@@ -322,3 +369,10 @@ class SearchSpace:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.spec.name, "genes": self.n_genes, "step": self.step, "matrices": len(self.matrices)}
+
+
+def _by_block(matrices: Sequence[Matrix]) -> dict[int, list[Matrix]]:
+    found: dict[int, list[Matrix]] = {}
+    for m in matrices:
+        found.setdefault(m.block, []).append(m)
+    return found

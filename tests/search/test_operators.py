@@ -13,7 +13,6 @@ from sieve.search.operators import (
     SeededSampling,
     repair_budget,
     switch_levels,
-    total_cost,
 )
 from sieve.search.space import SearchSpace, SpaceSpec
 
@@ -31,9 +30,8 @@ def _run(op, setup, seed):
     rng = np.random.default_rng(seed)
     if isinstance(op, SeededSampling):
         return op(problem, 6, random_state=rng).get("X")
-    costs = [g.costs for g in space.genes]
-    members = [repair_budget(np.random.default_rng(k).integers(space.lower, space.upper + 1), costs, space.lower,
-                             space.upper, window, np.random.default_rng(k)) for k in range(4)]
+    members = [repair_budget(np.random.default_rng(k).integers(space.lower, space.upper + 1), space.costs, window,
+                             np.random.default_rng(k)) for k in range(4)]
     pop = Population.new(X=np.array(members))
     if isinstance(op, LevelCrossover):
         return op(problem, pop, parents=np.array([[0, 1], [2, 3]]), random_state=rng).get("X")
@@ -46,7 +44,7 @@ def _run(op, setup, seed):
 @pytest.mark.parametrize("name", ["sampling", "crossover", "mutation", "repair"])
 def test_operator_seed_determinism(name, setup):
     space, window, problem, start = setup
-    other = switch_levels(start, space.lower, space.upper, np.random.default_rng(9), 5)
+    other = switch_levels(start, space.costs, np.random.default_rng(9), 5)
     op = {"sampling": lambda: SeededSampling(space, [start, other]), "crossover": LevelCrossover,
           "mutation": lambda: LevelSwitchMutation(space), "repair": lambda: BudgetRepair(space, window)}[name]
     a, b, c = _run(op(), setup, 0), _run(op(), setup, 0), _run(op(), setup, 1)
@@ -54,13 +52,12 @@ def test_operator_seed_determinism(name, setup):
     assert not np.array_equal(a, c)
     assert np.all(a >= space.lower) and np.all(a <= space.upper)
     if name in ("mutation", "repair"):  # switches are budget-neutral; repair lands in the window
-        costs = [g.costs for g in space.genes]
-        assert all(window[0] < total_cost(x, costs) <= window[1] for x in a)
+        assert all(window[0] < space.cost(x) <= window[1] for x in a)
 
 
 def test_sampling_keeps_every_seed_beyond_the_population(setup):
     """More seeds than the population: all of them start, in order (none is dropped unscored)."""
     space, window, problem, start = setup
-    seeds = [switch_levels(start, space.lower, space.upper, np.random.default_rng(k), 3) for k in range(5)]
+    seeds = [switch_levels(start, space.costs, np.random.default_rng(k), 3) for k in range(5)]
     rows = SeededSampling(space, seeds)(problem, 3, random_state=np.random.default_rng(0)).get("X")
     assert len(rows) == 5 and all(np.array_equal(r, s) for r, s in zip(rows, seeds))

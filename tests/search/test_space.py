@@ -9,7 +9,7 @@ from sieve.models.adapters import find_matrices
 from sieve.primitives.lowrank import break_even_rank
 from sieve.primitives.mask import row_prune_count
 from sieve.resources import builtin_names
-from sieve.search.operators import repair_budget, switch_levels, total_cost, uniform_crossover
+from sieve.search.operators import repair_budget, switch_levels, uniform_crossover
 from sieve.search.space import SearchSpace, SpaceSpec
 
 SHIPPED = builtin_names("search_spaces")
@@ -26,37 +26,36 @@ def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request)
     space = SearchSpace(SpaceSpec.load(path), find_matrices(model))
     budget = 0.3 if space.pattern.structured else 0.5
     low, high = space.budget_window(budget)
-    costs = [g.costs for g in space.genes]
     rng = np.random.default_rng(0)
-    x = repair_budget(space.nearest_genome({m.name: budget for m in space.matrices}), costs, space.lower, space.upper, (low, high), rng)
+    x = repair_budget(space.nearest_genome({m.name: budget for m in space.matrices}), space.costs, (low, high), rng)
     for _ in range(1500):
         if rng.random() < 0.5:
-            y = switch_levels(x, space.lower, space.upper, rng)
+            y = switch_levels(x, space.costs, rng)
         else:
-            other = repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, (low, high), rng)
+            other = repair_budget(rng.integers(space.lower, space.upper + 1), space.costs, (low, high), rng)
             y, _ = uniform_crossover(x, other, rng)
-        y = repair_budget(y, costs, space.lower, space.upper, (low, high), rng)
-        cost = total_cost(y, costs)
+        y = repair_budget(y, space.costs, (low, high), rng)
+        cost = space.cost(y)
         assert low < cost <= high
         assert np.all(y >= space.lower) and np.all(y <= space.upper)
-        assert np.array_equal(repair_budget(y, costs, space.lower, space.upper, (low, high), rng), y)
+        assert np.array_equal(repair_budget(y, space.costs, (low, high), rng), y)
         x = y
     alloc = space.allocation(x)
-    assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)  # costs are exact
+    assert sum(alloc.removed(m) for m in space.matrices) == space.cost(x)  # costs are exact
     if space.spec.depth and space.spec.lowrank is None:  # whole blocks: all of a removed block goes, nothing else
         per_block = {m.block: 0 for m in space.matrices}
         for m in space.matrices:
             per_block[m.block] += m.numel
-        assert total_cost(x, costs) == sum(per_block[b] for b in alloc.removed_blocks)
+        assert space.cost(x) == sum(per_block[b] for b in alloc.removed_blocks)
         assert 0 < len(alloc.removed_blocks) < len(per_block)
-        assert high - space.step < total_cost(x, costs) <= high <= budget * space.total
+        assert high - space.step < space.cost(x) <= high <= budget * space.total
     elif space.spec.mask is not None and not space.pattern.structured and space.spec.lowrank is None:
-        assert abs(total_cost(x, costs) - budget * space.total) <= space.step
+        assert abs(space.cost(x) - budget * space.total) <= space.step
         assert space.max_increment == space.step
         removed = sum(m.shape[0] * row_prune_count(m.shape[1], alloc.sparsity[m.name]) for m in space.matrices)
-        assert removed == total_cost(x, costs)
+        assert removed == space.cost(x)
     if space.spec.lowrank is not None:  # within one level step (a rank step is out + in parameters)
-        assert abs(total_cost(x, costs) - budget * space.total) <= space.max_increment
+        assert abs(space.cost(x) - budget * space.total) <= space.max_increment
         shapes = {m.name: m.shape for m in space.matrices}
         assert all(r < break_even_rank(*shapes[n]) for n, r in alloc.ranks.items())  # factorised only when smaller
         if space.spec.mask is None:
@@ -66,12 +65,11 @@ def test_every_shipped_space_validates_and_keeps_the_budget(path, arch, request)
 def test_per_matrix_switch_is_budget_neutral(llama):
     space = SearchSpace(SpaceSpec.load("per_matrix"), find_matrices(llama))
     assert all(space.step % m.shape[0] == 0 for m in space.matrices)
-    costs = [g.costs for g in space.genes]
     rng = np.random.default_rng(1)
     x = (space.upper // 2).astype(np.int64)
     for _ in range(2000):
-        y = switch_levels(x, space.lower, space.upper, rng)
-        assert total_cost(y, costs) == total_cost(x, costs)
+        y = switch_levels(x, space.costs, rng)
+        assert space.cost(y) == space.cost(x)
         x = y
 
 
@@ -118,14 +116,13 @@ def test_aligned_ranks_are_multiples_and_keep_the_budget(llama, tmp_path, multip
     ranks = {level.rank for g in space.genes for o in g.options for level in o if level.factorised}
     assert ranks and all(r % multiple == 0 for r in ranks if r not in {break_even_rank(*m.shape) for m in space.matrices})
     low, high = space.budget_window(0.3)
-    costs = [g.costs for g in space.genes]
     rng = np.random.default_rng(0)
     for _ in range(200):
-        x = repair_budget(rng.integers(space.lower, space.upper + 1), costs, space.lower, space.upper, (low, high), rng)
-        assert low < total_cost(x, costs) <= high
+        x = repair_budget(rng.integers(space.lower, space.upper + 1), space.costs, (low, high), rng)
+        assert low < space.cost(x) <= high
         alloc = space.allocation(x)
         assert all(r % multiple == 0 for r in alloc.ranks.values())
-        assert sum(alloc.removed(m) for m in space.matrices) == total_cost(x, costs)
+        assert sum(alloc.removed(m) for m in space.matrices) == space.cost(x)
 
 
 @pytest.mark.parametrize("name", ["per_matrix", "per_block", "lowrank", "nm"])

@@ -44,7 +44,7 @@ def test_evaluation_in_write_order_gives_each_candidate_its_own_result(search_co
     evaluator, space = prepared.evaluator, prepared.space
     base = feasible_genomes(prepared, 1)[0]
     rng = np.random.default_rng(1)
-    genomes = [base, *(switch_levels(base, space.lower, space.upper, rng, n) for n in (6, 1, 12, 2, 1))]
+    genomes = [base, *(switch_levels(base, space.costs, rng, n) for n in (6, 1, 12, 2, 1))]
     alone = [evaluator.evaluate(g, 0).value for g in genomes]
     evaluator.pruner.apply(space.allocation(genomes[0]))
 
