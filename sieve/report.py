@@ -318,6 +318,12 @@ def markdown(run_dir: Path, config: SearchConfig, results: Mapping[str, Any], hi
                   f"{sel['chosen_generation']}'s best: validation {fmt_number(sel['chosen']['validation'], 4)}, held-out "
                   f"{fmt_number(sel['chosen']['selection'], 4)}; the last generation's ({sel['last_generation']}): "
                   f"validation {fmt_number(sel['last']['validation'], 4)}, held-out {fmt_number(sel['last']['selection'], 4)}", ""]
+        stop = results.get("early_stopping")
+        if stop:
+            lines[-1:-1] = [f"- early stopping (patience {stop['patience']}): "
+                            + (f"stopped after generation {results.get('generations_done')}, the held-out best "
+                               f"({fmt_number(stop['best_selection'], 4)}) being from generation {stop['best_generation']}"
+                               if stop["stopped"] else "ran every generation (the held-out value kept improving)")]
     if results and results.get("curve"):
         lines += curve_lines(results["curve"])
     if "quality" in images:

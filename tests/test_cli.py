@@ -87,3 +87,21 @@ def test_search_cli_and_pareto_mode(common, tmp_path):
     frontier = json.loads((tmp_path / "pareto" / "frontier.json").read_text())
     assert len(frontier["frontier"]) == 4 and "largest budget within 0.4" in result.output
     assert result.output.count("tolerance 0.4") == 4  # one progress line per probed budget
+
+
+def test_search_cli_stops_early_and_the_report_says_so(common, tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("validation_examples: 12\nstages: [4]\npromote: [2]\noffspring: 4\npopulation: 3\n"
+                   "calibration: {general_blocks: 4, block_len: 32, task_examples: 8, batch_size: 4}\n"
+                   "evaluation: {test_examples: 8, ppl_blocks: 2, block_len: 32}\n")
+    result = _invoke("search", *common, "--config", cfg, "--budget", "0.5", "--generations", "12",
+                     "--selection-examples", "8", "--patience", "2", "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    done = results["generations_done"]
+    assert results["early_stopping"]["stopped"] and done < 12
+    assert f"early stopping after generation {done}" in result.output and "held-out 0." in result.output
+    assert _invoke("report", tmp_path / "run").exit_code == 0
+    assert f"stopped after generation {done}" in (tmp_path / "run" / "report" / "report.md").read_text()
+    _one_line_error(_invoke("search", *common, "--config", cfg, "--budget", "0.5", "--patience", "2",
+                            "--run-dir", tmp_path / "other"), "set selection_examples too")

@@ -181,6 +181,8 @@ def search(
     fitness: Annotated[Optional[str], typer.Option(help=f"{_listed(registered_names('sieve.search.fitness'))}.")] = None,
     general_weight: Annotated[Optional[float], typer.Option(help="λ for general-text KL added to the fitness.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Pareto mode: largest budget within this accuracy drop.")] = None,
+    selection_examples: Annotated[Optional[int], typer.Option(help="Validation-pool documents held out from the search; the result is the generation best lowest on them.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop once the best has gone this many generations without improving on the held-out documents (needs --selection-examples).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray evaluator actors (0: in-process).")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join a Ray cluster: auto or HOST:PORT.")] = None,
     config: Annotated[Optional[str], typer.Option(help="YAML config: a built-in preset (gpu) or a file (e.g. a run's config.yaml).")] = None,
@@ -206,7 +208,8 @@ def search(
 
     flags = _given(budget=budget, model=model, task=task, general=general, space=space, generations=generations,
                    offspring=offspring, population=population, seed=seed, fitness=fitness,
-                   general_weight=general_weight, tolerance=tolerance, workers=workers, ray_address=ray_address,
+                   general_weight=general_weight, tolerance=tolerance, selection_examples=selection_examples,
+                   patience=patience, workers=workers, ray_address=ray_address,
                    dtype=dtype, device=device, max_gpu_memory=max_gpu_memory, pruner_mode=pruner_mode,
                    cuda_graphs=cuda_graphs, lanes=lanes, batch_candidates=batch_candidates, packed_rows=packed_rows)
     if resume is not None:
@@ -257,7 +260,8 @@ def _execute(runner) -> None:
         per_gen = record.seconds / max(record.generation + 1, 1)
         console.print(
             f"gen {record.generation:>3}/{total}  best {record.best:.4f}  median {record.median:.4f}  "
-            f"{record.evals_per_s:.2f} evals/s  tokens {record.tokens:,}  ETA {per_gen * (total - record.generation) / 60:.1f} min",
+            + (f"held-out {record.selection:.4f}  " if record.selection is not None else "")
+            + f"{record.evals_per_s:.2f} evals/s  tokens {record.tokens:,}  ETA {per_gen * (total - record.generation) / 60:.1f} min",
             highlight=False, soft_wrap=True,
         )
 
@@ -278,6 +282,10 @@ def _execute(runner) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     cfg = runner.config
+    stop = outcome.get("early_stopping")
+    if stop and stop["stopped"]:
+        console.print(f"early stopping after generation {outcome['generations_done']}: no lower held-out value for "
+                      f"{stop['patience']} generations since generation {stop['best_generation']}", highlight=False)
     console.print(_quality_table(outcome["table"], f"budget {cfg.budget} · {cfg.task} test split · {cfg.general} held-out"))
     console.print(_sparsity_table(outcome["per_type"]))
     console.print(

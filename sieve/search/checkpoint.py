@@ -40,6 +40,8 @@ class Checkpoint(Frozen):
     config_identity: dict[str, Any] = Field(default_factory=dict)
     weights_hash: str = ""
     model: ModelIdentity | None = None
+    #: early stopping's lowest held-out value and its generation
+    selection_best: tuple[float, int] | None = None
 
     def check_model(self, weights_hash: str, model: ModelIdentity) -> None:
         """Refuse to continue on another model: its prunable weights, its ``config.json`` or its

@@ -27,7 +27,7 @@ from sieve.workspace import InputsConfig, Workspace
 #: fields a resume may change: they do not shape the result (the pruner's two modes give the same bits,
 #: and so do graphed and eager scoring and every lane, see :mod:`sieve.metrics.scorer`)
 VOLATILE = ("generations", "workers", "ray_address", "device", "digests", "pruner_mode", "max_gpu_memory",
-            "cuda_graphs", "lanes")
+            "cuda_graphs", "lanes", "patience")
 
 
 class SearchConfig(InputsConfig):
@@ -50,6 +50,10 @@ class SearchConfig(InputsConfig):
         0, ge=0, description="validation-pool documents held out from the search (disjoint from its validation "
         "examples); after the search every generation's best is scored on them by task NLL and the best there is "
         "the result (a long search's best may fit the validation examples rather than the task); 0: off")
+    patience: int = Field(
+        0, ge=0, description="stop the search once the generation's best has gone this many generations without "
+        "improving on the held-out selection documents (selection_examples; scored by the search's fitness as the "
+        "loop runs); the result is then chosen on them as without it; 0: run every generation")
     stages: tuple[int, ...] = (16,)
     promote: tuple[int, ...] = (2,)
     batch_size: int = Field(BATCH_SIZE, gt=0)
@@ -104,6 +108,12 @@ class SearchConfig(InputsConfig):
         if self.selection_examples and self.fitness.name == "general_kl":
             raise ValueError("selection_examples chooses by task NLL on held-out task documents; the general_kl "
                              "fitness reads no task documents (leave selection_examples at 0)")
+        if self.patience and not self.selection_examples:
+            raise ValueError("patience stops the search on held-out documents the search never scores: set "
+                             "selection_examples too (e.g. 256)")
+        if self.patience and not self.fitness.per_document:
+            raise ValueError(f"patience scores each generation's best on held-out documents, but the {self.fitness.name} "
+                             "fitness measures batches of validation documents together; use task_nll or task_acc")
         return self
 
     @property

@@ -81,7 +81,8 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     pruner.precompute_levels(space.row_counts())
     for name in space.factorisable():  # one SVD per matrix, up front: every rank afterwards is a slice
         pruner.factors_of(name)
-    encoded = encode_task(ws.task.validation, ws.tokenizer, MAX_LENGTH)
+    held_out = ws.task.selection if config.patience else ()  # the selection stage's documents (early stopping)
+    encoded = encode_task((*ws.task.validation, *held_out), ws.tokenizer, MAX_LENGTH)
     fitness = Fitness(config.fitness, config.general_weight)
     general_blocks = None
     if fitness.needs_general:
@@ -91,7 +92,8 @@ def build_evaluator(config: SearchConfig, ws: Workspace, space: SearchSpace, sta
     inputs = FitnessInputs(encoded, general_blocks, config.batch_size, cuda_graphs=execution.cuda_graphs,
                            packing="auto" if execution.packed_rows else False)
     fitness.prepare(ws.model, inputs)
-    plan = StagePlan.build(len(encoded), config.stages, config.promote, config.seed, config.offspring)
+    plan = StagePlan.build(len(ws.task.validation), config.stages, config.promote, config.seed, config.offspring,
+                           n_selection=len(held_out))
     evaluator = CandidateEvaluator(ws.model, space, pruner, fitness, inputs, plan, execution)
     if execution.strategy == "packed":
         evaluator.strategy = Packed(execution.candidates_per_forward)

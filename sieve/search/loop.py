@@ -8,6 +8,11 @@ displace a full-fidelity member). The initial population (uniform, OWL and pertu
 on the full set; survival is elitist, so the best allocation can never be worse on the fitness than
 uniform or OWL. A fitness cache keyed by ``(genome, stage)`` means no genome is scored twice at one
 fidelity, also across a resume.
+
+**Early stopping** (``patience``): after every generation its best is also scored on the held-out
+selection documents (the plan's selection stage, which no candidate is chosen by), and the loop stops
+once ``patience`` generations have passed since the lowest value there (ties: the earliest). The
+decision reads only the recorded values, so a resumed run stops where the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class GenerationRecord:
     seconds: float
     evals_per_s: float
     best_genome: list[int]
+    #: the best's fitness on the held-out selection documents (early stopping), else ``None``
+    selection: float | None = None
 
 
 def build_ga(space: SearchSpace, window: tuple[int, int], seeds: Sequence[np.ndarray], population: int, offspring: int) -> GA:
@@ -82,6 +89,7 @@ class Search:
         save: Callable[[Checkpoint, GenerationRecord], None],
         on_generation: Callable[[GenerationRecord], None] | None = None,
         model: ModelIdentity | None = None,
+        patience: int = 0,
     ) -> None:
         self.space, self.window, self.backend, self.plan = space, window, backend, plan
         self.seed, self.identity, self.weights_hash, self.save = seed, identity, weights_hash, save
@@ -97,6 +105,11 @@ class Search:
         self.evaluations = 0
         self.tokens = 0
         self.seconds = 0.0
+        if patience and plan.selection_stage is None:
+            raise SieveError("early stopping needs held-out selection documents in the stage plan")
+        self.patience = patience
+        #: the lowest held-out value so far and the generation of it (early stopping)
+        self.selection_best: tuple[float, int] | None = None
 
     def restore(self, ckpt: Checkpoint) -> None:
         X = np.array(ckpt.pop_x, dtype=np.int64).reshape(len(ckpt.pop_x), -1)
@@ -118,6 +131,7 @@ class Search:
         self.cache = {k: list(v) for k, v in ckpt.cache.items()}
         self.generation = ckpt.generation
         self.evaluations, self.tokens, self.seconds = ckpt.evaluations, ckpt.tokens, ckpt.seconds
+        self.selection_best = tuple(ckpt.selection_best) if ckpt.selection_best is not None else None
 
     def _scores(self, genomes: Sequence[np.ndarray], stage: int) -> list[float]:
         keys = [cache_key(g, stage) for g in genomes]
@@ -172,6 +186,7 @@ class Search:
         pop_f = self.algorithm.pop.get("F")[:, 0]
         pop_x = self.algorithm.pop.get("X").astype(np.int64)
         best = int(np.argmin(pop_f))
+        held_out = self._held_out(pop_x[best]) if self.patience else None
         record = GenerationRecord(
             generation=self.generation,
             best=float(pop_f[best]),
@@ -181,6 +196,7 @@ class Search:
             seconds=self.seconds,
             evals_per_s=(self.evaluations - evals_before) / max(elapsed, 1e-9),
             best_genome=[int(v) for v in pop_x[best]],
+            selection=held_out,
         )
         ckpt = Checkpoint(
             generation=self.generation,
@@ -195,16 +211,35 @@ class Search:
             config_identity=self.identity,
             weights_hash=self.weights_hash,
             model=self.model,
+            selection_best=self.selection_best,
         )
         self.save(ckpt, record)
         if self.on_generation:
             self.on_generation(record)
         return record
 
+    def _held_out(self, genome: np.ndarray) -> float:
+        """``genome``'s fitness on the selection documents; updates the lowest so far."""
+        value = self._scores([genome], self.plan.selection_stage)[0]
+        if self.selection_best is None or value < self.selection_best[0]:
+            self.selection_best = (value, self.generation)
+        return value
+
+    @property
+    def stopped(self) -> bool:
+        """Whether early stopping has ended the search: ``patience`` generations without a lower
+        held-out value."""
+        return bool(self.patience) and self.selection_best is not None and (
+            self.generation - self.selection_best[1] >= self.patience)
+
     def run(self, generations: int) -> None:
-        """Advance until ``generations`` generations after the initial population are done."""
-        while self.generation < generations and not self.exhausted:
+        """Advance until ``generations`` generations after the initial population are done, the
+        space is exhausted or early stopping ends it."""
+        while self.generation < generations and not self.exhausted and not self.stopped:
             self.step()
+        if self.stopped:
+            log.info("early stopping after generation %d: the held-out best (%.4f) is from generation %d",
+                     self.generation, *self.selection_best)
 
     def best(self) -> tuple[np.ndarray, float]:
         pop_f = self.algorithm.pop.get("F")[:, 0]

@@ -48,15 +48,19 @@ def repair_budget(genome: np.ndarray, costs: GenomeCosts, window: tuple[int, int
             total += costs.delta(x, i, -1)
             x[i] -= 1
         while total <= low:
-            fits = [i for i in costs.movable(x, +1) if costs.delta(x, i, +1) <= high - total]
-            if not fits:
+            up = costs.movable(x, +1)
+            levels = up[fine[up]]  # a level increment is at most high − low: it cannot pass the window
+            fits = levels if len(levels) else [i for i in up if costs.delta(x, i, +1) <= high - total]
+            if not len(fits):
                 break
-            i = _pick(np.array(fits), fine, rng)
+            i = int(rng.choice(fits))
             total += costs.delta(x, i, +1)
             x[i] += 1
         if low < total <= high:
             return x
         blocks = [i for i in costs.movable(x, +1) if costs.removal[i]]
+        if not blocks:
+            break
         i = min(blocks, key=lambda b: costs.delta(x, b, +1))
         total += costs.delta(x, i, +1)
         x[i] += 1

@@ -277,15 +277,15 @@ class SearchRun:
             genome = np.array(record.best_genome)
             prepared.allocation_file(genome, fitness_value=record.best, generation=record.generation).write(
                 run.best_allocation_path)
-            run.append_history({**asdict(record), "budget": config.budget,
-                                "achieved_sparsity": space.cost(genome) / space.total})
+            line = {k: v for k, v in asdict(record).items() if k != "selection" or v is not None}
+            run.append_history({**line, "budget": config.budget, "achieved_sparsity": space.cost(genome) / space.total})
             checkpoint.save(run.checkpoint_path)
 
         search = Search(
             space, prepared.window, prepared.seeds, backend, prepared.evaluator.plan,
             population=config.population, offspring=config.offspring, seed=config.seed, identity=identity,
             weights_hash=prepared.workspace.weights_hash, save=save, on_generation=on_generation,
-            model=prepared.workspace.model_identity,
+            model=prepared.workspace.model_identity, patience=config.patience,
         )
         try:
             if ckpt is not None:
@@ -315,6 +315,9 @@ class SearchRun:
             "evaluations": search.evaluations,
             "generations_done": search.generation,
             "exhausted": search.exhausted,
+            **({"early_stopping": {"patience": config.patience, "stopped": search.stopped,
+                                   "best_generation": search.selection_best[1],
+                                   "best_selection": search.selection_best[0]}} if config.patience else {}),
             "tokens": search.tokens,
             "search_seconds": search.seconds,
             "stats_seconds": prepared.statistics.seconds,

@@ -73,6 +73,9 @@ class TaskFitness(Frozen, ABC):
     #: the value is a function of the task scorer's scores alone (:meth:`value_of`), so it can be
     #: read after an asynchronous scoring launch (model replicas on their own CUDA streams)
     from_scores: ClassVar[bool] = False
+    #: the value over examples ``indices`` reads those examples alone (not batches of neighbours), so
+    #: a held-out selection stage can be scored beside the validation stages (early stopping)
+    per_document: ClassVar[bool] = True
 
     def prepare(self, model: nn.Module, inputs: FitnessInputs) -> None:
         """Compute whatever the dense model must provide (called once, on the dense model)."""

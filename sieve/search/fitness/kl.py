@@ -18,6 +18,7 @@ class TaskKL(TaskFitness):
     """KL to the dense model on task inputs; one batch of sequences per group of validation examples."""
 
     name: Literal["kl"] = "kl"
+    per_document: ClassVar[bool] = False
     top_k: int = Field(32, ge=1)
     _size: int = PrivateAttr(0)
     _reference: TopKReference | None = PrivateAttr(None)
@@ -43,6 +44,7 @@ class GeneralKL(TaskFitness):
 
     name: Literal["general_kl"] = "general_kl"
     needs_general: ClassVar[bool] = True
+    per_document: ClassVar[bool] = False
     top_k: int = Field(32, ge=1)
     _reference: TopKReference | None = PrivateAttr(None)
 
