@@ -2,7 +2,7 @@
 
     python benchmarks/generations.py [--model smollm2-135m] [--task rotten_tomatoes] [--generations 300]
                                      [--checkpoints 30,100,300] [--seeds 0] [--space per_matrix] [--budget 0.5]
-                                     [--selection-examples 256]
+                                     [--selection-examples 256] [--patience 20] [--search-config FILE]
 
 The gpu preset with ``evaluation: {curve: true}``: after the search each generation's best candidate
 is scored on the test split (:mod:`sieve.search.curve`). ``generations`` only stops the loop (it is
@@ -10,7 +10,10 @@ not part of a run's identity), so the first 30 generations of a 300-generation r
 30-generation search with the same seed; the summary reads the 30 / 100 / 300 rows off one run.
 ``--selection-examples N`` holds N more validation-pool documents out of the search and lets them
 choose the result among the generations' bests (:mod:`sieve.search.selection`); the run's
-``selected`` row gives that choice's test accuracy beside the last generation's.
+``selected`` row gives that choice's test accuracy beside the last generation's. ``--patience P``
+also stops the loop once P generations pass without a lower held-out value (:mod:`sieve.search.loop`);
+the run's ``early_stopping`` says where. ``--search-config`` overrides the gpu preset (e.g. the CPU
+settings, ``benchmarks/cpu_search.yaml``).
 Writes ``benchmarks/results/generations-<date>-<device>[-TAG].json``; ``--smoke`` runs a tiny model.
 ``--plot OUT.png RESULT.json ...`` draws those results' curves instead (one panel per run).
 """
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance, smoke_inputs, write_result  # noqa: E402
 from quality import GPU_SEARCH, SMOKE_SEARCH  # noqa: E402
 
-from sieve.config import validate  # noqa: E402
+from sieve.config import load_yaml, validate  # noqa: E402
 from sieve.search.config import SearchConfig  # noqa: E402
 from sieve.search.run import SearchRun  # noqa: E402
 from sieve.search.rundir import RunDir  # noqa: E402
@@ -101,6 +104,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--checkpoints", default="30,100,300")
     p.add_argument("--seeds", default="0")
     p.add_argument("--selection-examples", type=int, default=0)
+    p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--search-config", type=Path)
+    p.add_argument("--device", default="auto")
     p.add_argument("--runs", default="runs")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> Path:
     inputs = smoke_inputs(Path(tempfile.mkdtemp(prefix="sieve-smoke-"))) if args.smoke else {
         "model": args.model, "task": args.task, "general": args.general}
     base = dict(SMOKE_SEARCH if args.smoke else GPU_SEARCH)
+    if args.search_config:
+        base.update(load_yaml(args.search_config))
     evaluation = {**base.get("evaluation", {}), "curve": True}
     checkpoints = [int(g) for g in args.checkpoints.split(",")]
     body: dict[str, Any] = {**provenance(), "command": " ".join(["benchmarks/generations.py", *argv]),
@@ -121,13 +129,17 @@ def main(argv: list[str] | None = None) -> Path:
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = validate(SearchConfig, {**base, **inputs, "evaluation": evaluation, "space": args.space,
                                       "budget": args.budget, "generations": args.generations, "seed": seed,
-                                      "selection_examples": args.selection_examples})
+                                      "selection_examples": args.selection_examples, "patience": args.patience,
+                                      "device": args.device})
         run = RunDir(Path(args.runs) / f"generations-s{seed}-{int(time.time())}")
         outcome = SearchRun(run, cfg).execute(report=True)
         dense = next(r for r in outcome["table"] if r["method"] == "dense")
         body["runs"].append({"seed": seed, "run": str(run.path), "search_seconds": outcome["search_seconds"],
                              "phases": outcome["phases"], "table": outcome["table"], "curve": outcome["curve"],
+                             "generations_done": outcome["generations_done"],
                              "summary": summary(outcome["curve"], checkpoints, dense["task_acc"])})
+        if "early_stopping" in outcome:
+            body["runs"][-1]["early_stopping"] = outcome["early_stopping"]
         if "selection" in outcome:
             sel = outcome["selection"]
             at = {r["generation"]: r for r in outcome["curve"]}

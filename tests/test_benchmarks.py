@@ -180,10 +180,12 @@ def test_generations_smoke(tmp_path):
     import generations
 
     path = generations.main(["--smoke", "--generations", "3", "--checkpoints", "1,3", "--out-dir", str(tmp_path),
-                             "--runs", str(tmp_path / "runs"), "--selection-examples", "6"])
+                             "--runs", str(tmp_path / "runs"), "--selection-examples", "6", "--patience", "3"])
     body = json.loads(Path(path).read_text())
     (run,) = body["runs"]
     assert [r["generation"] for r in run["curve"]] == list(range(4))  # the initial population and 3 generations
+    assert run["early_stopping"]["patience"] == 3 and not run["early_stopping"]["stopped"]  # the limit came first
+    assert run["generations_done"] == 3
     assert [s["generations"] for s in run["summary"]] == [1, 3]
     final = next(r for r in run["table"] if r["method"] == "sieve-search")
     chosen = run["selection"]["chosen_generation"]

@@ -237,7 +237,7 @@ class Search:
         space is exhausted or early stopping ends it."""
         while self.generation < generations and not self.exhausted and not self.stopped:
             self.step()
-        if self.stopped:
+        if self.stopped and self.generation < generations:
             log.info("early stopping after generation %d: the held-out best (%.4f) is from generation %d",
                      self.generation, *self.selection_best)
 
