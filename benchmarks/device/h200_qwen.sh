@@ -15,6 +15,8 @@
 #   bash benchmarks/device/h200_qwen.sh zeros46   # uniform, OWL and search-task at 0.4 and 0.6 zeros
 #   SEEDS=1,2 bash benchmarks/device/h200_qwen.sh seeds  # search-task at 0.5, more seeds
 #   bash benchmarks/device/h200_qwen.sh lowrank   # uniform low-rank, low-rank and mixed searches at 20 / 30 % real
+#   bash benchmarks/device/h200_qwen.sh deploy-genes  # deploy (per-matrix genes) beside deploy_block at 25 % real
+#   PATIENCE=30 bash benchmarks/device/h200_qwen.sh gen-patience  # SmolLM2, 300 generations, early stopping
 # Statistics live once in $SIEVE_CACHE (quality.py; each run links them), Hessians only for rows
 # that read them, none for depth rows: the 1.5B's are ~10 GB per source.
 set -uo pipefail
@@ -64,6 +66,13 @@ print(resolve_model_path('$model'))" > "$out/convert.log" 2>&1; echo "convert: e
   lowrank)
     timeout 570 $py benchmarks/quality.py --model $model --budgets 0.2,0.3 --rows uniform-lowrank,search-lowrank,search-mixed \
       $short --tag qwen-lowrank > "$out/qwen-lowrank.log" 2>&1; echo "lowrank: exit $?"; rows "$out/qwen-lowrank.log" 30 ;;
+  deploy-genes)  # the per-matrix deploy space beside the per-block one, same seed, at 25 %
+    timeout 570 $py benchmarks/quality.py --model $model --budgets 0.25 --rows search-deploy,search-deploy-block $short \
+      --tag qwen-deploy-genes > "$out/qwen-deploy-genes.log" 2>&1; echo "deploy-genes: exit $?"; rows "$out/qwen-deploy-genes.log" ;;
+  gen-patience)  # early stopping on 256 held-out documents against the same run without it
+    timeout 570 $py benchmarks/generations.py --generations ${GENS:-300} --checkpoints 30,100,300 --selection-examples 256 \
+      --patience ${PATIENCE:-30} --runs /tmp/runs --out-dir "$out" --tag smollm2-patience > "$out/gen-patience.log" 2>&1
+    echo "gen-patience: exit $?"; grep -E "^seed|Error|error:" "$out/gen-patience.log" ;;
   speed)
     timeout 400 $py benchmarks/throughput.py --models $model --modes in_place --search-loop --graphs on \
       --search-candidates 8 --out-dir "$out" --tag qwen > "$out/qwen-speed.log" 2>&1; echo "speed: exit $?"

@@ -94,11 +94,19 @@ def whitening(cov: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Factors:
-    """``W ≈ A[:, :r] @ B[:r]`` for every ``r``; ``sigma`` are the singular values of ``WL``."""
+    """``W ≈ A[:, :r] @ B[:r]`` for every ``r``; ``sigma`` are the leading singular values of ``WL``
+    and ``energy`` is ``‖WL‖²_F``, the sum of *all* their squares (also those not kept)."""
 
     a: torch.Tensor  # out × k, U Σ
     b: torch.Tensor  # k × in, Vᵀ L⁻¹
     sigma: torch.Tensor
+    energy: float = 0.0
+
+    def lost(self, rank: int) -> float:
+        """The fraction of the output energy on calibration data that rank ``rank`` loses,
+        ``‖(W − A_r B_r)L‖²_F / ‖WL‖²_F = 1 − Σ_{i<r} σ_i² / ‖WL‖²_F`` (Eckart–Young)."""
+        kept = float((self.sigma[:rank].double() ** 2).sum())
+        return max(0.0, 1.0 - kept / self.energy) if self.energy > 0 else 0.0
 
     def weight(self, rank: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The rank-``rank`` reconstruction ``A_r B_r`` (out × in)."""
@@ -106,7 +114,7 @@ class Factors:
         return w if dtype is None else w.to(dtype)
 
     def truncated(self, rank: int) -> Factors:
-        return Factors(self.a[:, :rank].contiguous(), self.b[:rank].contiguous(), self.sigma[:rank])
+        return Factors(self.a[:, :rank].contiguous(), self.b[:rank].contiguous(), self.sigma[:rank], self.energy)
 
 
 def factorize(weight: torch.Tensor, cov: torch.Tensor, damp: float = 0.01, keep: int | None = None) -> Factors:
@@ -119,7 +127,7 @@ def factorize(weight: torch.Tensor, cov: torch.Tensor, damp: float = 0.01, keep:
     a = u[:, :k] * s[:k]
     # V_rᵀ L⁻¹ = (L⁻ᵀ V_r)ᵀ: one triangular solve, no explicit inverse
     b = torch.linalg.solve_triangular(lower.T, vh[:k].T, upper=True).T
-    return Factors(a.contiguous(), b.contiguous(), s[:k].clone())
+    return Factors(a.contiguous(), b.contiguous(), s[:k].clone(), float((s.double() ** 2).sum()))
 
 
 @dataclass(frozen=True)
@@ -239,5 +247,5 @@ class FactorCache:
             cov = self.lowrank.covariance_of(stats.general.hessian if stats.general is not None else None,
                                              stats.task.hessian if stats.task is not None else None)
             found = factorize(dense, cov, self.lowrank.damp, break_even_rank(*shape))
-            self.factors[name] = Factors(found.a.float(), found.b.float(), found.sigma)
+            self.factors[name] = Factors(found.a.float(), found.b.float(), found.sigma, found.energy)
         return self.factors[name]

@@ -36,7 +36,7 @@ from sieve.search.execution import ExecutionPlan, ModelFacts, plan_execution
 from sieve.search.loop import GenerationRecord, Search
 from sieve.search.phases import Phases
 from sieve.search.rundir import RunDir
-from sieve.search.seeds import GREEDY_LABELS, baselines, greedy_baseline, removal_map, seed_genomes
+from sieve.search.seeds import GREEDY_LABELS, baselines, greedy_baseline, lost_energy, removal_map, seed_genomes
 from sieve.search.selection import select_on_heldout
 from sieve.search.space import SearchSpace
 from sieve.stats.calibrate import Statistics, StatsStore, ensure_stats
@@ -158,7 +158,8 @@ def prepare(
             label = f"greedy-{GREEDY_LABELS.get(config.fitness.name, config.fitness.name)}"
             found[label] = greedy_baseline(evaluator, space, window, label)
         starts = [removal_map(a, space) for a in found.values()] + list(extra_seeds or [])
-        seeds = seed_genomes(starts, space, window, config.seed)
+        lost = lost_energy(space, evaluator.pruner) if space.removal_genes else None
+        seeds = seed_genomes(starts, space, window, config.seed, lost)
     return Prepared(ws, space, window, found, seeds, evaluator, statistics, config)
 
 

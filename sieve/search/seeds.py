@@ -14,7 +14,8 @@ them, and its final table scores each on the held-out test split:
   the block whose removal costs least on the full validation split — ``k·L`` evaluations, a floor
   the search starts from rather than has to find); a ``deploy`` space adds uniform low-rank
   factors. Each takes as many whole blocks as the budget holds; the repair fills any remainder with
-  other levels.
+  other levels — in a space with per-matrix genes beside removal genes (``deploy``) first
+  :func:`spectral_fill`: the factor levels that lose least whitened output energy per parameter.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from sieve.primitives.base import DENSE
 from sieve.prune.allocation import Allocation
 from sieve.prune.depth_choice import angular_blocks, greedy_blocks, shortgpt_blocks
 from sieve.prune.owl import owl_allocation
+from sieve.prune.pruner import ModelPruner
 from sieve.search.config import SearchConfig
 from sieve.search.operators import repair_budget
 from sieve.search.space import SearchSpace
@@ -103,11 +106,59 @@ def removal_map(allocation: Allocation, space: SearchSpace) -> Mapping[str, floa
 
 
 def seed_genomes(starts: Sequence[Mapping[str, float]], space: SearchSpace, window: tuple[int, int],
-                 seed: int) -> list[np.ndarray]:
-    """Each start (a per-matrix removal map) as the nearest genome, repaired into the budget window
-    (one generator, in order)."""
+                 seed: int, lost: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Each start (a per-matrix removal map) as the nearest genome, filled up to the budget window
+    by :func:`spectral_fill` where ``lost`` is given, and repaired into it (one generator, in order)."""
     rng = np.random.default_rng(seed)
-    return [repair_budget(space.nearest_genome(start), space.costs, window, rng) for start in starts]
+    genomes = []
+    for start in starts:
+        genome = space.nearest_genome(start)
+        if lost is not None:
+            genome = spectral_fill(genome, space, lost, window)
+        genomes.append(repair_budget(genome, space.costs, window, rng))
+    return genomes
+
+
+def lost_energy(space: SearchSpace, pruner: ModelPruner) -> list[np.ndarray] | None:
+    """Per gene and level, the summed fraction of whitened output energy its matrices' factors lose,
+    ``Σ_m ‖(W_m − A_r B_r)L_m‖² / ‖W_m L_m‖²`` (:meth:`~sieve.primitives.lowrank.Factors.lost`; 0 for
+    removal genes and dense levels); ``None`` where some level is neither dense nor factors."""
+    table = []
+    for gene in space.genes:
+        row = []
+        for option in gene.options:
+            if gene.removes is not None:
+                row.append(0.0)
+            elif all(level == DENSE or level.factorised for level in option):
+                row.append(sum(pruner.factors_of(m.name).lost(level.rank)
+                               for m, level in zip(gene.matrices, option) if level.factorised))
+            else:
+                return None
+        table.append(np.array(row))
+    return table
+
+
+def spectral_fill(genome: np.ndarray, space: SearchSpace, lost: Sequence[np.ndarray], window: tuple[int, int]) -> np.ndarray:
+    """``genome`` raised into the budget window one factor level at a time, each time the level
+    that loses least output energy per parameter removed, ``argmin_i (lost_i[l+1] − lost_i[l]) /
+    (cost_i[l+1] − cost_i[l])`` over the kept blocks' matrix genes — SVD-LLM's truncation rule on
+    the whitened spectra. A baseline that removes whole blocks leaves a remainder below the window;
+    filled by random levels (the repair) every kept matrix gets factorised a little, each past its
+    break-even rank, where this factorises few matrices further. A genome in or above the window is
+    returned unchanged."""
+    low, _ = window
+    costs = space.costs
+    x = np.asarray(genome, dtype=np.int64).copy()
+    total = costs.total(x)
+    while total <= low:
+        levels = [i for i in costs.movable(x, +1) if not costs.removal[i]]
+        if not levels:
+            break
+        step = [(lost[i][x[i] + 1] - lost[i][x[i]]) / max(costs.delta(x, i, +1), 1) for i in levels]
+        i = levels[int(np.argmin(step))]
+        total += costs.delta(x, i, +1)
+        x[i] += 1
+    return x
 
 
 def greedy_baseline(evaluator, space: SearchSpace, window: tuple[int, int], label: str) -> Allocation:

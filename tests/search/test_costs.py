@@ -125,3 +125,40 @@ def test_nearest_genome_reproduces_a_blocks_and_ranks_seed(deploy):
     alloc = deploy.allocation(x)
     again = deploy.nearest_genome(removal_map(alloc, deploy))
     assert deploy.allocation(again) == alloc
+
+
+def test_spectral_fill_lands_in_the_window_and_loses_less_than_random_levels(deploy):
+    """A blocks-only start below the window: the spectral fill reaches the window through the levels
+    that lose least energy per parameter, and loses less in total than the repair's random levels."""
+    from sieve.search.seeds import spectral_fill
+
+    rng = np.random.default_rng(0)
+    lost = [np.concatenate([[0.0], np.cumsum(rng.uniform(0.0, 1.0, len(g.costs) - 1))]) if g.removes is None
+            else np.zeros(2) for g in deploy.genes]  # any increasing loss per level
+    low, high = deploy.budget_window(0.4)
+    start = deploy.lower.copy()
+    start[next(i for i, g in enumerate(deploy.genes) if g.removes is not None)] = 1  # one block of four: 0.25
+    filled = spectral_fill(start, deploy, lost, (low, high))
+    assert low < deploy.cost(filled) <= high and filled[deploy.costs.removal].sum() == 1
+
+    def total_lost(x):
+        return sum(lost[i][x[i]] for i in range(deploy.n_genes) if not deploy.costs.overridden(x)[i])
+
+    randoms = [repair_budget(start, deploy.costs, (low, high), np.random.default_rng(k)) for k in range(10)]
+    assert all(total_lost(filled) <= total_lost(r) for r in randoms)
+    assert np.array_equal(spectral_fill(filled, deploy, lost, (low, high)), filled)  # in the window: unchanged
+
+
+def test_factors_lose_the_energy_of_the_dropped_singular_values():
+    import torch
+
+    from sieve.primitives.lowrank import factorize
+
+    torch.manual_seed(0)
+    w, x = torch.randn(12, 10, dtype=torch.float64), torch.randn(64, 10, dtype=torch.float64)
+    cov = x.T @ x
+    factors = factorize(w, cov, keep=4)
+    lower = torch.linalg.cholesky(cov + 0.01 * torch.diagonal(cov).mean() * torch.eye(10, dtype=torch.float64))
+    for rank in (0, 2, 4):
+        error = torch.linalg.matrix_norm((w - factors.weight(rank)) @ lower) ** 2
+        assert factors.lost(rank) == pytest.approx(float(error / torch.linalg.matrix_norm(w @ lower) ** 2), rel=1e-9)
