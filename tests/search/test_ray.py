@@ -87,3 +87,14 @@ def test_gpu_share_packs_several_actors_per_gpu():
     assert gpu_share(4, 1) == 0.25 and gpu_share(4, 2) == 0.5
     with pytest.raises(SieveError, match="3 workers do not divide evenly over the Ray cluster's 2 GPUs"):
         gpu_share(3, 2)
+
+
+@pytest.mark.slow
+def test_early_stopping_on_ray_matches_in_process(ray_instance, search_config, tmp_path):
+    """The held-out selection stage is scored by the actors like every stage: the same stop."""
+    cfg = dict(generations=12, selection_examples=8, patience=2)
+    local = _execute(search_config(**cfg), tmp_path / "local")
+    remote = _execute(search_config(**cfg, workers=2), tmp_path / "ray")
+    assert local["early_stopping"]["stopped"]
+    assert remote["early_stopping"] == local["early_stopping"]
+    assert remote["generations_done"] == local["generations_done"] and remote["best_genome"] == local["best_genome"]
